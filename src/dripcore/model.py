@@ -1,0 +1,1247 @@
+"""Immutable value types of dripcore: delays, steps, triggers, sequences, enrollments,
+contacts and lifecycle events.
+
+Every type is a frozen attrs class validated at construction: an invalid value
+raises a specific :class:`~dripcore.errors.ValidationError` naming the field and
+the value, and nothing is silently coerced. The only normalisations are
+lossless: instants are converted to UTC (the same instant), mappings are
+wrapped read-only, steps are kept sorted by position, and an enum field also
+accepts its exact wire value (``"tag_added"`` for ``TriggerType.TAG_ADDED``).
+
+This module imports nothing else of dripcore but its errors, and does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import zoneinfo
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+
+from .errors import (
+    DuplicateStepPosition,
+    InvalidCondition,
+    InvalidContact,
+    InvalidDelay,
+    InvalidEnrollment,
+    InvalidSequence,
+    InvalidStep,
+    InvalidTimezone,
+    InvalidTrigger,
+    InvalidTriggerEvent,
+    NaiveDatetimeError,
+    UnknownTriggerType,
+    ValidationError,
+)
+
+__all__ = [
+    "Cancelled",
+    "Completed",
+    "Condition",
+    "ConditionType",
+    "Contact",
+    "Delay",
+    "DelayUnit",
+    "Enrollment",
+    "EnrollmentStatus",
+    "Event",
+    "EVENT_TYPES",
+    "ExitReason",
+    "PausePolicy",
+    "ReentryPolicy",
+    "Sequence",
+    "SequenceStatus",
+    "SenderIdentity",
+    "SkipReason",
+    "Step",
+    "StepFailed",
+    "StepSent",
+    "StepSkipped",
+    "Subscribed",
+    "SUPPRESSION_REASONS",
+    "Trigger",
+    "TriggerEvent",
+    "TriggerType",
+    "UTC",
+    "zone",
+]
+
+UTC = timezone.utc
+"""The UTC time zone every stored instant is expressed in."""
+
+#: The longest delay dripcore accepts: anything longer is a typo, not a plan.
+MAX_DELAY = timedelta(days=3660)
+_MAX_DELAY_SECONDS = int(MAX_DELAY.total_seconds())
+
+_ID_MAX = 255
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _enum(cls: type[_E], field: str, error: type[ValidationError] = ValidationError) -> Callable[[Any], _E]:
+    """A converter accepting a member of ``cls`` or its exact wire value."""
+    by_value = {member.value: member for member in cls}
+
+    def convert(value: Any) -> _E:
+        if isinstance(value, cls):
+            return value
+        try:
+            return by_value[value]
+        except (KeyError, TypeError):
+            choices = ", ".join(repr(v) for v in by_value)
+            raise error(field, value, f"not a {cls.__name__}; expected one of {choices}") from None
+
+    return convert
+
+
+def _opt_enum(cls: type[_E], field: str, error: type[ValidationError] = ValidationError) -> Callable[[Any], _E | None]:
+    convert = _enum(cls, field, error)
+    return lambda value: None if value is None else convert(value)
+
+
+def to_utc(value: Any, field: str = "datetime", error: type[ValidationError] = NaiveDatetimeError) -> datetime:
+    """Return ``value`` (an aware datetime, pendulum's included) as a plain UTC datetime.
+
+    Raises :class:`~dripcore.errors.NaiveDatetimeError` for a naive datetime and
+    for anything that is not a datetime.
+    """
+    if not isinstance(value, datetime):
+        raise error(field, value, "expected a timezone-aware datetime")
+    offset = value.utcoffset()
+    if offset is None:
+        raise error(field, value, "naive datetime: attach a time zone (dripcore stores UTC instants)")
+    u = value.replace(tzinfo=None) - offset
+    return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=UTC)
+
+
+def _text(field: str, error: type[ValidationError], *, max_len: int = _ID_MAX) -> Callable[[Any, Any, Any], None]:
+    """A validator for a non-empty, single-line string."""
+
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise error(field, value, "must be a non-empty string")
+        if len(value) > max_len:
+            raise error(field, value, f"longer than {max_len} characters")
+        if "\n" in value or "\r" in value or "\x00" in value:
+            raise error(field, value, "must be a single line")
+
+    return check
+
+
+def _opt_text(field: str, error: type[ValidationError], *, max_len: int = _ID_MAX) -> Callable[[Any, Any, Any], None]:
+    check = _text(field, error, max_len=max_len)
+
+    def opt(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return opt
+
+
+def _json_safe(value: Any, field: str, error: type[ValidationError], depth: int = 0) -> None:
+    if depth > 32:
+        raise error(field, value, "nested too deeply")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise error(field, value, "not a finite number (JSON has no NaN or infinity)")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _json_safe(item, f"{field}[{i}]", error, depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise error(field, key, "mapping keys must be strings")
+            _json_safe(item, f"{field}.{key}", error, depth + 1)
+        return
+    raise error(field, value, f"{type(value).__name__} is not JSON-safe")
+
+
+def _frozen_mapping(field: str, error: type[ValidationError]) -> Callable[[Any], Mapping[str, Any]]:
+    """A converter that validates a JSON-safe mapping and wraps it read-only."""
+
+    def convert(value: Any) -> Mapping[str, Any]:
+        if value.__class__ is MappingProxyType:
+            return value
+        if not isinstance(value, Mapping):
+            raise error(field, value, "expected a mapping of strings to JSON-safe values")
+        _json_safe(value, field, error)
+        return MappingProxyType(dict(value))
+
+    return convert
+
+
+def _is_click(item: Any) -> bool:
+    return len(item) == 2 and item[0].__class__ is int and isinstance(item[1], str)
+
+
+def _frozenset_of(kind: type, field: str, error: type[ValidationError]) -> Callable[[Any], frozenset[Any]]:
+    def convert(value: Any) -> frozenset[Any]:
+        if value.__class__ is frozenset:
+            return value
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise error(field, value, "expected a set")
+        result: frozenset[Any] = frozenset(tuple(v) if kind is tuple and isinstance(v, list) else v for v in value)
+        for item in result:
+            if not isinstance(item, kind) or isinstance(item, bool):
+                raise error(field, item, f"expected {kind.__name__} items")
+            if kind is tuple and not _is_click(item):
+                raise error(field, item, "expected (position, link) pairs")
+        return result
+
+    return convert
+
+
+def zone(name: str | None, field: str = "timezone") -> zoneinfo.ZoneInfo | None:
+    """Look up an IANA time zone by name; ``None`` stands for UTC.
+
+    Raises :class:`~dripcore.errors.InvalidTimezone` naming ``field`` for an
+    unknown name. Zones are cached by :mod:`zoneinfo`.
+    """
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise InvalidTimezone(field, name, "expected an IANA time zone name such as 'Europe/Paris'")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidTimezone(field, name, "not a known IANA time zone") from None
+
+
+def _timezone_validator(field: str) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        zone(value, field)
+
+    return check
+
+
+def _nonneg_int(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value.__class__ is not int or value < 0:
+            raise error(field, value, "must be a non-negative integer")
+
+    return check
+
+
+# --------------------------------------------------------------------------- delays
+
+
+class DelayUnit(enum.Enum):
+    """The unit of a :class:`Delay`.
+
+    Seconds, minutes and hours are *exact*: they add elapsed time. Days and
+    weeks are *calendar* units: they keep the local wall-clock time in the
+    contact's time zone, so a "1 day" step goes at the same local hour even
+    across a daylight-saving change (when that day is 23 or 25 hours long).
+    """
+
+    SECONDS = "seconds"
+    MINUTES = "minutes"
+    HOURS = "hours"
+    DAYS = "days"
+    WEEKS = "weeks"
+
+
+_UNIT_SECONDS = {
+    DelayUnit.SECONDS: 1,
+    DelayUnit.MINUTES: 60,
+    DelayUnit.HOURS: 3600,
+    DelayUnit.DAYS: 86400,
+    DelayUnit.WEEKS: 604800,
+}
+_UNIT_WORDS = {
+    "s": DelayUnit.SECONDS, "sec": DelayUnit.SECONDS, "secs": DelayUnit.SECONDS,
+    "second": DelayUnit.SECONDS, "seconds": DelayUnit.SECONDS,
+    "m": DelayUnit.MINUTES, "min": DelayUnit.MINUTES, "mins": DelayUnit.MINUTES,
+    "minute": DelayUnit.MINUTES, "minutes": DelayUnit.MINUTES,
+    "h": DelayUnit.HOURS, "hr": DelayUnit.HOURS, "hrs": DelayUnit.HOURS,
+    "hour": DelayUnit.HOURS, "hours": DelayUnit.HOURS,
+    "d": DelayUnit.DAYS, "day": DelayUnit.DAYS, "days": DelayUnit.DAYS,
+    "w": DelayUnit.WEEKS, "week": DelayUnit.WEEKS, "weeks": DelayUnit.WEEKS,
+}  # fmt: skip
+_DELAY_RE = re.compile(r"^(?:after\s+|wait\s+)?(\d{1,12})\s*([a-z]+)$")
+_IMMEDIATE_WORDS = frozenset({"immediately", "now", "0", "none", "no delay"})
+
+
+_impl_delay_unit = _enum(DelayUnit, "delay.unit", InvalidDelay)
+
+
+def _c_delay_unit(value: DelayUnit | str) -> DelayUnit:
+    return _impl_delay_unit(value)
+
+
+@attrs.frozen(kw_only=True)
+class Delay:
+    """How long to wait before a step: an ``amount`` of a :class:`DelayUnit`.
+
+    Build one with the unit constructors or :meth:`parse`:
+
+    >>> Delay.hours(24)
+    Delay(amount=24, unit=<DelayUnit.HOURS: 'hours'>)
+    >>> Delay.parse("2 days") == Delay.days(2)
+    True
+    >>> Delay.parse("immediately").is_zero
+    True
+
+    ``Delay.hours(24)`` and ``Delay.days(1)`` differ: the first is always 24
+    elapsed hours, the second is "the same local time tomorrow". Negative
+    delays and delays over ten years are rejected with
+    :class:`~dripcore.errors.InvalidDelay`.
+    """
+
+    amount: int
+    unit: DelayUnit = attrs.field(converter=_c_delay_unit)
+    _exact: timedelta = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        amount = self.amount
+        if amount.__class__ is not int:
+            raise InvalidDelay("delay.amount", amount, "must be an integer")
+        if amount < 0:
+            raise InvalidDelay("delay.amount", amount, "a delay can't be negative")
+        seconds = amount * _UNIT_SECONDS[self.unit]
+        if seconds > _MAX_DELAY_SECONDS:
+            raise InvalidDelay(
+                "delay.amount", amount, f"{amount} {self.unit.value} is longer than the 3660-day maximum"
+            )
+        object.__setattr__(self, "_exact", timedelta(seconds=seconds))
+
+    @classmethod
+    def seconds(cls, amount: int) -> Delay:
+        """An exact delay of ``amount`` seconds."""
+        return cls(amount=amount, unit=DelayUnit.SECONDS)
+
+    @classmethod
+    def minutes(cls, amount: int) -> Delay:
+        """An exact delay of ``amount`` minutes."""
+        return cls(amount=amount, unit=DelayUnit.MINUTES)
+
+    @classmethod
+    def hours(cls, amount: int) -> Delay:
+        """An exact delay of ``amount`` hours (elapsed time, whatever the calendar)."""
+        return cls(amount=amount, unit=DelayUnit.HOURS)
+
+    @classmethod
+    def days(cls, amount: int) -> Delay:
+        """A calendar delay: the same local wall-clock time ``amount`` days later."""
+        return cls(amount=amount, unit=DelayUnit.DAYS)
+
+    @classmethod
+    def weeks(cls, amount: int) -> Delay:
+        """A calendar delay: the same local wall-clock time ``amount`` weeks later."""
+        return cls(amount=amount, unit=DelayUnit.WEEKS)
+
+    @classmethod
+    def immediately(cls) -> Delay:
+        """No delay at all."""
+        return _IMMEDIATELY
+
+    @classmethod
+    def parse(cls, text: str) -> Delay:
+        """Parse ``"immediately"``, ``"30 minutes"``, ``"24h"``, ``"2 days"``, ``"after 1 week"``.
+
+        Raises :class:`~dripcore.errors.InvalidDelay` for anything else.
+        """
+        if not isinstance(text, str):
+            raise InvalidDelay("delay", text, "expected a string such as '2 days'")
+        cleaned = " ".join(text.strip().lower().split())
+        if cleaned in _IMMEDIATE_WORDS:
+            return _IMMEDIATELY
+        match = _DELAY_RE.match(cleaned)
+        unit = _UNIT_WORDS.get(match.group(2)) if match else None
+        if match is None or unit is None:
+            raise InvalidDelay("delay", text, "expected 'immediately' or '<number> <seconds|minutes|hours|days|weeks>'")
+        return cls(amount=int(match.group(1)), unit=unit)
+
+    @property
+    def is_calendar(self) -> bool:
+        """True for days and weeks, which follow the local calendar."""
+        return self.unit is DelayUnit.DAYS or self.unit is DelayUnit.WEEKS
+
+    @property
+    def is_zero(self) -> bool:
+        """True when the delay is nothing at all."""
+        return self.amount == 0
+
+    @property
+    def nominal(self) -> timedelta:
+        """The delay as a timedelta (a calendar day counts as 24 hours here)."""
+        return self._exact
+
+    @property
+    def calendar_days(self) -> int:
+        """For a calendar delay, its length in days; 0 for exact units."""
+        if self.unit is DelayUnit.DAYS:
+            return self.amount
+        if self.unit is DelayUnit.WEEKS:
+            return self.amount * 7
+        return 0
+
+    def __str__(self) -> str:
+        if self.amount == 0:
+            return "immediately"
+        unit = self.unit.value
+        return f"{self.amount} {unit[:-1] if self.amount == 1 else unit}"
+
+
+_IMMEDIATELY = Delay(amount=0, unit=DelayUnit.SECONDS)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class ConditionType(enum.Enum):
+    """What a step :class:`Condition` checks about an earlier step."""
+
+    OPENED = "opened"
+    NOT_OPENED = "not_opened"
+    CLICKED = "clicked"
+    NOT_CLICKED = "not_clicked"
+
+
+_NEGATION = {
+    ConditionType.OPENED: ConditionType.NOT_OPENED,
+    ConditionType.NOT_OPENED: ConditionType.OPENED,
+    ConditionType.CLICKED: ConditionType.NOT_CLICKED,
+    ConditionType.NOT_CLICKED: ConditionType.CLICKED,
+}
+
+
+_impl_condition_type = _enum(ConditionType, "condition.type", InvalidCondition)
+
+
+def _c_condition_type(value: ConditionType | str) -> ConditionType:
+    return _impl_condition_type(value)
+
+
+@attrs.frozen(kw_only=True)
+class Condition:
+    """Send a step only if the contact opened (or clicked, or did not) an earlier step.
+
+    ``step`` is the position of the earlier step; ``link`` narrows a click
+    condition to one URL. Two consecutive steps with the same delay and
+    opposite conditions form an if/else: exactly one of them is sent.
+    """
+
+    type: ConditionType = attrs.field(converter=_c_condition_type)
+    step: int = attrs.field(validator=_nonneg_int("condition.step", InvalidCondition))
+    link: str | None = attrs.field(default=None, validator=_opt_text("condition.link", InvalidCondition, max_len=2048))
+
+    def __attrs_post_init__(self) -> None:
+        if self.step < 1:
+            raise InvalidCondition("condition.step", self.step, "must be the position (>= 1) of an earlier step")
+        if self.link is not None and self.type in (ConditionType.OPENED, ConditionType.NOT_OPENED):
+            raise InvalidCondition("condition.link", self.link, "a link only narrows clicked/not_clicked")
+
+    def negated(self) -> Condition:
+        """The opposite condition (opened <-> not_opened, clicked <-> not_clicked)."""
+        return Condition(type=_NEGATION[self.type], step=self.step, link=self.link)
+
+    def holds(self, enrollment: Enrollment) -> bool:
+        """Whether the condition is true for ``enrollment``'s engagement so far."""
+        kind = self.type
+        if kind is ConditionType.OPENED:
+            return self.step in enrollment.opened
+        if kind is ConditionType.NOT_OPENED:
+            return self.step not in enrollment.opened
+        if self.link is None:
+            clicked = any(position == self.step for position, _ in enrollment.clicked)
+        else:
+            clicked = (self.step, self.link) in enrollment.clicked
+        return clicked if kind is ConditionType.CLICKED else not clicked
+
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def _email(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or len(value) > 320 or not _EMAIL_RE.match(value):
+            raise error(field, value, "not an email address")
+
+    return check
+
+
+def _opt_email(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    check = _email(field, error)
+
+    def opt(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return opt
+
+
+@attrs.frozen(kw_only=True)
+class SenderIdentity:
+    """Who an email comes from: the ``From`` address and name, and an optional ``Reply-To``."""
+
+    from_email: str = attrs.field(validator=_email("sender.from_email", InvalidStep))
+    from_name: str | None = attrs.field(default=None, validator=_opt_text("sender.from_name", InvalidStep))
+    reply_to: str | None = attrs.field(default=None, validator=_opt_email("sender.reply_to", InvalidStep))
+
+
+_MAX_BODY = 1_000_000
+
+
+def _opt_body(field: str) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise InvalidStep(field, value, "must be a string")
+        if len(value) > _MAX_BODY:
+            raise InvalidStep(field, f"<{len(value)} characters>", f"longer than {_MAX_BODY} characters")
+        if "\x00" in value:
+            raise InvalidStep(field, value[:40], "contains a NUL character (binary content)")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class Step:
+    """One email of a sequence.
+
+    ``position`` orders the steps (1, 2, 3, ...; unique within a sequence).
+    ``delay`` counts from the previous *sent* step, or from enrollment for the
+    first step; inactive or skipped steps do not move that reference point.
+    Content is ``template_id``, or a ``subject`` with ``html`` and/or ``text``.
+    An inactive step is passed over without breaking the chain. ``condition``
+    makes the step depend on engagement with an earlier step.
+    """
+
+    position: int
+    delay: Delay = attrs.field(factory=Delay.immediately)
+    subject: str | None = attrs.field(default=None, validator=_opt_text("step.subject", InvalidStep, max_len=998))
+    html: str | None = attrs.field(default=None, validator=_opt_body("step.html"))
+    text: str | None = attrs.field(default=None, validator=_opt_body("step.text"))
+    template_id: str | None = attrs.field(default=None, validator=_opt_text("step.template_id", InvalidStep))
+    active: bool = True
+    sender: SenderIdentity | None = None
+    condition: Condition | None = None
+    name: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.position.__class__ is not int or self.position < 1:
+            raise InvalidStep("step.position", self.position, "must be an integer >= 1")
+        if not isinstance(self.delay, Delay):
+            raise InvalidStep("step.delay", self.delay, "must be a Delay (see Delay.parse)")
+        if self.active.__class__ is not bool:
+            raise InvalidStep("step.active", self.active, "must be True or False")
+        if self.template_id is None:
+            if not (self.html or self.text):
+                raise InvalidStep(
+                    f"steps[{self.position}]", self.name or None,
+                    "a step needs content: a template_id, or html and/or text",
+                )  # fmt: skip
+            if self.subject is None:
+                raise InvalidStep("step.subject", None, "a step with html/text content needs a subject")
+        if self.sender is not None and not isinstance(self.sender, SenderIdentity):
+            raise InvalidStep("step.sender", self.sender, "must be a SenderIdentity")
+        if self.condition is not None:
+            if not isinstance(self.condition, Condition):
+                raise InvalidCondition("step.condition", self.condition, "must be a Condition")
+            if self.condition.step >= self.position:
+                raise InvalidCondition(
+                    "step.condition.step",
+                    self.condition.step,
+                    f"step {self.position} can only depend on an earlier step",
+                )
+        if not isinstance(self.name, str) or len(self.name) > _ID_MAX:
+            raise InvalidStep("step.name", self.name, f"must be a string of at most {_ID_MAX} characters")
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+class TriggerType(enum.Enum):
+    """What starts a sequence."""
+
+    TAG_ADDED = "tag_added"
+    GROUP_ADDED = "group_added"
+    LIST_ADDED = "list_added"
+    ANNIVERSARY = "anniversary"
+    AFTER_PURCHASE = "after_purchase"
+    AFTER_FIRST_CLICK = "after_first_click"
+    MANUAL = "manual"
+
+
+ANNIVERSARY_FIELDS = frozenset({"birthday", "created"})
+
+
+def _trigger_value(type_: TriggerType, value: Any, field: str, error: type[ValidationError]) -> None:
+    if value is None:
+        if type_ is TriggerType.ANNIVERSARY and error is InvalidTrigger:
+            raise error(field, value, "an anniversary trigger needs 'birthday' or 'created'")
+        return
+    if not isinstance(value, str) or not value.strip() or len(value) > _ID_MAX:
+        raise error(field, value, "must be None (any) or a non-empty string")
+    if type_ is TriggerType.ANNIVERSARY and value not in ANNIVERSARY_FIELDS:
+        raise error(field, value, "an anniversary trigger needs 'birthday' or 'created'")
+
+
+def normalize_trigger_value(type_: TriggerType, value: str | None) -> str | None:
+    """The form a trigger value is compared in: tags are case-insensitive."""
+    if value is not None and type_ is TriggerType.TAG_ADDED:
+        return value.strip().casefold()
+    return value
+
+
+_impl_trigger_type = _enum(TriggerType, "trigger.type", UnknownTriggerType)
+
+
+def _c_trigger_type(value: TriggerType | str) -> TriggerType:
+    return _impl_trigger_type(value)
+
+
+@attrs.frozen(kw_only=True)
+class Trigger:
+    """What enrolls contacts into a sequence: a :class:`TriggerType` and an optional value.
+
+    ``value=None`` means "any": a "tag added" trigger with no value fires for
+    every tag, one with ``value="vip"`` only for that tag (tags compare
+    case-insensitively). Anniversary triggers need ``"birthday"`` or
+    ``"created"``.
+    """
+
+    type: TriggerType = attrs.field(converter=_c_trigger_type)
+    value: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _trigger_value(self.type, self.value, "trigger.value", InvalidTrigger)
+
+    @property
+    def key(self) -> tuple[TriggerType, str | None]:
+        """The normalised (type, value) pair triggers are matched on."""
+        return (self.type, normalize_trigger_value(self.type, self.value))
+
+
+_impl_event_type = _enum(TriggerType, "event.type", UnknownTriggerType)
+
+
+def _c_event_type(value: TriggerType | str) -> TriggerType:
+    return _impl_event_type(value)
+
+
+_impl_event_variables = _frozen_mapping("event.variables", InvalidTriggerEvent)
+
+
+def _c_event_variables(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _impl_event_variables(value)
+
+
+@attrs.frozen(kw_only=True)
+class TriggerEvent:
+    """Something that happened to a contact and may start (or end) sequences.
+
+    Use the named constructors: ``TriggerEvent.tag_added("c1", "VIP")``,
+    ``TriggerEvent.purchase("c1", product_id="p9", order_id="o-1001")``.
+    ``key`` deduplicates: a keyed event (an order id) enrolls a contact once
+    per key, so two orders give two post-purchase enrollments while a webhook
+    delivered twice gives one.
+    """
+
+    type: TriggerType = attrs.field(converter=_c_event_type)
+    contact_id: str = attrs.field(validator=_text("event.contact_id", InvalidTriggerEvent))
+    value: str | None = None
+    key: str | None = attrs.field(default=None, validator=_opt_text("event.key", InvalidTriggerEvent))
+    variables: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_event_variables, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        _trigger_value(self.type, self.value, "event.value", InvalidTriggerEvent)
+
+    @classmethod
+    def tag_added(cls, contact_id: str, tag: str) -> TriggerEvent:
+        """A tag was applied to a contact (fire only on the first apply)."""
+        return cls(type=TriggerType.TAG_ADDED, contact_id=contact_id, value=tag)
+
+    @classmethod
+    def group_added(cls, contact_id: str, group_id: str) -> TriggerEvent:
+        """A contact joined a group."""
+        return cls(type=TriggerType.GROUP_ADDED, contact_id=contact_id, value=group_id)
+
+    @classmethod
+    def list_added(cls, contact_id: str, list_id: str) -> TriggerEvent:
+        """A contact was added to a list."""
+        return cls(type=TriggerType.LIST_ADDED, contact_id=contact_id, value=list_id)
+
+    @classmethod
+    def purchase(
+        cls,
+        contact_id: str,
+        *,
+        product_id: str | None = None,
+        order_id: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> TriggerEvent:
+        """A payment was confirmed; ``order_id`` makes it enroll once per order."""
+        return cls(
+            type=TriggerType.AFTER_PURCHASE,
+            contact_id=contact_id,
+            value=product_id,
+            key=order_id,
+            variables=variables or {},
+        )
+
+    @classmethod
+    def first_click(cls, contact_id: str, mailing_id: str | None = None) -> TriggerEvent:
+        """A contact clicked a link for the first time in a mailing."""
+        return cls(type=TriggerType.AFTER_FIRST_CLICK, contact_id=contact_id, value=mailing_id)
+
+    @classmethod
+    def manual(cls, contact_id: str, value: str | None = None, *, key: str | None = None) -> TriggerEvent:
+        """An API or dashboard call asked to start MANUAL sequences."""
+        return cls(type=TriggerType.MANUAL, contact_id=contact_id, value=value, key=key)
+
+    @classmethod
+    def anniversary(cls, contact_id: str, field: str, *, year: int) -> TriggerEvent:
+        """A contact's birthday or sign-up anniversary; keyed by year (once a year)."""
+        return cls(type=TriggerType.ANNIVERSARY, contact_id=contact_id, value=field, key=str(year))
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+class SequenceStatus(enum.Enum):
+    """The lifecycle of a sequence: drafts and paused sequences send nothing; archived is final."""
+
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ARCHIVED = "archived"
+
+
+class ReentryPolicy(enum.Enum):
+    """Whether a contact may go through a sequence again (for the same key).
+
+    ``NEVER``: one enrollment per contact and key, ever. ``AFTER_EXIT``: a new
+    enrollment may start once the previous one has ended (completed or exited).
+    A contact is never in the same sequence twice at once for the same key.
+    """
+
+    NEVER = "never"
+    AFTER_EXIT = "after_exit"
+
+
+class PausePolicy(enum.Enum):
+    """What happens to due times when a paused enrollment or sequence resumes.
+
+    ``BUMP``: a step that fell due during the pause goes once, at resume; the
+    steps after it keep their delays from that send (stale sends are bumped,
+    never flooded). ``EXTEND``: the remaining wait is kept, as if the pause
+    had never happened (every due time moves later by the pause's length).
+    """
+
+    BUMP = "bump"
+    EXTEND = "extend"
+
+
+_impl_sequence_status = _enum(SequenceStatus, "sequence.status", InvalidSequence)
+
+
+def _c_sequence_status(value: SequenceStatus | str) -> SequenceStatus:
+    return _impl_sequence_status(value)
+
+
+_impl_sequence_reentry = _enum(ReentryPolicy, "sequence.reentry", InvalidSequence)
+
+
+def _c_sequence_reentry(value: ReentryPolicy | str) -> ReentryPolicy:
+    return _impl_sequence_reentry(value)
+
+
+_impl_sequence_pause_policy = _enum(PausePolicy, "sequence.pause_policy", InvalidSequence)
+
+
+def _c_sequence_pause_policy(value: PausePolicy | str) -> PausePolicy:
+    return _impl_sequence_pause_policy(value)
+
+
+@attrs.frozen(kw_only=True)
+class Sequence:
+    """A drip campaign: a trigger and an ordered list of steps.
+
+    ``timezone`` is the fallback zone for contacts without one (the chain is:
+    the contact's zone, else this, else UTC). ``exit_on`` lists goal triggers
+    that end an enrollment with reason GOAL_MET. ``version`` counts saved
+    edits; stores use it for optimistic concurrency.
+    """
+
+    id: str = attrs.field(validator=_text("sequence.id", InvalidSequence))
+    name: str = attrs.field(validator=_text("sequence.name", InvalidSequence))
+    trigger: Trigger = attrs.field(factory=lambda: Trigger(type=TriggerType.MANUAL))
+    steps: tuple[Step, ...] = attrs.field(default=())
+    status: SequenceStatus = attrs.field(default=SequenceStatus.DRAFT, converter=_c_sequence_status)
+    description: str = ""
+    sender: SenderIdentity | None = None
+    enroll_existing: bool = False
+    reentry: ReentryPolicy = attrs.field(default=ReentryPolicy.NEVER, converter=_c_sequence_reentry)
+    exit_on: tuple[Trigger, ...] = ()
+    timezone: str | None = attrs.field(default=None, validator=_timezone_validator("sequence.timezone"))
+    pause_policy: PausePolicy = attrs.field(default=PausePolicy.BUMP, converter=_c_sequence_pause_policy)
+    version: int = attrs.field(default=1, validator=_nonneg_int("sequence.version", InvalidSequence))
+
+    _positions: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
+    _first_active_from: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
+    _zone: zoneinfo.ZoneInfo | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.trigger, Trigger):
+            raise InvalidSequence("sequence.trigger", self.trigger, "must be a Trigger")
+        steps = self.steps
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+            raise InvalidSequence("sequence.steps", steps, "must be a sequence of Step")
+        steps = tuple(steps)
+        for step in steps:
+            if not isinstance(step, Step):
+                raise InvalidSequence("sequence.steps", step, "must contain Step objects only")
+        ordered = tuple(sorted(steps, key=lambda s: s.position))
+        seen: set[int] = set()
+        for step in ordered:
+            if step.position in seen:
+                raise DuplicateStepPosition(
+                    "steps.position", step.position, f"two steps of sequence {self.id!r} share this position"
+                )
+            seen.add(step.position)
+        for step in ordered:
+            cond = step.condition
+            if cond is not None and cond.step not in seen:
+                raise InvalidCondition(f"steps[{step.position}].condition.step", cond.step, "no step has that position")
+        exit_on = tuple(self.exit_on)
+        for goal in exit_on:
+            if not isinstance(goal, Trigger):
+                raise InvalidSequence("sequence.exit_on", goal, "must contain Trigger objects only")
+        for name in ("enroll_existing",):
+            if getattr(self, name).__class__ is not bool:
+                raise InvalidSequence(f"sequence.{name}", getattr(self, name), "must be True or False")
+        if not isinstance(self.description, str):
+            raise InvalidSequence("sequence.description", self.description, "must be a string")
+        if self.sender is not None and not isinstance(self.sender, SenderIdentity):
+            raise InvalidSequence("sequence.sender", self.sender, "must be a SenderIdentity")
+        object.__setattr__(self, "steps", ordered)
+        object.__setattr__(self, "exit_on", exit_on)
+        # first_active_from[i] is the index of the first active step at or after
+        # index i (len(steps) when there is none): finding the next step to send
+        # is then a bisect plus one lookup, whatever the sequence length.
+        first: list[int] = [len(ordered)] * (len(ordered) + 1)
+        for i in range(len(ordered) - 1, -1, -1):
+            first[i] = i if ordered[i].active else first[i + 1]
+        object.__setattr__(self, "_positions", tuple(s.position for s in ordered))
+        object.__setattr__(self, "_first_active_from", tuple(first))
+        object.__setattr__(self, "_zone", zone(self.timezone, "sequence.timezone"))
+
+    def step(self, position: int) -> Step | None:
+        """The step at ``position``, or None."""
+        i = bisect_right(self._positions, position) - 1
+        if i >= 0 and self._positions[i] == position:
+            return self.steps[i]
+        return None
+
+    def next_active_step(self, after: int) -> Step | None:
+        """The first active step whose position is greater than ``after``."""
+        i = self._first_active_from[bisect_right(self._positions, after)]
+        return self.steps[i] if i < len(self.steps) else None
+
+    def active_steps(self) -> tuple[Step, ...]:
+        """The active steps, in order."""
+        return tuple(s for s in self.steps if s.active)
+
+    @property
+    def fallback_zone(self) -> zoneinfo.ZoneInfo | None:
+        """The sequence's fallback zone (None for UTC)."""
+        return self._zone
+
+
+# --------------------------------------------------------------------------- enrollments
+
+
+class EnrollmentStatus(enum.Enum):
+    """Where a contact is in a sequence. COMPLETED and EXITED are terminal."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    EXITED = "exited"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for COMPLETED and EXITED, which never change again."""
+        return self is EnrollmentStatus.COMPLETED or self is EnrollmentStatus.EXITED
+
+
+class ExitReason(enum.Enum):
+    """Why an enrollment left its sequence before completing it."""
+
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    SUPPRESSED = "suppressed"
+    MANUAL = "manual"
+    ARCHIVED = "archived"
+    GOAL_MET = "goal_met"
+
+
+#: The exit reasons that also describe a suppressed contact.
+SUPPRESSION_REASONS = frozenset(
+    {ExitReason.UNSUBSCRIBED, ExitReason.BOUNCED, ExitReason.COMPLAINED, ExitReason.SUPPRESSED}
+)
+
+_ACTIVE = EnrollmentStatus.ACTIVE
+_PAUSED = EnrollmentStatus.PAUSED
+_COMPLETED = EnrollmentStatus.COMPLETED
+_EXITED = EnrollmentStatus.EXITED
+
+
+_impl_enrollment_status = _enum(EnrollmentStatus, "enrollment.status", InvalidEnrollment)
+
+
+def _c_enrollment_status(value: EnrollmentStatus | str) -> EnrollmentStatus:
+    return _impl_enrollment_status(value)
+
+
+def _c_enrollment_enrolled_at(value: datetime) -> datetime:
+    if value.__class__ is datetime and value.tzinfo is UTC:
+        return value
+    return to_utc(value, "enrollment.enrolled_at")
+
+
+def _c_enrollment_next_step_due_at(value: datetime | None) -> datetime | None:
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return value
+    return to_utc(value, "enrollment.next_step_due_at")
+
+
+def _c_enrollment_last_step_sent_at(value: datetime | None) -> datetime | None:
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return value
+    return to_utc(value, "enrollment.last_step_sent_at")
+
+
+_impl_enrollment_exit_reason = _opt_enum(ExitReason, "enrollment.exit_reason", InvalidEnrollment)
+
+
+def _c_enrollment_exit_reason(value: ExitReason | str | None) -> ExitReason | None:
+    return _impl_enrollment_exit_reason(value)
+
+
+def _c_enrollment_paused_at(value: datetime | None) -> datetime | None:
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return value
+    return to_utc(value, "enrollment.paused_at")
+
+
+def _c_enrollment_ended_at(value: datetime | None) -> datetime | None:
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return value
+    return to_utc(value, "enrollment.ended_at")
+
+
+_impl_enrollment_variables = _frozen_mapping("enrollment.variables", InvalidEnrollment)
+
+
+def _c_enrollment_variables(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _impl_enrollment_variables(value)
+
+
+_impl_enrollment_opened = _frozenset_of(int, "enrollment.opened", InvalidEnrollment)
+
+
+def _c_enrollment_opened(value: Iterable[Any]) -> frozenset[Any]:
+    return _impl_enrollment_opened(value)
+
+
+_impl_enrollment_clicked = _frozenset_of(tuple, "enrollment.clicked", InvalidEnrollment)
+
+
+def _c_enrollment_clicked(value: Iterable[Any]) -> frozenset[Any]:
+    return _impl_enrollment_clicked(value)
+
+
+_impl_enrollment_skipped = _frozenset_of(int, "enrollment.skipped", InvalidEnrollment)
+
+
+def _c_enrollment_skipped(value: Iterable[Any]) -> frozenset[Any]:
+    return _impl_enrollment_skipped(value)
+
+
+@attrs.frozen(kw_only=True)
+class Enrollment:
+    """One contact's way through one sequence.
+
+    ``last_step_sent`` is the position of the last step sent (0 before the
+    first) and ``last_step_sent_at`` when; ``next_step_due_at`` is when
+    :func:`~dripcore.scheduler.advance` should next look at it (None once
+    terminal). ``paused_at`` is set while PAUSED. ``opened`` and ``clicked``
+    are the engagement facts step conditions read; ``skipped`` holds the
+    positions passed over because their condition was false. ``key`` is the dedupe key
+    of the trigger that started it; ``version`` is maintained by the store.
+
+    The fields must agree with the status: an ACTIVE enrollment has a due
+    time and no exit reason, an EXITED one has a reason and no due time, and so
+    on; a contradiction raises :class:`~dripcore.errors.InvalidEnrollment`.
+    """
+
+    id: str = attrs.field(validator=_text("enrollment.id", InvalidEnrollment))
+    sequence_id: str = attrs.field(validator=_text("enrollment.sequence_id", InvalidEnrollment))
+    contact_id: str = attrs.field(validator=_text("enrollment.contact_id", InvalidEnrollment))
+    status: EnrollmentStatus = attrs.field(converter=_c_enrollment_status)
+    enrolled_at: datetime = attrs.field(converter=_c_enrollment_enrolled_at)
+    next_step_due_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_next_step_due_at)
+    last_step_sent: int = 0
+    last_step_sent_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_last_step_sent_at)
+    exit_reason: ExitReason | None = attrs.field(default=None, converter=_c_enrollment_exit_reason)
+    paused_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_paused_at)
+    ended_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_ended_at)
+    variables: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_enrollment_variables, hash=False)
+    opened: frozenset[int] = attrs.field(default=frozenset(), converter=_c_enrollment_opened)
+    clicked: frozenset[tuple[int, str]] = attrs.field(default=frozenset(), converter=_c_enrollment_clicked)
+    skipped: frozenset[int] = attrs.field(default=frozenset(), converter=_c_enrollment_skipped)
+    key: str | None = attrs.field(default=None, validator=_opt_text("enrollment.key", InvalidEnrollment))
+    version: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        # Written as straight-line checks rather than attrs validators: this
+        # runs on every evolve of the dispatch hot path.
+        status = self.status
+        last = self.last_step_sent
+        if last.__class__ is not int or last < 0:
+            raise InvalidEnrollment("enrollment.last_step_sent", last, "must be a non-negative integer")
+        if (last == 0) is not (self.last_step_sent_at is None):
+            raise InvalidEnrollment(
+                "enrollment.last_step_sent_at",
+                self.last_step_sent_at,
+                f"must be set exactly when a step was sent (last_step_sent={last})",
+            )
+        if self.version.__class__ is not int or self.version < 0:
+            raise InvalidEnrollment("enrollment.version", self.version, "must be a non-negative integer")
+        due = self.next_step_due_at
+        reason = self.exit_reason
+        if status is _ACTIVE or status is _PAUSED:
+            if due is None:
+                raise InvalidEnrollment(
+                    "enrollment.next_step_due_at", None, f"an enrollment with status={status.value} needs a due time"
+                )
+            if reason is not None:
+                raise InvalidEnrollment(
+                    "enrollment.exit_reason", reason.value, f"only an exited enrollment has one (status={status.value})"
+                )
+            if self.ended_at is not None:
+                raise InvalidEnrollment(
+                    "enrollment.ended_at", self.ended_at, f"an enrollment with status={status.value} has not ended"
+                )
+            if (status is _PAUSED) is (self.paused_at is None):
+                raise InvalidEnrollment(
+                    "enrollment.paused_at", self.paused_at, f"must be set exactly when paused (status={status.value})"
+                )
+        else:
+            if due is not None:
+                raise InvalidEnrollment(
+                    "enrollment.next_step_due_at", due, f"a {status.value} enrollment has no next step"
+                )
+            if self.paused_at is not None:
+                raise InvalidEnrollment(
+                    "enrollment.paused_at", self.paused_at, f"a {status.value} enrollment is not paused"
+                )
+            if self.ended_at is None:
+                raise InvalidEnrollment("enrollment.ended_at", None, f"a {status.value} enrollment needs its end time")
+            if (status is _EXITED) is (reason is None):
+                raise InvalidEnrollment(
+                    "enrollment.exit_reason",
+                    None if reason is None else reason.value,
+                    "an exited enrollment needs a reason, a completed one has none",
+                )
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once COMPLETED or EXITED."""
+        return self.status.is_terminal
+
+    @property
+    def reference_time(self) -> datetime:
+        """The instant the next step's delay counts from: the last send, else enrollment."""
+        return self.last_step_sent_at or self.enrolled_at
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+def _c_contact_created_at(value: datetime | None) -> datetime | None:
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return value
+    return to_utc(value, "contact.created_at")
+
+
+_impl_contact_metadata = _frozen_mapping("contact.metadata", InvalidContact)
+
+
+def _c_contact_metadata(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _impl_contact_metadata(value)
+
+
+_impl_contact_suppressed = _opt_enum(ExitReason, "contact.suppressed", InvalidContact)
+
+
+def _c_contact_suppressed(value: ExitReason | str | None) -> ExitReason | None:
+    return _impl_contact_suppressed(value)
+
+
+@attrs.frozen(kw_only=True)
+class Contact:
+    """A person who receives sequence emails.
+
+    ``timezone`` (an IANA name) decides local send times; ``suppressed`` holds
+    why the contact must not be mailed (UNSUBSCRIBED, BOUNCED, COMPLAINED or
+    SUPPRESSED), or None. ``metadata`` values are available to templates.
+    """
+
+    id: str = attrs.field(validator=_text("contact.id", InvalidContact))
+    email: str = attrs.field(validator=_email("contact.email", InvalidContact))
+    first_name: str = ""
+    last_name: str = ""
+    birthday: date | None = None
+    created_at: datetime | None = attrs.field(default=None, converter=_c_contact_created_at)
+    timezone: str | None = attrs.field(default=None, validator=_timezone_validator("contact.timezone"))
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_contact_metadata, hash=False)
+    suppressed: ExitReason | None = attrs.field(default=None, converter=_c_contact_suppressed)
+    _zone: zoneinfo.ZoneInfo | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("first_name", "last_name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > _ID_MAX or "\n" in value or "\r" in value:
+                raise InvalidContact(f"contact.{name}", value, "must be a single-line string")
+        if self.birthday is not None and (not isinstance(self.birthday, date) or isinstance(self.birthday, datetime)):
+            raise InvalidContact("contact.birthday", self.birthday, "must be a date (not a datetime)")
+        if self.suppressed is not None and self.suppressed not in SUPPRESSION_REASONS:
+            raise InvalidContact(
+                "contact.suppressed", self.suppressed.value, "must be unsubscribed, bounced, complained or suppressed"
+            )
+        object.__setattr__(self, "_zone", zone(self.timezone, "contact.timezone"))
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo | None:
+        """The contact's own zone (None when it has none)."""
+        return self._zone
+
+
+# --------------------------------------------------------------------------- events
+
+
+class SkipReason(enum.Enum):
+    """Why a step was passed over without being sent."""
+
+    INACTIVE = "inactive"
+    CONDITION = "condition"
+
+
+def _event_text(field: str) -> Callable[[Any, Any, Any], None]:
+    return _text(field, ValidationError)
+
+
+def _c_event_at(value: datetime) -> datetime:
+    if value.__class__ is datetime and value.tzinfo is UTC:
+        return value
+    return to_utc(value, "event.at")
+
+
+@attrs.frozen(kw_only=True)
+class _LifecycleEvent:
+    """Fields every lifecycle event carries."""
+
+    wire_name: ClassVar[str] = ""
+
+    enrollment_id: str = attrs.field(validator=_event_text("event.enrollment_id"))
+    sequence_id: str = attrs.field(validator=_event_text("event.sequence_id"))
+    contact_id: str = attrs.field(validator=_event_text("event.contact_id"))
+    at: datetime = attrs.field(converter=_c_event_at)
+
+
+@attrs.frozen(kw_only=True)
+class Subscribed(_LifecycleEvent):
+    """A contact entered a sequence (wire name ``sequence.subscribed``)."""
+
+    wire_name: ClassVar[str] = "sequence.subscribed"
+
+    key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StepSent(_LifecycleEvent):
+    """A step was handed to the mail sender and accepted (``sequence.step.sent``)."""
+
+    wire_name: ClassVar[str] = "sequence.step.sent"
+
+    position: int
+    idempotency_key: str
+
+
+@attrs.frozen(kw_only=True)
+class StepFailed(_LifecycleEvent):
+    """A step could not be sent and will not be retried (``sequence.step.failed``)."""
+
+    wire_name: ClassVar[str] = "sequence.step.failed"
+
+    position: int
+    error: str
+    reason: str | None = None
+
+
+_impl_event_reason = _enum(SkipReason, "event.reason")
+
+
+def _c_event_reason(value: SkipReason | str) -> SkipReason:
+    return _impl_event_reason(value)
+
+
+@attrs.frozen(kw_only=True)
+class StepSkipped(_LifecycleEvent):
+    """A step was passed over: inactive, or its condition was false (``sequence.step.skipped``)."""
+
+    wire_name: ClassVar[str] = "sequence.step.skipped"
+
+    position: int
+    reason: SkipReason = attrs.field(converter=_c_event_reason)
+
+
+@attrs.frozen(kw_only=True)
+class Completed(_LifecycleEvent):
+    """The enrollment has no step left (``sequence.completed``)."""
+
+    wire_name: ClassVar[str] = "sequence.completed"
+
+
+_impl_exit_reason = _enum(ExitReason, "event.reason")
+
+
+def _c_event_exit_reason(value: ExitReason | str) -> ExitReason:
+    return _impl_exit_reason(value)
+
+
+@attrs.frozen(kw_only=True)
+class Cancelled(_LifecycleEvent):
+    """The enrollment exited early, with its reason (``sequence.cancelled``)."""
+
+    wire_name: ClassVar[str] = "sequence.cancelled"
+
+    reason: ExitReason = attrs.field(converter=_c_event_exit_reason)
+
+
+Event = Subscribed | StepSent | StepFailed | StepSkipped | Completed | Cancelled
+"""Any lifecycle event."""
+
+#: Event classes by wire name.
+EVENT_TYPES: Mapping[str, type[Event]] = MappingProxyType(
+    {cls.wire_name: cls for cls in (Subscribed, StepSent, StepFailed, StepSkipped, Completed, Cancelled)}
+)

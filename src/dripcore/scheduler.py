@@ -1,0 +1,620 @@
+"""The pure core of dripcore: every transition of an enrollment, with no I/O.
+
+Theory of operation
+-------------------
+
+An :class:`~dripcore.model.Enrollment` is one contact's way through one
+:class:`~dripcore.model.Sequence`. It remembers the position of the last step
+sent (``last_step_sent``, 0 before the first), when that was
+(``last_step_sent_at``), and when it next needs attention
+(``next_step_due_at``). Nothing here reads a clock: the caller passes ``now``.
+
+:func:`advance` is the heart. Given an enrollment and ``now`` it applies these
+rules, in order, and returns an :class:`Advance` (the new enrollment, the step
+to send now or None, and the lifecycle events):
+
+1. A terminal enrollment (COMPLETED, EXITED) comes back unchanged.
+2. A suppressed contact (unsubscribed, bounced, complained) exits it, with
+   that reason.
+3. An ARCHIVED sequence exits it (reason ARCHIVED).
+4. A sequence that is not ACTIVE, or a PAUSED enrollment, does not move.
+5. Before ``next_step_due_at`` nothing moves: ``advance`` is the identity.
+6. Otherwise the candidate is the first *active* step after
+   ``last_step_sent`` (inactive steps are passed over and their delays do not
+   count). If it has a condition that is false, it is skipped
+   (``StepSkipped``) and the next active step becomes the candidate, due at
+   the last send + its own delay; if that is already due it is considered in
+   the same call. The first candidate that may go is returned in ``send``.
+   Sending a step with a condition also passes over the *else branch*: the
+   steps right after it with the same delay and the opposite condition.
+7. ``next_step_due_at`` becomes the send time + the next active step's delay.
+   No active step left: the enrollment is COMPLETED in the same call.
+
+So at most one step goes per call, and the next due time counts from the
+actual send: an enrollment that was stuck for a week (downtime, a paused
+sequence) catches up one step at a time with its delays intact. Stale send
+times are bumped, never flooded. Every delay counts from the last *sent* step
+(or from enrollment), never from a skipped one.
+
+Delays in exact units (seconds, minutes, hours) add elapsed time. Calendar
+units (days, weeks) keep the local wall-clock time in the contact's zone; the
+zone is the contact's, else the sequence's fallback, else UTC. A local time
+that does not exist (the hour skipped when clocks spring forward) moves
+forward by the length of the gap; a local time that occurs twice (clocks
+falling back) means its first occurrence. This is :pep:`495`'s ``fold=0``.
+
+The other transitions are small and are checked against
+:data:`TRANSITIONS`, a table of status x action in the manner of h11: an
+action missing from a status's row is illegal and raises
+:class:`~dripcore.errors.InvalidTransition` naming the enrollment, its status
+and the action.
+"""
+
+from __future__ import annotations
+
+import enum
+import zoneinfo
+from bisect import bisect_right
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from .errors import (
+    ContactSuppressed,
+    DripcoreError,
+    InvalidTransition,
+    SequenceStateError,
+)
+from .model import (
+    UTC,
+    Cancelled,
+    Completed,
+    Contact,
+    Delay,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    ExitReason,
+    PausePolicy,
+    Sequence,
+    SequenceStatus,
+    SkipReason,
+    Step,
+    StepSkipped,
+    Subscribed,
+    Trigger,
+    TriggerEvent,
+    normalize_trigger_value,
+    to_utc,
+)
+
+__all__ = [
+    "Action",
+    "Advance",
+    "TRANSITIONS",
+    "add_delay",
+    "advance",
+    "anniversary_date",
+    "enroll",
+    "exit",
+    "exits_on",
+    "is_anniversary",
+    "matches",
+    "pause",
+    "replan",
+    "resolve_zone",
+    "resume",
+]
+
+
+class Action(enum.Enum):
+    """What can happen to an enrollment; the columns of :data:`TRANSITIONS`."""
+
+    SEND = "send"
+    SKIP = "skip"
+    COMPLETE = "complete"
+    PAUSE = "pause"
+    RESUME = "resume"
+    EXIT = "exit"
+    REPLAN = "replan"
+
+
+_A = EnrollmentStatus.ACTIVE
+_P = EnrollmentStatus.PAUSED
+_C = EnrollmentStatus.COMPLETED
+_X = EnrollmentStatus.EXITED
+
+#: status -> action -> the status it leads to. A missing entry is illegal.
+#: Enrollments start ACTIVE (:func:`enroll`). The docs' state diagram is
+#: generated from this table.
+TRANSITIONS: Mapping[EnrollmentStatus, Mapping[Action, EnrollmentStatus]] = MappingProxyType(
+    {
+        _A: MappingProxyType(
+            {
+                Action.SEND: _A,
+                Action.SKIP: _A,
+                Action.COMPLETE: _C,
+                Action.PAUSE: _P,
+                Action.EXIT: _X,
+                Action.REPLAN: _A,
+            }
+        ),
+        _P: MappingProxyType({Action.RESUME: _A, Action.EXIT: _X, Action.REPLAN: _P}),
+        _C: MappingProxyType({}),
+        _X: MappingProxyType({}),
+    }
+)
+
+
+def _target(enrollment: Enrollment, action: Action) -> EnrollmentStatus:
+    try:
+        return TRANSITIONS[enrollment.status][action]
+    except KeyError:
+        raise InvalidTransition(
+            enrollment_id=enrollment.id, status=enrollment.status.value, action=action.value
+        ) from None
+
+
+@attrs.frozen
+class Advance:
+    """The result of a transition: the new ``enrollment``, the ``send`` (a step to
+    send now, or None) and the lifecycle ``events`` it produced, in order.
+
+    ``Advance.enrollment is`` the input enrollment when nothing changed.
+    """
+
+    enrollment: Enrollment
+    send: Step | None = None
+    events: tuple[Event, ...] = ()
+
+
+_NO_EVENTS: tuple[Event, ...] = ()
+
+
+def _now(now: datetime) -> datetime:
+    if now.__class__ is datetime and now.tzinfo is UTC:
+        return now
+    return to_utc(now, "now")
+
+
+# --------------------------------------------------------------------------- time
+
+
+def resolve_zone(sequence: Sequence, contact: Contact | None) -> zoneinfo.ZoneInfo | None:
+    """The zone a contact's steps are timed in: the contact's, else the sequence's
+    fallback, else UTC (returned as None)."""
+    if contact is not None:
+        own = contact.zone
+        if own is not None:
+            return own
+    return sequence.fallback_zone
+
+
+def add_delay(instant: datetime, delay: Delay, zone: zoneinfo.ZoneInfo | None) -> datetime:
+    """``instant`` plus ``delay``, as a UTC datetime.
+
+    Exact units add elapsed time. Calendar units (days, weeks) add days to the
+    local date in ``zone`` and keep the local wall-clock time; a local time in
+    a spring-forward gap moves forward by the gap, an ambiguous one resolves
+    to its first occurrence. ``zone=None`` means UTC.
+    """
+    if zone is None or not delay.is_calendar:
+        return instant + delay.nominal
+    local = instant.astimezone(zone)
+    wall = local.replace(tzinfo=None, fold=0) + timedelta(days=delay.calendar_days)
+    return wall.replace(tzinfo=zone).astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- advance
+
+
+def _next_step(sequence: Sequence, after: int, skipped: frozenset[int]) -> Step | None:
+    step = sequence.next_active_step(after)
+    while step is not None and step.position in skipped:
+        step = sequence.next_active_step(step.position)
+    return step
+
+
+def _inactive_between(
+    enrollment: Enrollment, sequence: Sequence, low: int, high: int | None, at: datetime
+) -> list[Event]:
+    """StepSkipped(INACTIVE) for the inactive steps strictly between two positions."""
+    events: list[Event] = []
+    for step in sequence.steps:
+        if step.position <= low:
+            continue
+        if high is not None and step.position >= high:
+            break
+        if not step.active and step.position not in enrollment.skipped:
+            events.append(
+                StepSkipped(
+                    enrollment_id=enrollment.id,
+                    sequence_id=enrollment.sequence_id,
+                    contact_id=enrollment.contact_id,
+                    at=at,
+                    position=step.position,
+                    reason=SkipReason.INACTIVE,
+                )
+            )
+    return events
+
+
+def _has_inactive_between(sequence: Sequence, low: int, high: int | None) -> bool:
+    positions = sequence._positions
+    start = bisect_right(positions, low)
+    stop = len(positions) if high is None else bisect_right(positions, high - 1)
+    if stop <= start:
+        return False
+    return any(not sequence.steps[i].active for i in range(start, stop))
+
+
+def advance(
+    enrollment: Enrollment,
+    now: datetime,
+    *,
+    sequence: Sequence,
+    contact: Contact | None = None,
+) -> Advance:
+    """Move ``enrollment`` along ``sequence`` as of ``now``; see the module docstring.
+
+    Pure and deterministic: the same inputs always give the same result, and
+    the input is never modified. At most one step is returned in ``send``.
+
+    >>> from datetime import datetime, timezone
+    >>> from dripcore import Delay, Sequence, SequenceStatus, Step
+    >>> seq = Sequence(id="welcome", name="Welcome", status=SequenceStatus.ACTIVE, steps=(
+    ...     Step(position=1, subject="Hi", text="Welcome!"),
+    ...     Step(position=2, delay=Delay.hours(24), subject="Day 2", text="Tips"),
+    ... ))
+    >>> t0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    >>> first = enroll(seq, None, t0, enrollment_id="e1", contact_id="c1").enrollment
+    >>> step1 = advance(first, t0, sequence=seq)
+    >>> step1.send.position, step1.enrollment.next_step_due_at.isoformat()
+    (1, '2026-01-06T09:00:00+00:00')
+    """
+    status = enrollment.status
+    if status is _C or status is _X:
+        return Advance(enrollment)  # rule 1: terminal is absorbing
+    now = _now(now)
+    if enrollment.sequence_id != sequence.id:
+        raise DripcoreError(
+            f"enrollment {enrollment.id!r} belongs to sequence {enrollment.sequence_id!r}, not {sequence.id!r}"
+        )
+    if contact is not None:
+        if contact.id != enrollment.contact_id:
+            raise DripcoreError(
+                f"enrollment {enrollment.id!r} belongs to contact {enrollment.contact_id!r}, not {contact.id!r}"
+            )
+        if contact.suppressed is not None:  # rule 2
+            return _exit(enrollment, contact.suppressed, now)
+    seq_status = sequence.status
+    if seq_status is SequenceStatus.ARCHIVED:  # rule 3
+        return _exit(enrollment, ExitReason.ARCHIVED, now)
+    if seq_status is not SequenceStatus.ACTIVE or status is _P:  # rule 4
+        return Advance(enrollment)
+    due = enrollment.next_step_due_at
+    assert due is not None  # guaranteed for ACTIVE by Enrollment's validation
+    if now < due:  # rule 5
+        return Advance(enrollment)
+    return _due(enrollment, now, sequence, contact, due)
+
+
+def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Contact | None, due: datetime) -> Advance:
+    """Rules 6 and 7, for an ACTIVE enrollment whose due time has come."""
+    last = enrollment.last_step_sent
+    skipped = enrollment.skipped
+    step = _next_step(sequence, last, skipped)
+    zone: zoneinfo.ZoneInfo | None = None
+    zone_known = False
+    events: list[Event] | None = None
+    while step is not None:
+        condition = step.condition
+        if condition is None or condition.holds(enrollment):
+            break
+        # Rule 6: a false condition skips the step for good.
+        skipped = skipped | {step.position}
+        if events is None:
+            events = []
+        events.append(_skip_event(enrollment, step.position, SkipReason.CONDITION, now))
+        step = _next_step(sequence, last, skipped)
+        if step is None:
+            break
+        if not zone_known:
+            zone, zone_known = resolve_zone(sequence, contact), True
+        candidate_due = add_delay(enrollment.reference_time, step.delay, zone)
+        if candidate_due < due:
+            candidate_due = due  # never earlier than the step it replaces
+        if candidate_due > now:
+            return Advance(
+                attrs.evolve(enrollment, next_step_due_at=candidate_due, skipped=skipped),
+                None,
+                tuple(events),
+            )
+
+    if step is None:
+        if events is None:
+            events = []
+        if _has_inactive_between(sequence, last, None):
+            events.extend(_inactive_between(enrollment, sequence, last, None, now))
+        events.append(_completed_event(enrollment, now))
+        _target(enrollment, Action.COMPLETE)
+        return Advance(
+            attrs.evolve(enrollment, status=_C, next_step_due_at=None, ended_at=now, skipped=skipped),
+            None,
+            tuple(events),
+        )
+
+    # The step goes now.
+    position = step.position
+    if _has_inactive_between(sequence, last, position):
+        if events is None:
+            events = []
+        events.extend(_inactive_between(enrollment, sequence, last, position, now))
+    if step.condition is not None:
+        skipped, else_events = _close_else_branch(enrollment, sequence, step, skipped, now)
+        if else_events:
+            if events is None:
+                events = []
+            events.extend(else_events)
+    following = _next_step(sequence, position, skipped)
+    if following is None:
+        if events is None:
+            events = []
+        if _has_inactive_between(sequence, position, None):
+            events.extend(_inactive_between(enrollment, sequence, position, None, now))
+        events.append(_completed_event(enrollment, now))
+        return Advance(
+            attrs.evolve(
+                enrollment,
+                status=_C,
+                last_step_sent=position,
+                last_step_sent_at=now,
+                next_step_due_at=None,
+                ended_at=now,
+                skipped=skipped,
+            ),
+            step,
+            tuple(events),
+        )
+    delay = following.delay
+    if delay.is_calendar:
+        if not zone_known:
+            zone = resolve_zone(sequence, contact)
+        next_due = add_delay(now, delay, zone)
+    else:
+        next_due = now + delay.nominal  # the hot path: no zone arithmetic
+    return Advance(
+        attrs.evolve(
+            enrollment,
+            last_step_sent=position,
+            last_step_sent_at=now,
+            next_step_due_at=next_due,
+            skipped=skipped,
+        ),
+        step,
+        _NO_EVENTS if events is None else tuple(events),
+    )
+
+
+def _close_else_branch(
+    enrollment: Enrollment, sequence: Sequence, sent: Step, skipped: frozenset[int], now: datetime
+) -> tuple[frozenset[int], list[Event]]:
+    """Pass over the steps that form the else branch of ``sent``: the active steps
+    right after it with the same delay and the opposite condition."""
+    assert sent.condition is not None
+    opposite = sent.condition.negated()
+    events: list[Event] = []
+    candidate = _next_step(sequence, sent.position, skipped)
+    while candidate is not None and candidate.condition == opposite and candidate.delay == sent.delay:
+        skipped = skipped | {candidate.position}
+        events.append(_skip_event(enrollment, candidate.position, SkipReason.CONDITION, now))
+        candidate = _next_step(sequence, candidate.position, skipped)
+    return skipped, events
+
+
+def _skip_event(enrollment: Enrollment, position: int, reason: SkipReason, at: datetime) -> StepSkipped:
+    return StepSkipped(
+        enrollment_id=enrollment.id,
+        sequence_id=enrollment.sequence_id,
+        contact_id=enrollment.contact_id,
+        at=at,
+        position=position,
+        reason=reason,
+    )
+
+
+def _completed_event(enrollment: Enrollment, at: datetime) -> Completed:
+    return Completed(
+        enrollment_id=enrollment.id,
+        sequence_id=enrollment.sequence_id,
+        contact_id=enrollment.contact_id,
+        at=at,
+    )
+
+
+# --------------------------------------------------------------------------- other transitions
+
+
+def enroll(
+    sequence: Sequence,
+    contact: Contact | None,
+    now: datetime,
+    *,
+    enrollment_id: str,
+    contact_id: str | None = None,
+    started_at: datetime | None = None,
+    variables: Mapping[str, Any] | None = None,
+    key: str | None = None,
+) -> Advance:
+    """Start ``contact`` on ``sequence``: a new ACTIVE enrollment and a ``Subscribed`` event.
+
+    The first step is due at ``started_at`` (default ``now``) + its delay. A
+    sequence that is not ACTIVE raises :class:`~dripcore.errors.SequenceStateError`;
+    a suppressed contact raises :class:`~dripcore.errors.ContactSuppressed`.
+    Pass ``contact_id`` instead of ``contact`` when no contact record is at hand.
+    """
+    now = _now(now)
+    if contact is not None:
+        if contact_id is not None and contact_id != contact.id:
+            raise DripcoreError(f"contact_id={contact_id!r} does not match contact.id={contact.id!r}")
+        contact_id = contact.id
+        if contact.suppressed is not None:
+            raise ContactSuppressed(contact_id=contact.id, reason=contact.suppressed.value)
+    if contact_id is None:
+        raise DripcoreError("enroll() needs a contact or a contact_id")
+    if sequence.status is not SequenceStatus.ACTIVE:
+        raise SequenceStateError(
+            sequence_id=sequence.id,
+            status=sequence.status.value,
+            action="enroll into",
+            hint="only an active sequence takes new enrollments",
+        )
+    start = now if started_at is None else to_utc(started_at, "started_at")
+    first = sequence.next_active_step(0)
+    due = start if first is None else add_delay(start, first.delay, resolve_zone(sequence, contact))
+    enrollment = Enrollment(
+        id=enrollment_id,
+        sequence_id=sequence.id,
+        contact_id=contact_id,
+        status=_A,
+        enrolled_at=start,
+        next_step_due_at=due,
+        variables=variables or {},
+        key=key,
+    )
+    event = Subscribed(enrollment_id=enrollment.id, sequence_id=sequence.id, contact_id=contact_id, at=now, key=key)
+    return Advance(enrollment, None, (event,))
+
+
+def pause(enrollment: Enrollment, now: datetime) -> Advance:
+    """Hold an ACTIVE enrollment: it sends nothing until :func:`resume`."""
+    now = _now(now)
+    status = _target(enrollment, Action.PAUSE)
+    return Advance(attrs.evolve(enrollment, status=status, paused_at=now))
+
+
+def resume(
+    enrollment: Enrollment,
+    now: datetime,
+    *,
+    sequence: Sequence,
+    policy: PausePolicy | None = None,
+) -> Advance:
+    """Let a PAUSED enrollment go on, under ``policy`` (default: the sequence's).
+
+    BUMP: a step that fell due during the pause is due now, once; the ones
+    after it count their delays from its actual send. EXTEND: the due time
+    moves later by the length of the pause, keeping the remaining wait.
+    """
+    now = _now(now)
+    status = _target(enrollment, Action.RESUME)
+    policy = sequence.pause_policy if policy is None else policy
+    due = enrollment.next_step_due_at
+    paused_at = enrollment.paused_at
+    assert due is not None  # guaranteed for PAUSED
+    assert paused_at is not None
+    if policy is PausePolicy.EXTEND:
+        due = due + max(now - paused_at, timedelta(0))
+    elif due < now:
+        due = now
+    return Advance(attrs.evolve(enrollment, status=status, paused_at=None, next_step_due_at=due))
+
+
+def exit(enrollment: Enrollment, reason: ExitReason, now: datetime) -> Advance:
+    """End an ACTIVE or PAUSED enrollment early, with ``reason``; emits ``Cancelled``."""
+    return _exit(enrollment, reason, _now(now))
+
+
+def _exit(enrollment: Enrollment, reason: ExitReason, now: datetime) -> Advance:
+    status = _target(enrollment, Action.EXIT)
+    if not isinstance(reason, ExitReason):
+        raise DripcoreError(f"exit reason must be an ExitReason, not {reason!r}")
+    event = Cancelled(
+        enrollment_id=enrollment.id,
+        sequence_id=enrollment.sequence_id,
+        contact_id=enrollment.contact_id,
+        at=now,
+        reason=reason,
+    )
+    exited = attrs.evolve(
+        enrollment, status=status, exit_reason=reason, next_step_due_at=None, paused_at=None, ended_at=now
+    )
+    return Advance(exited, None, (event,))
+
+
+def replan(
+    enrollment: Enrollment,
+    sequence: Sequence,
+    *,
+    contact: Contact | None = None,
+    previous: Sequence | None = None,
+) -> Advance:
+    """Fit an in-flight enrollment to an edited ``sequence``.
+
+    It continues from ``last_step_sent`` with the new step list: its next due
+    time is recomputed from the last send (or enrollment) plus the new next
+    step's delay, so a shortened delay releases it and a lengthened one keeps
+    it waiting. When ``previous`` (the sequence before the edit) is given and
+    the next step and its delay did not change, the enrollment is left as it
+    is, keeping any shift from an EXTEND resume. With no active step left it
+    becomes due at once, and the next :func:`advance` completes it. Terminal
+    enrollments are returned unchanged.
+    """
+    if enrollment.status.is_terminal:
+        return Advance(enrollment)
+    _target(enrollment, Action.REPLAN)
+    nxt = _next_step(sequence, enrollment.last_step_sent, enrollment.skipped)
+    if previous is not None:
+        before = _next_step(previous, enrollment.last_step_sent, enrollment.skipped)
+        if (before is None and nxt is None) or (
+            before is not None and nxt is not None and before.position == nxt.position and before.delay == nxt.delay
+        ):
+            return Advance(enrollment)
+    base = enrollment.reference_time
+    due = base if nxt is None else add_delay(base, nxt.delay, resolve_zone(sequence, contact))
+    if due == enrollment.next_step_due_at:
+        return Advance(enrollment)
+    return Advance(attrs.evolve(enrollment, next_step_due_at=due))
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def matches(trigger: Trigger, event: TriggerEvent) -> bool:
+    """Whether ``event`` fires ``trigger``.
+
+    Types must be equal; a trigger with no value (the "any" variant) fires for
+    every value, one with a value only for that value (tags compare
+    case-insensitively). So tagging a contact ``VIP`` fires both a "tag
+    added, any" trigger and a "tag added, vip" one.
+    """
+    if trigger.type is not event.type:
+        return False
+    if trigger.value is None:
+        return True
+    if event.value is None:
+        return False
+    return normalize_trigger_value(trigger.type, trigger.value) == normalize_trigger_value(event.type, event.value)
+
+
+def exits_on(sequence: Sequence, event: TriggerEvent) -> bool:
+    """Whether ``event`` meets one of ``sequence``'s goals (``exit_on``)."""
+    return any(matches(goal, event) for goal in sequence.exit_on)
+
+
+def anniversary_date(origin: date, year: int) -> date:
+    """The anniversary of ``origin`` in ``year``; Feb 29 falls on Feb 28 in common years."""
+    if origin.month == 2 and origin.day == 29:
+        try:
+            return date(year, 2, 29)
+        except ValueError:
+            return date(year, 2, 28)
+    return date(year, origin.month, origin.day)
+
+
+def is_anniversary(origin: date, day: date) -> bool:
+    """Whether ``day`` is the anniversary of ``origin`` (and not the day itself)."""
+    return day > origin and anniversary_date(origin, day.year) == day

@@ -1,0 +1,21 @@
+"""Shared test configuration: Hypothesis profiles.
+
+The default profile is quick for the edit-test loop; ``ci`` (selected by
+``HYPOTHESIS_PROFILE=ci``, which ``.ci/run`` sets) explores far more cases.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
