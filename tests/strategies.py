@@ -96,12 +96,14 @@ triggers = st.one_of(
 def sequences(
     draw: st.DrawFn, status: SequenceStatus | None = SequenceStatus.ACTIVE, conditions: bool = True
 ) -> Sequence:
+    status = status if status is not None else draw(st.sampled_from(list(SequenceStatus)))
     return Sequence(
         id="seq",
         name=draw(st.sampled_from(["Welcome", "Onboarding", "Re-engagement"])),
         trigger=draw(triggers),
         steps=draw(steps_lists(conditions=conditions)),
-        status=status if status is not None else draw(st.sampled_from(list(SequenceStatus))),
+        status=status,
+        paused_at=draw(instants) if status is SequenceStatus.PAUSED else None,
         sender=draw(st.none() | st.just(SenderIdentity(from_email="team@example.com", from_name="Team"))),
         reentry=draw(st.sampled_from(list(ReentryPolicy))),
         timezone=draw(optional_zones),

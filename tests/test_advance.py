@@ -149,7 +149,7 @@ class TestRule4InactiveDoesNotMove:
     def test_paused_sequence_sends_nothing(self, status: SequenceStatus) -> None:
         seq = welcome_series()
         enrollment = start(seq)
-        stopped = attrs.evolve(seq, status=status)
+        stopped = attrs.evolve(seq, status=status, paused_at=T0 if status is SequenceStatus.PAUSED else None)
         result = advance(enrollment, T0 + timedelta(days=30), sequence=stopped)
         assert result.enrollment is enrollment
         assert result.send is None

@@ -119,7 +119,8 @@ def simulate(sequence: Sequence, contact: Contact, start: datetime, ops: list[tu
         elif kind == "click":
             enrollment = attrs.evolve(enrollment, clicked=enrollment.clicked | {(op[1], op[2])})
         elif kind == "sequence":
-            sequence = attrs.evolve(sequence, status=op[1])
+            paused_at = now if op[1] is SequenceStatus.PAUSED else None
+            sequence = attrs.evolve(sequence, status=op[1], paused_at=paused_at)
         elif kind == "suppress":
             contact = attrs.evolve(contact, suppressed=op[1])
     run.final = enrollment

@@ -77,8 +77,9 @@ class TestEnroll:
 
     @pytest.mark.parametrize("status", [SequenceStatus.DRAFT, SequenceStatus.PAUSED, SequenceStatus.ARCHIVED])
     def test_only_active_sequences_take_enrollments(self, status: SequenceStatus) -> None:
+        paused_at = T0 if status is SequenceStatus.PAUSED else None
         with pytest.raises(SequenceStateError, match=f"status={status.value}") as info:
-            enroll(seq(status=status), None, T0, enrollment_id="e1", contact_id="c1")
+            enroll(seq(status=status, paused_at=paused_at), None, T0, enrollment_id="e1", contact_id="c1")
         assert info.value.sequence_id == "welcome"
 
     def test_suppressed_contact_is_not_enrolled(self) -> None:

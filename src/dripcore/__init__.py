@@ -8,6 +8,7 @@ bounce or complain. The heart is the pure function :func:`advance`.
 """
 
 from ._version import __version__
+from .engine import Drip, TickError, TickReport
 from .errors import (
     ConcurrencyConflict,
     ContactNotFound,
@@ -64,6 +65,7 @@ from .model import (
     TriggerEvent,
     TriggerType,
 )
+from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, StepStats
 from .scheduler import (
     Advance,
     add_delay,
@@ -91,8 +93,10 @@ __all__ = [
     "ContactSuppressed",
     "Delay",
     "DelayUnit",
+    "Drip",
     "DripcoreError",
     "DuplicateStepPosition",
+    "Email",
     "Enrollment",
     "EnrollmentConflict",
     "EnrollmentNotFound",
@@ -111,6 +115,8 @@ __all__ = [
     "InvalidTriggerEvent",
     "NaiveDatetimeError",
     "NotFound",
+    "OutboxMessage",
+    "OutboxStatus",
     "PausePolicy",
     "PermanentSendError",
     "ReentryPolicy",
@@ -119,14 +125,18 @@ __all__ = [
     "Sequence",
     "SequenceNotFound",
     "SequenceStateError",
+    "SequenceStats",
     "SequenceStatus",
     "SkipReason",
     "Step",
     "StepFailed",
     "StepSent",
     "StepSkipped",
+    "StepStats",
     "StoreError",
     "Subscribed",
+    "TickError",
+    "TickReport",
     "TransientSendError",
     "Trigger",
     "TriggerEvent",

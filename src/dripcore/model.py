@@ -748,6 +748,12 @@ class PausePolicy(enum.Enum):
     EXTEND = "extend"
 
 
+def _c_sequence_paused_at(value: datetime | None) -> datetime | None:
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return value
+    return to_utc(value, "sequence.paused_at")
+
+
 _impl_sequence_status = _enum(SequenceStatus, "sequence.status", InvalidSequence)
 
 
@@ -776,7 +782,8 @@ class Sequence:
     ``timezone`` is the fallback zone for contacts without one (the chain is:
     the contact's zone, else this, else UTC). ``exit_on`` lists goal triggers
     that end an enrollment with reason GOAL_MET. ``version`` counts saved
-    edits; stores use it for optimistic concurrency.
+    edits; stores use it for optimistic concurrency. ``paused_at`` is set
+    while PAUSED (an EXTEND resume shifts due times by the pause's length).
     """
 
     id: str = attrs.field(validator=_text("sequence.id", InvalidSequence))
@@ -792,6 +799,7 @@ class Sequence:
     timezone: str | None = attrs.field(default=None, validator=_timezone_validator("sequence.timezone"))
     pause_policy: PausePolicy = attrs.field(default=PausePolicy.BUMP, converter=_c_sequence_pause_policy)
     version: int = attrs.field(default=1, validator=_nonneg_int("sequence.version", InvalidSequence))
+    paused_at: datetime | None = attrs.field(default=None, converter=_c_sequence_paused_at)
 
     _positions: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
     _first_active_from: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
@@ -830,6 +838,10 @@ class Sequence:
             raise InvalidSequence("sequence.description", self.description, "must be a string")
         if self.sender is not None and not isinstance(self.sender, SenderIdentity):
             raise InvalidSequence("sequence.sender", self.sender, "must be a SenderIdentity")
+        if (self.status is SequenceStatus.PAUSED) is (self.paused_at is None):
+            raise InvalidSequence(
+                "sequence.paused_at", self.paused_at, f"must be set exactly when paused (status={self.status.value})"
+            )
         object.__setattr__(self, "steps", ordered)
         object.__setattr__(self, "exit_on", exit_on)
         # first_active_from[i] is the index of the first active step at or after
@@ -853,6 +865,13 @@ class Sequence:
         """The first active step whose position is greater than ``after``."""
         i = self._first_active_from[bisect_right(self._positions, after)]
         return self.steps[i] if i < len(self.steps) else None
+
+    def has_inactive_between(self, low: int, high: int | None) -> bool:
+        """Whether an inactive step lies strictly between positions ``low`` and ``high`` (None: the end)."""
+        positions = self._positions
+        start = bisect_right(positions, low)
+        stop = len(positions) if high is None else bisect_right(positions, high - 1)
+        return any(not self.steps[i].active for i in range(start, stop))
 
     def active_steps(self) -> tuple[Step, ...]:
         """The active steps, in order."""

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import enum
 import zoneinfo
-from bisect import bisect_right
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
@@ -242,15 +241,6 @@ def _inactive_between(
     return events
 
 
-def _has_inactive_between(sequence: Sequence, low: int, high: int | None) -> bool:
-    positions = sequence._positions
-    start = bisect_right(positions, low)
-    stop = len(positions) if high is None else bisect_right(positions, high - 1)
-    if stop <= start:
-        return False
-    return any(not sequence.steps[i].active for i in range(start, stop))
-
-
 def advance(
     enrollment: Enrollment,
     now: datetime,
@@ -337,7 +327,7 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
     if step is None:
         if events is None:
             events = []
-        if _has_inactive_between(sequence, last, None):
+        if sequence.has_inactive_between(last, None):
             events.extend(_inactive_between(enrollment, sequence, last, None, now))
         events.append(_completed_event(enrollment, now))
         _target(enrollment, Action.COMPLETE)
@@ -349,7 +339,7 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
 
     # The step goes now.
     position = step.position
-    if _has_inactive_between(sequence, last, position):
+    if sequence.has_inactive_between(last, position):
         if events is None:
             events = []
         events.extend(_inactive_between(enrollment, sequence, last, position, now))
@@ -363,7 +353,7 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
     if following is None:
         if events is None:
             events = []
-        if _has_inactive_between(sequence, position, None):
+        if sequence.has_inactive_between(position, None):
             events.extend(_inactive_between(enrollment, sequence, position, None, now))
         events.append(_completed_event(enrollment, now))
         return Advance(

@@ -1,0 +1,1 @@
+"""Reference storage adapters: memory (the reference), SQLite (embedded default), PostgreSQL (scale-out)."""

@@ -1,0 +1,313 @@
+"""MemoryStore: the reference :class:`~dripcore.ports.Store`, on plain dicts.
+
+It is the executable meaning of the Store contract: the contract kit's state
+machine compares every other adapter with it. It is thread-safe (one lock) and
+fast enough for tests and demos, but keeps nothing across restarts; use
+:class:`~dripcore.adapters.sqlite.SQLiteStore` for that.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as Seq
+from datetime import datetime, timedelta
+
+import attrs
+
+from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError
+from ..model import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
+from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
+
+__all__ = ["MemoryStore"]
+
+_LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+
+
+@attrs.define
+class _Lease:
+    owner: str
+    until: datetime
+
+
+class MemoryStore(Store):
+    """An in-memory :class:`~dripcore.ports.Store`; the reference implementation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._sequences: dict[str, Sequence] = {}
+        self._enrollments: dict[str, Enrollment] = {}
+        self._by_identity: dict[tuple[str, str, str | None], list[str]] = defaultdict(list)
+        self._leases: dict[str, _Lease] = {}
+        self._outbox: dict[str, OutboxMessage] = {}
+        self._message_leases: dict[str, _Lease] = {}
+        self._counters: dict[tuple[str, int, str], int] = defaultdict(int)
+
+    # -- sequences
+
+    def get_sequence(self, sequence_id: str) -> Sequence | None:
+        """The sequence, or None."""
+        with self._lock:
+            return self._sequences.get(sequence_id)
+
+    def list_sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
+        """All sequences (of one status), ordered by id."""
+        with self._lock:
+            return [s for _, s in sorted(self._sequences.items()) if status is None or s.status is status]
+
+    def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
+        """Insert (``expected_version=None``) or replace at the expected version."""
+        with self._lock:
+            current = self._sequences.get(sequence.id)
+            if expected_version is None:
+                if current is not None:
+                    raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=current.version)
+            elif current is None or current.version != expected_version:
+                raise ConcurrencyConflict(
+                    kind="sequence", id=sequence.id, expected=expected_version,
+                    actual=None if current is None else current.version,
+                )  # fmt: skip
+            self._sequences[sequence.id] = sequence
+
+    def delete_sequence(self, sequence_id: str) -> None:
+        """Delete a sequence with no live enrollments, and everything of it."""
+        with self._lock:
+            sequence = self._sequences.get(sequence_id)
+            if sequence is None:
+                raise SequenceNotFound(sequence_id)
+            mine = [e for e in self._enrollments.values() if e.sequence_id == sequence_id]
+            live = sum(e.status in _LIVE for e in mine)
+            if live:
+                raise SequenceStateError(
+                    sequence_id=sequence_id, status=sequence.status.value, action="delete",
+                    hint=f"it has {live} active or paused enrollments; archive it first",
+                )  # fmt: skip
+            for e in mine:
+                del self._enrollments[e.id]
+                self._leases.pop(e.id, None)
+                self._by_identity.pop((e.sequence_id, e.contact_id, e.key), None)
+            for key in [k for k, m in self._outbox.items() if m.sequence_id == sequence_id]:
+                del self._outbox[key]
+                self._message_leases.pop(key, None)
+            for counter in [c for c in self._counters if c[0] == sequence_id]:
+                del self._counters[counter]
+            del self._sequences[sequence_id]
+
+    # -- enrollments
+
+    def add_enrollment(
+        self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
+    ) -> tuple[Enrollment, bool]:
+        """Insert unless the contact is already (or, without re-entry, was) in the sequence for that key."""
+        with self._lock:
+            identity = (enrollment.sequence_id, enrollment.contact_id, enrollment.key)
+            previous = [self._enrollments[i] for i in self._by_identity.get(identity, ())]
+            for existing in previous:
+                if existing.status in _LIVE:
+                    return existing, False
+            if previous and not allow_reentry:
+                return previous[-1], False
+            if enrollment.id in self._enrollments:
+                raise ConcurrencyConflict(kind="enrollment", id=enrollment.id, expected=0, actual=0)
+            self._enrollments[enrollment.id] = enrollment
+            self._by_identity[identity].append(enrollment.id)
+            self._bump(counters)
+            return enrollment, True
+
+    def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
+        """The enrollment, or None."""
+        with self._lock:
+            return self._enrollments.get(enrollment_id)
+
+    def find_enrollments(
+        self,
+        *,
+        sequence_id: str | None = None,
+        contact_id: str | None = None,
+        statuses: Iterable[EnrollmentStatus] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> list[Enrollment]:
+        """Enrollments matching the filters, ordered by id."""
+        wanted = None if statuses is None else frozenset(statuses)
+        with self._lock:
+            found = [
+                e
+                for e in self._enrollments.values()
+                if (sequence_id is None or e.sequence_id == sequence_id)
+                and (contact_id is None or e.contact_id == contact_id)
+                and (wanted is None or e.status in wanted)
+                and (after is None or e.id > after)
+            ]
+        found.sort(key=lambda e: e.id)
+        return found[offset : offset + limit]
+
+    def _claimable(self, e: Enrollment, now: datetime) -> bool:
+        if e.status is not EnrollmentStatus.ACTIVE or e.next_step_due_at is None or e.next_step_due_at > now:
+            return False
+        sequence = self._sequences.get(e.sequence_id)
+        if sequence is None or sequence.status is not SequenceStatus.ACTIVE:
+            return False
+        lease = self._leases.get(e.id)
+        return lease is None or lease.until <= now
+
+    def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
+        """Lease the earliest due enrollments of active sequences to ``owner``."""
+        now = to_utc(now, "now")
+        with self._lock:
+            due = [e for e in self._enrollments.values() if self._claimable(e, now)]
+            due.sort(key=lambda e: (e.next_step_due_at, e.id))
+            claimed: list[Enrollment | BrokenRecord] = []
+            for e in due[:limit]:
+                self._leases[e.id] = _Lease(owner, now + lease)
+                claimed.append(e)
+            return claimed
+
+    def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
+        """End (or, with ``until``, extend) ``owner``'s leases."""
+        with self._lock:
+            for enrollment_id in enrollment_ids:
+                lease = self._leases.get(enrollment_id)
+                if lease is None or lease.owner != owner:
+                    continue
+                if until is None:
+                    del self._leases[enrollment_id]
+                else:
+                    lease.until = to_utc(until, "until")
+
+    def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
+        """Apply every change whose version still matches; return the refused ids."""
+        refused: list[str] = []
+        with self._lock:
+            for change in changes:
+                new = change.enrollment
+                stored = self._enrollments.get(new.id)
+                if stored is None or stored.version != new.version:
+                    refused.append(new.id)
+                    continue
+                lease = self._leases.pop(new.id, None)
+                self._enrollments[new.id] = attrs.evolve(new, version=new.version + 1)
+                for message in change.outbox:
+                    if message.key in self._outbox:
+                        continue
+                    self._outbox[message.key] = message
+                    held = owner is not None and lease is not None and lease.owner == owner
+                    if held and lease is not None and message.status is OutboxStatus.PENDING:
+                        self._message_leases[message.key] = _Lease(lease.owner, lease.until)
+                self._bump(change.counters)
+        return refused
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest instant at which claim_due could return something."""
+        with self._lock:
+            times = []
+            for e in self._enrollments.values():
+                if e.status is not EnrollmentStatus.ACTIVE or e.next_step_due_at is None:
+                    continue
+                sequence = self._sequences.get(e.sequence_id)
+                if sequence is None or sequence.status is not SequenceStatus.ACTIVE:
+                    continue
+                lease = self._leases.get(e.id)
+                times.append(e.next_step_due_at if lease is None else max(e.next_step_due_at, lease.until))
+            return min(times, default=None)
+
+    def count_due(self, now: datetime) -> int:
+        """How many enrollments claim_due could return at ``now``, leases aside."""
+        now = to_utc(now, "now")
+        with self._lock:
+            return sum(
+                1
+                for e in self._enrollments.values()
+                if e.status is EnrollmentStatus.ACTIVE
+                and e.next_step_due_at is not None
+                and e.next_step_due_at <= now
+                and (s := self._sequences.get(e.sequence_id)) is not None
+                and s.status is SequenceStatus.ACTIVE
+            )
+
+    # -- outbox
+
+    def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
+        """Lease the oldest pending messages whose next attempt is due."""
+        now = to_utc(now, "now")
+        with self._lock:
+            ready = [
+                m
+                for m in self._outbox.values()
+                if m.status is OutboxStatus.PENDING
+                and m.next_attempt_at is not None
+                and m.next_attempt_at <= now
+                and ((held := self._message_leases.get(m.key)) is None or held.until <= now)
+            ]
+            ready.sort(key=lambda m: (m.next_attempt_at, m.key))
+            for m in ready[:limit]:
+                self._message_leases[m.key] = _Lease(owner, now + lease)
+            return ready[:limit]
+
+    def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
+        """Record delivery outcomes; settling a finished message again changes nothing."""
+        with self._lock:
+            for delivery in deliveries:
+                message = self._outbox.get(delivery.key)
+                if message is None or message.status is not OutboxStatus.PENDING:
+                    continue
+                finished = delivery.status is not OutboxStatus.PENDING
+                self._outbox[delivery.key] = attrs.evolve(
+                    message,
+                    status=delivery.status,
+                    attempts=message.attempts + 1,
+                    next_attempt_at=None if finished else delivery.next_attempt_at,
+                    last_error=delivery.error,
+                    settled_at=delivery.at if finished else None,
+                    provider_id=delivery.provider_id,
+                )
+                self._message_leases.pop(delivery.key, None)
+                self._bump(delivery.counters)
+
+    def get_message(self, key: str) -> OutboxMessage | None:
+        """The outbox message with that key, or None."""
+        with self._lock:
+            return self._outbox.get(key)
+
+    def find_messages(
+        self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[OutboxMessage]:
+        """Outbox messages matching the filters, ordered by (created_at, key)."""
+        with self._lock:
+            found = [
+                m
+                for m in self._outbox.values()
+                if (status is None or m.status is status)
+                and (enrollment_id is None or m.enrollment_id == enrollment_id)
+            ]
+        found.sort(key=lambda m: (m.created_at, m.key))
+        return found[offset : offset + limit]
+
+    def next_message_at(self) -> datetime | None:
+        """The earliest next attempt of a pending message (or its lease's end, if later)."""
+        with self._lock:
+            times = []
+            for m in self._outbox.values():
+                if m.status is not OutboxStatus.PENDING or m.next_attempt_at is None:
+                    continue
+                lease = self._message_leases.get(m.key)
+                times.append(m.next_attempt_at if lease is None else max(m.next_attempt_at, lease.until))
+            return min(times, default=None)
+
+    # -- counters
+
+    def _bump(self, counters: Iterable[Counter]) -> None:
+        for sequence_id, position, name, delta in counters:
+            self._counters[(sequence_id, position, name)] += delta
+
+    def bump(self, counters: Seq[Counter]) -> None:
+        """Apply counter increments."""
+        with self._lock:
+            self._bump(counters)
+
+    def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
+        """Every counter of a sequence."""
+        with self._lock:
+            return {(p, n): v for (s, p, n), v in self._counters.items() if s == sequence_id and v}

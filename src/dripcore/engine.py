@@ -1,0 +1,978 @@
+"""The imperative shell: :class:`Drip` wires the ports to the pure core.
+
+Everything that touches the outside world happens here, and only here: reading
+the clock, loading and committing through the :class:`~dripcore.ports.Store`,
+handing emails to the :class:`~dripcore.ports.MailSender`, publishing events.
+The decisions themselves are made by :mod:`dripcore.scheduler`.
+
+Delivery: never lost, never doubled
+-----------------------------------
+
+:meth:`Drip.tick` claims due enrollments under a lease, runs
+:func:`~dripcore.scheduler.advance` on each, and commits the new states
+together with one outbox message per send, in one transaction. It then hands
+each message to the sender with the idempotency key
+``"{enrollment_id}:{position}"`` and records the outcome. A crash at any point
+leaves either the old state, or the new state plus its pending message, which
+the next tick (of any worker) delivers once the lease has expired. A sender
+that honours the key therefore never sends twice, and nothing is lost.
+
+A transient failure is retried with exponential backoff; a permanent one
+becomes ``StepFailed`` and, for a bounce or complaint, suppresses the contact
+and exits all their enrollments. One bad row or one bad template is reported
+and set aside; it never stops the tick for the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Sequence as Seq
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+import attrs
+
+from . import scheduler
+from .errors import (
+    ConcurrencyConflict,
+    ContactNotFound,
+    DripcoreError,
+    EnrollmentConflict,
+    EnrollmentNotFound,
+    InvalidTriggerEvent,
+    PermanentSendError,
+    SequenceNotFound,
+    SequenceStateError,
+    TransientSendError,
+)
+from .model import (
+    UTC,
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    ExitReason,
+    PausePolicy,
+    ReentryPolicy,
+    Sequence,
+    SequenceStatus,
+    StepFailed,
+    StepSent,
+    StepSkipped,
+    TriggerEvent,
+    TriggerType,
+    to_utc,
+)
+from .ports import (
+    BrokenRecord,
+    Change,
+    Clock,
+    ContactDirectory,
+    Counter,
+    Delivery,
+    Email,
+    EventSink,
+    MailSender,
+    OutboxMessage,
+    OutboxStatus,
+    RateLimiter,
+    Renderer,
+    SequenceStats,
+    Store,
+    SystemClock,
+    idempotency_key,
+)
+from .render import SimpleRenderer
+
+__all__ = ["Drip", "TickError", "TickReport", "new_id"]
+
+log = logging.getLogger("dripcore")
+
+_LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+_PAGE = 500
+
+
+def new_id(prefix: str = "enr") -> str:
+    """A new, time-sortable, unique id such as ``"enr_0193c9f1a2b3_5f2e8c1d9a7b"``."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}_{secrets.token_hex(6)}"
+
+
+@attrs.frozen(kw_only=True)
+class TickError:
+    """Something one tick set aside instead of stopping: which record, and why."""
+
+    kind: str
+    id: str
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class TickReport:
+    """What one :meth:`Drip.tick` did.
+
+    ``queued``: steps committed to the outbox; ``sent``: messages the sender
+    accepted; ``deferred``: due sends held back by the rate limiter;
+    ``retried``: transient failures scheduled for another attempt;
+    ``failed``: messages given up on; ``conflicts``: enrollments changed by
+    someone else mid-tick (picked up again next tick).
+    """
+
+    claimed: int = 0
+    queued: int = 0
+    sent: int = 0
+    skipped: int = 0
+    completed: int = 0
+    exited: int = 0
+    deferred: int = 0
+    retried: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    messages: int = 0
+    errors: tuple[TickError, ...] = ()
+    busy: bool = False
+
+    def summary(self) -> str:
+        """A one-line summary for logs and terminals."""
+        parts = [
+            f"claimed={self.claimed}",
+            f"sent={self.sent}",
+            f"skipped={self.skipped}",
+            f"completed={self.completed}",
+            f"exited={self.exited}",
+            f"deferred={self.deferred}",
+            f"retried={self.retried}",
+            f"failed={self.failed}",
+        ]
+        if self.conflicts:
+            parts.append(f"conflicts={self.conflicts}")
+        if self.errors:
+            parts.append(f"errors={len(self.errors)}")
+        return " ".join(parts)
+
+
+@attrs.define
+class _Tally:
+    claimed: int = 0
+    queued: int = 0
+    sent: int = 0
+    skipped: int = 0
+    completed: int = 0
+    exited: int = 0
+    deferred: int = 0
+    retried: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    messages: int = 0
+    errors: list[TickError] = attrs.Factory(list)
+    busy: bool = False
+
+    def freeze(self) -> TickReport:
+        return TickReport(**{**attrs.asdict(self, recurse=False), "errors": tuple(self.errors)})
+
+
+def _status_counters(sequence_id: str, before: Enrollment | None, after: Enrollment) -> list[Counter]:
+    """The sequence-level counter increments of a status change."""
+    if before is not None and before.status is after.status:
+        return []
+    counters: list[Counter] = []
+    if before is None:
+        counters.append((sequence_id, 0, "recipients", 1))
+    else:
+        counters.append((sequence_id, 0, f"status:{before.status.value}", -1))
+    counters.append((sequence_id, 0, f"status:{after.status.value}", 1))
+    if after.status is EnrollmentStatus.EXITED and after.exit_reason is not None:
+        counters.append((sequence_id, 0, f"exited:{after.exit_reason.value}", 1))
+    return counters
+
+
+def _event_counters(events: Iterable[Event]) -> list[Counter]:
+    return [(e.sequence_id, e.position, f"skipped:{e.reason.value}", 1) for e in events if isinstance(e, StepSkipped)]
+
+
+class Drip:
+    """A drip-campaign engine: your ports in, correct scheduling out.
+
+    >>> from dripcore import Drip, Sequence, SequenceStatus, Step, Contact
+    >>> from dripcore.adapters.memory import MemoryStore
+    >>> from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+    >>> contacts = MemoryContacts([Contact(id="ana", email="ana@example.com", first_name="Ana")])
+    >>> sender = RecordingSender()
+    >>> drip = Drip(store=MemoryStore(), sender=sender, clock=FakeClock(), contacts=contacts)
+    >>> _ = drip.save_sequence(Sequence(id="hello", name="Hello", status=SequenceStatus.ACTIVE,
+    ...     steps=(Step(position=1, subject="Hi {{firstName}}", text="Welcome!"),)))
+    >>> enrollment, created = drip.enroll("hello", "ana")
+    >>> drip.tick().sent
+    1
+    >>> sender.sent[0].subject
+    'Hi Ana'
+
+    Ports are keyword arguments. ``contacts`` resolves contact ids to email
+    addresses, zones and suppression; ``events`` receives lifecycle events;
+    ``rate_limiter`` caps sends; ``renderer`` turns steps into content (the
+    default substitutes ``{{variables}}``).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sender: MailSender,
+        contacts: ContactDirectory,
+        clock: Clock | None = None,
+        events: EventSink | None = None,
+        rate_limiter: RateLimiter | None = None,
+        renderer: Renderer | None = None,
+        batch_size: int = 500,
+        lease: timedelta = timedelta(minutes=5),
+        set_aside_for: timedelta = timedelta(hours=1),
+        max_attempts: int = 8,
+        retry_base: timedelta = timedelta(minutes=1),
+        retry_cap: timedelta = timedelta(hours=6),
+        worker_id: str | None = None,
+        id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be at least 1")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts!r}: must be at least 1")
+        self.store = store
+        self.sender = sender
+        self.contacts = contacts
+        self.clock: Clock = clock or SystemClock()
+        self.events = events
+        self.rate_limiter = rate_limiter
+        self.renderer: Renderer = renderer or SimpleRenderer()
+        self.batch_size = batch_size
+        self.lease = lease
+        self.set_aside_for = set_aside_for
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._new_id = id_factory or new_id
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _now(self) -> datetime:
+        return to_utc(self.clock.now(), "clock.now()")
+
+    def _sequence(self, sequence_id: str) -> Sequence:
+        sequence = self.store.get_sequence(sequence_id)
+        if sequence is None:
+            raise SequenceNotFound(sequence_id)
+        return sequence
+
+    def _contact(self, contact_id: str) -> Contact:
+        contact = self.contacts.get(contact_id)
+        if contact is None:
+            raise ContactNotFound(contact_id)
+        return contact
+
+    def _enrollment(self, enrollment_id: str) -> Enrollment:
+        enrollment = self.store.get_enrollment(enrollment_id)
+        if enrollment is None:
+            raise EnrollmentNotFound(enrollment_id)
+        return enrollment
+
+    def _publish(self, events: Seq[Event], errors: list[TickError] | None = None) -> None:
+        if not events or self.events is None:
+            return
+        try:
+            self.events.publish(events)
+        except Exception as exc:
+            log.exception("event sink failed on %d events", len(events))
+            if errors is not None:
+                errors.append(TickError(kind="events", id=events[0].enrollment_id, error=repr(exc)))
+
+    def _change(self, before: Enrollment | None, result: scheduler.Advance, **extra: Any) -> Change:
+        after = result.enrollment
+        counters = _status_counters(after.sequence_id, before, after)
+        counters.extend(_event_counters(result.events))
+        counters.extend(extra.pop("counters", ()))
+        return Change(enrollment=after, events=result.events, counters=tuple(counters), **extra)
+
+    def _apply_one(self, enrollment_id: str, transition: Callable[[Enrollment], scheduler.Advance]) -> Enrollment:
+        """Read, transition, commit one enrollment; retry on a concurrent change."""
+        for _ in range(5):
+            before = self._enrollment(enrollment_id)
+            result = transition(before)
+            if result.enrollment is before:
+                return before
+            if not self.store.commit([self._change(before, result)]):
+                self._publish(result.events)
+                self._wake.set()
+                return attrs.evolve(result.enrollment, version=before.version + 1)
+        raise ConcurrencyConflict(kind="enrollment", id=enrollment_id, expected=-1, actual=None)
+
+    def _live(self, *, sequence_id: str | None = None, contact_id: str | None = None) -> Iterator[list[Enrollment]]:
+        """Pages of ACTIVE and PAUSED enrollments, keyset-paginated so changes can't skip rows."""
+        after: str | None = None
+        while True:
+            page = self.store.find_enrollments(
+                sequence_id=sequence_id, contact_id=contact_id, statuses=_LIVE, limit=_PAGE, after=after
+            )
+            if not page:
+                return
+            yield page
+            after = page[-1].id
+
+    def _commit_all(
+        self, transitions: Callable[[Enrollment], scheduler.Advance], pages: Iterator[list[Enrollment]]
+    ) -> int:
+        """Apply a transition to every enrollment of ``pages`` in batched commits; returns how many changed."""
+        changed = 0
+        for page in pages:
+            changes: list[Change] = []
+            by_id: dict[str, Enrollment] = {}
+            for before in page:
+                result = transitions(before)
+                if result.enrollment is not before:
+                    changes.append(self._change(before, result))
+                    by_id[before.id] = before
+            refused = set(self.store.commit(changes)) if changes else set()
+            events = [ev for c in changes if c.enrollment.id not in refused for ev in c.events]
+            changed += len(changes) - len(refused)
+            for enrollment_id in refused:  # changed under us: redo it on a fresh read
+                self._apply_one(enrollment_id, transitions)
+                changed += 1
+            self._publish(events)
+        return changed
+
+    # ------------------------------------------------------------------ sequences
+
+    def save_sequence(self, sequence: Sequence) -> Sequence:
+        """Create a sequence or save an edit of it; returns what was stored.
+
+        An edit bumps ``version`` and replans in-flight enrollments: they go on
+        from where they were with the latest steps. Status changes go through
+        :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
+        """
+        current = self.store.get_sequence(sequence.id)
+        if current is None:
+            if sequence.status not in (SequenceStatus.DRAFT, SequenceStatus.ACTIVE):
+                raise SequenceStateError(
+                    sequence_id=sequence.id, status=sequence.status.value, action="create",
+                    hint="a new sequence starts as draft or active",
+                )  # fmt: skip
+            stored = attrs.evolve(sequence, version=1)
+            self.store.save_sequence(stored, expected_version=None)
+            return stored
+        if current.status is SequenceStatus.ARCHIVED:
+            raise SequenceStateError(sequence_id=sequence.id, status="archived", action="edit")
+        if sequence.status is not current.status:
+            raise SequenceStateError(
+                sequence_id=sequence.id, status=current.status.value, action=f"set status={sequence.status.value} of",
+                hint="use activate(), pause(), resume() or archive()",
+            )  # fmt: skip
+        stored = attrs.evolve(sequence, version=current.version + 1, paused_at=current.paused_at)
+        self.store.save_sequence(stored, expected_version=current.version)
+        self._replan(stored, current)
+        return stored
+
+    def _replan(self, sequence: Sequence, previous: Sequence) -> int:
+        contacts: Mapping[str, Contact] = {}
+
+        def transition(e: Enrollment) -> scheduler.Advance:
+            return scheduler.replan(e, sequence, contact=contacts.get(e.contact_id), previous=previous)
+
+        def pages() -> Iterator[list[Enrollment]]:
+            nonlocal contacts
+            for page in self._live(sequence_id=sequence.id):
+                contacts = self.contacts.get_many({e.contact_id for e in page})
+                yield page
+
+        changed = self._commit_all(transition, pages())
+        if changed:
+            self._wake.set()
+        return changed
+
+    def get_sequence(self, sequence_id: str) -> Sequence:
+        """The sequence, or :class:`~dripcore.errors.SequenceNotFound`."""
+        return self._sequence(sequence_id)
+
+    def sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
+        """Every sequence (of one status), ordered by id."""
+        return self.store.list_sequences(status)
+
+    def _set_status(self, sequence: Sequence, status: SequenceStatus, paused_at: datetime | None) -> Sequence:
+        updated = attrs.evolve(sequence, status=status, paused_at=paused_at, version=sequence.version + 1)
+        self.store.save_sequence(updated, expected_version=sequence.version)
+        return updated
+
+    def activate(self, sequence_id: str, *, enroll_existing: bool | None = None) -> Sequence:
+        """Start a draft (or resume a paused) sequence.
+
+        With ``enroll_existing`` (default: the sequence's own setting) the
+        trigger list's current members are enrolled at once.
+        """
+        sequence = self._sequence(sequence_id)
+        if sequence.status is SequenceStatus.PAUSED:
+            return self.resume(sequence_id)
+        if sequence.status is not SequenceStatus.DRAFT:
+            raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="activate")
+        if not sequence.active_steps():
+            raise SequenceStateError(
+                sequence_id=sequence_id, status=sequence.status.value, action="activate",
+                hint="it has no active step to send",
+            )  # fmt: skip
+        sequence = self._set_status(sequence, SequenceStatus.ACTIVE, None)
+        if sequence.enroll_existing if enroll_existing is None else enroll_existing:
+            for contact_id in self.contacts.members(sequence.trigger):
+                contact = self.contacts.get(contact_id)
+                if contact is not None and contact.suppressed is None:
+                    self._enroll(sequence, contact)
+        return sequence
+
+    def pause(self, sequence_id: str) -> Sequence:
+        """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
+        sequence = self._sequence(sequence_id)
+        if sequence.status is not SequenceStatus.ACTIVE:
+            raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="pause")
+        return self._set_status(sequence, SequenceStatus.PAUSED, self._now())
+
+    def resume(self, sequence_id: str, *, policy: PausePolicy | None = None) -> Sequence:
+        """Resume a paused sequence.
+
+        BUMP (the default policy of a sequence): an overdue step goes once per
+        contact, now, and later steps keep their delays: stale sends are
+        bumped, never flooded. EXTEND: every due time moves later by the
+        length of the pause.
+        """
+        sequence = self._sequence(sequence_id)
+        if sequence.status is not SequenceStatus.PAUSED:
+            raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="resume")
+        assert sequence.paused_at is not None
+        now = self._now()
+        if (policy or sequence.pause_policy) is PausePolicy.EXTEND:
+            shift = max(now - sequence.paused_at, timedelta(0))
+
+            def extend(e: Enrollment) -> scheduler.Advance:
+                if e.status is not EnrollmentStatus.ACTIVE or e.next_step_due_at is None:
+                    return scheduler.Advance(e)
+                return scheduler.Advance(attrs.evolve(e, next_step_due_at=e.next_step_due_at + shift))
+
+            # Shift before reactivating, so no tick sees the old due times.
+            self._commit_all(extend, self._live(sequence_id=sequence_id))
+        sequence = self._set_status(sequence, SequenceStatus.ACTIVE, None)
+        self._wake.set()
+        return sequence
+
+    def archive(self, sequence_id: str) -> Sequence:
+        """End a sequence for good: every active or paused enrollment exits (reason ARCHIVED)."""
+        sequence = self._sequence(sequence_id)
+        if sequence.status is SequenceStatus.ARCHIVED:
+            return sequence
+        sequence = self._set_status(sequence, SequenceStatus.ARCHIVED, None)
+        now = self._now()
+        self._commit_all(lambda e: scheduler.exit(e, ExitReason.ARCHIVED, now), self._live(sequence_id=sequence_id))
+        return sequence
+
+    def delete_sequence(self, sequence_id: str) -> None:
+        """Delete a sequence; refused while it has active or paused enrollments."""
+        self.store.delete_sequence(sequence_id)
+
+    # ------------------------------------------------------------------ enrollment
+
+    def _enroll(
+        self,
+        sequence: Sequence,
+        contact: Contact,
+        *,
+        started_at: datetime | None = None,
+        variables: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> tuple[Enrollment, bool]:
+        result = scheduler.enroll(
+            sequence, contact, self._now(), enrollment_id=self._new_id(),
+            started_at=started_at, variables=variables, key=key,
+        )  # fmt: skip
+        stored, created = self.store.add_enrollment(
+            result.enrollment,
+            allow_reentry=sequence.reentry is ReentryPolicy.AFTER_EXIT,
+            counters=_status_counters(sequence.id, None, result.enrollment),
+        )
+        if created:
+            self._publish(result.events)
+            self._wake.set()
+        return stored, created
+
+    def enroll(
+        self,
+        sequence_id: str,
+        contact_id: str,
+        *,
+        started_at: datetime | None = None,
+        variables: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> tuple[Enrollment, bool]:
+        """Enroll a contact directly (an API or manual trigger); returns ``(enrollment, created)``.
+
+        Idempotent: an existing ACTIVE or PAUSED enrollment is returned with
+        ``created=False``. A finished one raises
+        :class:`~dripcore.errors.EnrollmentConflict` unless the sequence's
+        re-entry policy allows a new one. Draft, paused and archived sequences
+        raise :class:`~dripcore.errors.SequenceStateError`; a suppressed
+        contact raises :class:`~dripcore.errors.ContactSuppressed`.
+        """
+        sequence = self._sequence(sequence_id)
+        contact = self._contact(contact_id)
+        enrollment, created = self._enroll(sequence, contact, started_at=started_at, variables=variables, key=key)
+        if not created and enrollment.is_terminal:
+            raise EnrollmentConflict(
+                sequence_id=sequence_id, contact_id=contact_id,
+                enrollment_id=enrollment.id, status=enrollment.status.value,
+            )  # fmt: skip
+        return enrollment, created
+
+    def notify(self, event: TriggerEvent) -> list[Enrollment]:
+        """A trigger event happened: exit enrollments whose goal it meets, and enroll
+        the contact into every ACTIVE sequence it fires (both the "any" and the
+        value-scoped variants). Returns the enrollments created.
+
+        Re-firing a trigger for a contact already enrolled is a no-op; a keyed
+        event (an order id) enrolls once per key.
+        """
+        if not isinstance(event, TriggerEvent):
+            raise InvalidTriggerEvent("event", event, "notify() takes a TriggerEvent")
+        contact = self._contact(event.contact_id)
+        now = self._now()
+        goal_sequences: dict[str, Sequence | None] = {}
+        for page in self._live(contact_id=contact.id):
+            for enrollment in page:
+                if enrollment.sequence_id not in goal_sequences:
+                    goal_sequences[enrollment.sequence_id] = self.store.get_sequence(enrollment.sequence_id)
+                sequence = goal_sequences[enrollment.sequence_id]
+                if sequence is not None and scheduler.exits_on(sequence, event):
+                    self._apply_one(enrollment.id, lambda e: scheduler.exit(e, ExitReason.GOAL_MET, now))
+        created: list[Enrollment] = []
+        if contact.suppressed is not None:
+            return created
+        for sequence in self.store.list_sequences(SequenceStatus.ACTIVE):
+            if scheduler.matches(sequence.trigger, event):
+                enrollment, was_created = self._enroll(sequence, contact, variables=event.variables, key=event.key)
+                if was_created:
+                    created.append(enrollment)
+        return created
+
+    def pause_enrollment(self, enrollment_id: str) -> Enrollment:
+        """Hold one contact's enrollment; nothing is sent until it is resumed."""
+        now = self._now()
+        return self._apply_one(enrollment_id, lambda e: scheduler.pause(e, now))
+
+    def resume_enrollment(self, enrollment_id: str, *, policy: PausePolicy | None = None) -> Enrollment:
+        """Resume one paused enrollment (policy: the sequence's, unless given)."""
+        now = self._now()
+        enrollment = self._enrollment(enrollment_id)
+        sequence = self._sequence(enrollment.sequence_id)
+        return self._apply_one(enrollment_id, lambda e: scheduler.resume(e, now, sequence=sequence, policy=policy))
+
+    def cancel_enrollment(self, enrollment_id: str) -> Enrollment:
+        """Take one contact out of a sequence (reason MANUAL)."""
+        now = self._now()
+        return self._apply_one(enrollment_id, lambda e: scheduler.exit(e, ExitReason.MANUAL, now))
+
+    def _contact_exits(self, contact_id: str, reason: ExitReason) -> int:
+        self.contacts.suppress(contact_id, reason)
+        now = self._now()
+        return self._commit_all(lambda e: scheduler.exit(e, reason, now), self._live(contact_id=contact_id))
+
+    def contact_unsubscribed(self, contact_id: str) -> int:
+        """The contact unsubscribed: suppress them and exit all their enrollments. Returns how many exited."""
+        return self._contact_exits(contact_id, ExitReason.UNSUBSCRIBED)
+
+    def contact_bounced(self, contact_id: str) -> int:
+        """The contact's address bounced permanently: suppress and exit everything."""
+        return self._contact_exits(contact_id, ExitReason.BOUNCED)
+
+    def contact_complained(self, contact_id: str) -> int:
+        """The contact marked an email as spam: suppress and exit everything."""
+        return self._contact_exits(contact_id, ExitReason.COMPLAINED)
+
+    # ------------------------------------------------------------------ engagement
+
+    def record_open(self, enrollment_id: str, position: int) -> bool:
+        """Record that the contact opened a step's email. Idempotent; returns True the first time."""
+        enrollment = self._enrollment(enrollment_id)
+        if position in enrollment.opened:
+            return False
+        counters = [(enrollment.sequence_id, position, "opened", 1)]
+        return self._engage(enrollment_id, lambda e: attrs.evolve(e, opened=e.opened | {position}), counters)
+
+    def record_click(self, enrollment_id: str, position: int, link: str | None = None) -> bool:
+        """Record a click on a step's email (optionally which link). Idempotent per link.
+
+        The first click in a step also counts as an open, and fires the
+        AFTER_FIRST_CLICK trigger with the mailing id ``"{sequence_id}:{position}"``.
+        """
+        enrollment = self._enrollment(enrollment_id)
+        item = (position, link or "")
+        if item in enrollment.clicked:
+            return False
+        first_in_step = not any(p == position for p, _ in enrollment.clicked)
+        counters: list[Counter] = []
+        if first_in_step:
+            counters.append((enrollment.sequence_id, position, "clicked", 1))
+            if position not in enrollment.opened:
+                counters.append((enrollment.sequence_id, position, "opened", 1))
+
+        def update(e: Enrollment) -> Enrollment:
+            return attrs.evolve(e, clicked=e.clicked | {item}, opened=e.opened | {position})
+
+        recorded = self._engage(enrollment_id, update, counters)
+        if recorded and first_in_step:
+            self.notify(TriggerEvent.first_click(enrollment.contact_id, f"{enrollment.sequence_id}:{position}"))
+        return recorded
+
+    def _engage(self, enrollment_id: str, update: Callable[[Enrollment], Enrollment], counters: list[Counter]) -> bool:
+        for _ in range(5):
+            before = self._enrollment(enrollment_id)
+            after = update(before)
+            if after == before:
+                return False
+            change = Change(enrollment=after, counters=tuple(counters))
+            if not self.store.commit([change]):
+                return True
+        raise ConcurrencyConflict(kind="enrollment", id=enrollment_id, expected=-1, actual=None)
+
+    # ------------------------------------------------------------------ anniversaries
+
+    def sweep_anniversaries(self, day: date) -> list[Enrollment]:
+        """Enroll every contact whose birthday (or sign-up date) falls on ``day``
+        into the ACTIVE anniversary sequences, once per contact per year.
+
+        Feb 29 anniversaries are swept on Feb 28 in common years. The first step
+        counts its delay from 00:00 UTC of ``day``.
+        """
+        created: list[Enrollment] = []
+        start = datetime.combine(day, dtime(0), tzinfo=UTC)
+        leap_day_today = day.month == 2 and day.day == 28 and not _is_leap(day.year)
+        for sequence in self.store.list_sequences(SequenceStatus.ACTIVE):
+            if sequence.trigger.type is not TriggerType.ANNIVERSARY:
+                continue
+            field = sequence.trigger.value or "birthday"
+            candidates = list(self.contacts.anniversaries(field, day.month, day.day))
+            if leap_day_today:
+                candidates.extend(self.contacts.anniversaries(field, 2, 29))
+            for contact in candidates:
+                origin = contact.birthday if field == "birthday" else (
+                    contact.created_at.date() if contact.created_at else None
+                )  # fmt: skip
+                if origin is None or contact.suppressed is not None or not scheduler.is_anniversary(origin, day):
+                    continue
+                enrollment, was_created = self._enroll(sequence, contact, started_at=start, key=str(day.year))
+                if was_created:
+                    created.append(enrollment)
+        return created
+
+    # ------------------------------------------------------------------ dispatch
+
+    def tick(self) -> TickReport:
+        """One round of work: advance due enrollments, commit, deliver, retry.
+
+        Safe to run from several workers at once: claims are leased.
+        """
+        now = self._now()
+        tally = _Tally()
+        limit = self.batch_size
+        budget = self.rate_limiter.available(now) if self.rate_limiter else None
+        if budget is not None:
+            limit = min(limit, max(budget, 0))
+        if limit == 0:
+            tally.deferred = self.store.count_due(now)
+        else:
+            claimed = self.store.claim_due(now, limit=limit, lease=self.lease, owner=self.worker_id)
+            tally.claimed = len(claimed)
+            tally.busy = len(claimed) == limit and limit == self.batch_size
+            outgoing = self._advance_batch(claimed, now, tally)
+            self._deliver(outgoing, now, tally)
+        retries = self.store.claim_messages(now, limit=self.batch_size, lease=self.lease, owner=self.worker_id)
+        if retries:
+            tally.messages += len(retries)
+            tally.busy = tally.busy or len(retries) == self.batch_size
+            self._deliver(retries, now, tally)
+        return tally.freeze()
+
+    def _advance_batch(
+        self, claimed: Seq[Enrollment | BrokenRecord], now: datetime, tally: _Tally
+    ) -> list[OutboxMessage]:
+        set_aside: list[str] = []
+        enrollments: list[Enrollment] = []
+        for item in claimed:
+            if isinstance(item, BrokenRecord):
+                tally.errors.append(TickError(kind="enrollment", id=item.id, error=item.error))
+                set_aside.append(item.id)
+            else:
+                enrollments.append(item)
+        sequences: dict[str, Sequence | None] = {}
+        for e in enrollments:
+            if e.sequence_id not in sequences:
+                sequences[e.sequence_id] = self.store.get_sequence(e.sequence_id)
+        contacts = self.contacts.get_many({e.contact_id for e in enrollments})
+
+        changes: list[Change] = []
+        idle: list[str] = []
+        for before in enrollments:
+            try:
+                sequence = sequences[before.sequence_id]
+                if sequence is None:
+                    raise SequenceNotFound(before.sequence_id)
+                contact = contacts.get(before.contact_id)
+                if contact is None:
+                    raise ContactNotFound(before.contact_id)
+                result = scheduler.advance(before, now, sequence=sequence, contact=contact)
+                if result.enrollment is before:
+                    idle.append(before.id)
+                    continue
+                changes.append(self._dispatch_change(before, result, sequence, contact, now))
+            except Exception as exc:
+                log.exception("enrollment %s set aside", before.id)
+                tally.errors.append(TickError(kind="enrollment", id=before.id, error=repr(exc)))
+                set_aside.append(before.id)
+
+        if self.rate_limiter is not None:
+            sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
+            granted = self.rate_limiter.consume(len(sending), now) if sending else 0
+            if granted < len(sending):
+                held = {c.enrollment.id for c in sending[granted:]}
+                changes = [c for c in changes if c.enrollment.id not in held]
+                tally.deferred += len(held)
+                reopen = self.rate_limiter.next_opening(now)
+                self.store.release(held, owner=self.worker_id, until=reopen)
+        if set_aside:
+            self.store.release(set_aside, owner=self.worker_id, until=now + self.set_aside_for)
+        if idle:
+            self.store.release(idle, owner=self.worker_id)
+
+        refused = set(self.store.commit(changes, owner=self.worker_id)) if changes else set()
+        tally.conflicts += len(refused)
+        if refused:
+            self.store.release(refused, owner=self.worker_id)
+        outgoing: list[OutboxMessage] = []
+        events: list[Event] = []
+        for change in changes:
+            if change.enrollment.id in refused:
+                continue
+            events.extend(change.events)
+            status = change.enrollment.status
+            tally.completed += status is EnrollmentStatus.COMPLETED
+            tally.exited += status is EnrollmentStatus.EXITED
+            for event in change.events:
+                if isinstance(event, StepSkipped):
+                    tally.skipped += 1
+                elif isinstance(event, StepFailed):
+                    tally.failed += 1
+            for message in change.outbox:
+                if message.status is OutboxStatus.PENDING:
+                    outgoing.append(message)
+                    tally.queued += 1
+        self._publish(events, tally.errors)
+        return outgoing
+
+    def _dispatch_change(
+        self, before: Enrollment, result: scheduler.Advance, sequence: Sequence, contact: Contact, now: datetime
+    ) -> Change:
+        step = result.send
+        if step is None:
+            return self._change(before, result)
+        key = idempotency_key(before.id, step.position)
+        base = OutboxMessage(
+            key=key,
+            enrollment_id=before.id,
+            sequence_id=sequence.id,
+            contact_id=contact.id,
+            position=step.position,
+            email=None,
+            created_at=now,
+        )
+        try:
+            rendered = self.renderer.render(step, sequence=sequence, contact=contact, enrollment=result.enrollment)
+        except DripcoreError as exc:
+            # Set this one message aside (FAILED, with the error); the enrollment goes on.
+            message = attrs.evolve(base, status=OutboxStatus.FAILED, last_error=str(exc), settled_at=now)
+            failed = StepFailed(
+                enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id, at=now,
+                position=step.position, error=str(exc), reason="render",
+            )  # fmt: skip
+            result = attrs.evolve(result, events=(*result.events, failed))
+            return self._change(before, result, outbox=(message,), counters=[(sequence.id, step.position, "failed", 1)])
+        email = Email(
+            idempotency_key=key,
+            enrollment_id=before.id,
+            sequence_id=sequence.id,
+            contact_id=contact.id,
+            position=step.position,
+            to=contact.email,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            sender=step.sender or sequence.sender,
+            headers=rendered.headers,
+        )
+        message = attrs.evolve(base, email=email, next_attempt_at=now)
+        return self._change(before, result, outbox=(message,))
+
+    def _backoff(self, attempts: int) -> timedelta:
+        delay: timedelta = self.retry_base * (2 ** max(attempts - 1, 0))
+        return min(delay, self.retry_cap)
+
+    def _deliver(self, messages: Seq[OutboxMessage], now: datetime, tally: _Tally) -> None:
+        if not messages:
+            return
+        contacts = self.contacts.get_many({m.contact_id for m in messages})
+        deliveries: list[Delivery] = []
+        events: list[Event] = []
+        suppressed_after: list[tuple[str, ExitReason]] = []
+        for message in messages:
+            email = message.email
+            if email is None:
+                continue
+            contact = contacts.get(message.contact_id)
+            where = (message.sequence_id, message.position)
+            if contact is None or contact.suppressed is not None:
+                why = "contact not found" if contact is None else f"contact suppressed ({contact.suppressed.value})"  # type: ignore[union-attr]
+                deliveries.append(
+                    Delivery(key=message.key, status=OutboxStatus.FAILED, at=now, error=why,
+                             counters=((*where, "skipped:suppressed", 1),))
+                )  # fmt: skip
+                tally.skipped += 1
+                continue
+            attempts = message.attempts + 1
+            try:
+                provider_id = self.sender.send(email)
+            except PermanentSendError as exc:
+                deliveries.append(self._failure(message, now, exc, exc.reason, events, tally))
+                if exc.reason in ("bounced", "complained"):
+                    suppressed_after.append((message.contact_id, ExitReason(exc.reason)))
+                continue
+            except Exception as exc:
+                transient = isinstance(exc, TransientSendError)
+                if not transient:
+                    log.exception("sender raised on %s", message.key)
+                    tally.errors.append(TickError(kind="message", id=message.key, error=repr(exc)))
+                if attempts >= self.max_attempts:
+                    deliveries.append(self._failure(message, now, exc, "retries exhausted", events, tally))
+                else:
+                    deliveries.append(
+                        Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=repr(exc),
+                                 next_attempt_at=now + self._backoff(attempts))
+                    )  # fmt: skip
+                    tally.retried += 1
+                continue
+            deliveries.append(
+                Delivery(key=message.key, status=OutboxStatus.DELIVERED, at=now, provider_id=provider_id,
+                         counters=((*where, "sent", 1),))
+            )  # fmt: skip
+            events.append(
+                StepSent(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
+                         contact_id=message.contact_id, at=now, position=message.position,
+                         idempotency_key=message.key)
+            )  # fmt: skip
+            tally.sent += 1
+        self.store.settle(deliveries, owner=self.worker_id)
+        self._publish(events, tally.errors)
+        for contact_id, reason in suppressed_after:
+            self._contact_exits(contact_id, reason)
+
+    def _failure(
+        self, message: OutboxMessage, now: datetime, exc: BaseException, reason: str | None,
+        events: list[Event], tally: _Tally,
+    ) -> Delivery:  # fmt: skip
+        counters: list[Counter] = [(message.sequence_id, message.position, "failed", 1)]
+        if reason in ("bounced", "complained"):
+            counters.append((message.sequence_id, message.position, reason, 1))
+        events.append(
+            StepFailed(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
+                       contact_id=message.contact_id, at=now, position=message.position,
+                       error=str(exc) or repr(exc), reason=reason)
+        )  # fmt: skip
+        tally.failed += 1
+        return Delivery(key=message.key, status=OutboxStatus.FAILED, at=now, error=str(exc) or repr(exc),
+                        counters=tuple(counters))  # fmt: skip
+
+    def next_wake_at(self) -> datetime | None:
+        """When there will next be work: the earliest due enrollment or retry."""
+        times = [t for t in (self.store.next_due_at(), self.store.next_message_at()) if t is not None]
+        if self.rate_limiter is not None:
+            reopen = self.rate_limiter.next_opening(self._now())
+            if reopen is not None:
+                times = [max(t, reopen) for t in times]
+        return min(times) if times else None
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        idle: float = 30.0,
+        on_tick: Callable[[TickReport], None] | None = None,
+        max_ticks: int | None = None,
+    ) -> None:
+        """Tick until stopped, sleeping until the next due time rather than polling.
+
+        A new enrollment in this process wakes it early; ``idle`` bounds the
+        sleep, so work written by other processes is picked up within that
+        time. :meth:`stop` (or setting ``stop``) ends the loop after the
+        current batch.
+        """
+        self._stop.clear()
+        ticks = 0
+        while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+            self._wake.clear()
+            report = self.tick()
+            ticks += 1
+            if on_tick is not None:
+                on_tick(report)
+            if max_ticks is not None and ticks >= max_ticks:
+                return
+            if report.busy:
+                continue
+            timeout = idle
+            wake_at = self.next_wake_at()
+            if wake_at is not None:
+                timeout = min(idle, max((wake_at - self._now()).total_seconds(), 0.0))
+            if stop is not None:
+                timeout = min(timeout, 0.5)
+            if timeout > 0:
+                self.clock.wait(timeout, self._wake)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch."""
+        self._stop.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ queries
+
+    def enrollments(
+        self,
+        sequence_id: str,
+        *,
+        status: EnrollmentStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Enrollment]:
+        """Who is in a sequence: which step they are on and when the next is due."""
+        self._sequence(sequence_id)
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit={limit!r}, offset={offset!r}: must not be negative")
+        statuses = None if status is None else (status,)
+        return self.store.find_enrollments(sequence_id=sequence_id, statuses=statuses, limit=limit, offset=offset)
+
+    def get_enrollment(self, enrollment_id: str) -> Enrollment:
+        """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""
+        return self._enrollment(enrollment_id)
+
+    def stats(self, sequence_id: str) -> SequenceStats:
+        """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""
+        self._sequence(sequence_id)
+        return SequenceStats.from_counters(sequence_id, self.store.counters(sequence_id))
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)

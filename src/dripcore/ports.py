@@ -1,0 +1,529 @@
+"""The ports a host application implements, and the records that cross them.
+
+dripcore's engine talks to the outside world only through these small abstract
+classes. Their docstrings are the contract; the storage contract kit in
+:mod:`dripcore.testing` checks a :class:`Store` against it.
+
+- :class:`Store` keeps sequences, enrollments, the outbox and counters. It is
+  batch-oriented: claim a batch of due enrollments under a lease, commit a
+  batch of :class:`Change` atomically.
+- :class:`Clock` says what time it is (and waits).
+- :class:`MailSender` hands an :class:`Email` to a mail service.
+- :class:`ContactDirectory` knows contacts and their suppression.
+- :class:`EventSink` receives lifecycle events (for webhooks).
+- :class:`RateLimiter` caps sends (daily limits, domain warm-up).
+- :class:`Renderer` turns a step into subject and bodies for one contact.
+
+Ports depend on the model only; adapters depend on ports and model, never on
+the engine.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as Seq
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from .model import (
+    UTC,
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    ExitReason,
+    SenderIdentity,
+    Sequence,
+    SequenceStatus,
+    Step,
+    Trigger,
+    to_utc,
+)
+
+__all__ = [
+    "BrokenRecord",
+    "Change",
+    "Clock",
+    "ContactDirectory",
+    "Counter",
+    "Delivery",
+    "Email",
+    "EventSink",
+    "MailSender",
+    "OutboxMessage",
+    "OutboxStatus",
+    "RateLimiter",
+    "Rendered",
+    "Renderer",
+    "SequenceStats",
+    "StepStats",
+    "Store",
+    "SystemClock",
+    "idempotency_key",
+]
+
+
+def idempotency_key(enrollment_id: str, position: int) -> str:
+    """The key that makes a step's email unique: ``"{enrollment_id}:{position}"``."""
+    return f"{enrollment_id}:{position}"
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _readonly_str(value: Mapping[str, str]) -> Mapping[str, str]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
+def _readonly_int(value: Mapping[str, int]) -> Mapping[str, int]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
+def _created_at(value: datetime) -> datetime:
+    return to_utc(value, "outbox.created_at")
+
+
+Counter = tuple[str, int, str, int]
+"""A counter increment: ``(sequence_id, position, name, delta)``; position 0 is the sequence itself.
+
+Stores keep counters so statistics never scan enrollments. The engine decides
+every increment; a store only adds them up, atomically with the write they
+belong to. Names are plain strings (``"recipients"``, ``"status:active"``,
+``"exited:bounced"``, ``"sent"``, ``"skipped:inactive"`` ...).
+"""
+
+
+@attrs.frozen(kw_only=True)
+class Email:
+    """A rendered email, ready for a :class:`MailSender`.
+
+    ``idempotency_key`` is the same every time this step is attempted for
+    this enrollment: a sender that remembers keys never sends twice.
+    """
+
+    idempotency_key: str
+    enrollment_id: str
+    sequence_id: str
+    contact_id: str
+    position: int
+    to: str
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    sender: SenderIdentity | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_readonly_str, hash=False)
+
+
+class OutboxStatus(enum.Enum):
+    """Where an outbox message is: waiting (or retrying), delivered, or given up on."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@attrs.frozen(kw_only=True)
+class OutboxMessage:
+    """One email a committed step owes a contact, and its delivery state.
+
+    Written in the same transaction as the enrollment state that sent it, so
+    a crash leaves either neither or both. ``email`` is None when rendering
+    failed (the message is then FAILED with ``last_error``).
+    """
+
+    key: str
+    enrollment_id: str
+    sequence_id: str
+    contact_id: str
+    position: int
+    email: Email | None
+    status: OutboxStatus = OutboxStatus.PENDING
+    created_at: datetime = attrs.field(converter=_created_at)
+    next_attempt_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    settled_at: datetime | None = None
+    provider_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """The outcome of one delivery attempt, for :meth:`Store.settle`.
+
+    ``status`` PENDING means "retry at ``next_attempt_at``".
+    """
+
+    key: str
+    status: OutboxStatus
+    at: datetime
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    provider_id: str | None = None
+    counters: tuple[Counter, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Change:
+    """One enrollment's new state, committed with its outbox messages and counters.
+
+    ``enrollment.version`` must be the version that was read: the store
+    applies the change only if the stored row still has that version, then
+    stores ``version + 1``. ``events`` travel with the change so a store may
+    keep them; the engine publishes them after the commit.
+    """
+
+    enrollment: Enrollment
+    outbox: tuple[OutboxMessage, ...] = ()
+    events: tuple[Event, ...] = ()
+    counters: tuple[Counter, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class BrokenRecord:
+    """A stored enrollment that could not be read (corrupt data, an unknown enum value)."""
+
+    id: str
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class StepStats:
+    """Per-step counters of a sequence."""
+
+    position: int
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    opened: int = 0
+    clicked: int = 0
+    skipped: Mapping[str, int] = attrs.field(factory=dict, converter=_readonly_int, hash=False)
+
+
+@attrs.frozen(kw_only=True)
+class SequenceStats:
+    """Sequence-level figures: who came in, where they are, how they left."""
+
+    sequence_id: str
+    recipients: int = 0
+    active: int = 0
+    paused: int = 0
+    completed: int = 0
+    exited: int = 0
+    exited_by_reason: Mapping[str, int] = attrs.field(factory=dict, converter=_readonly_int, hash=False)
+    steps: tuple[StepStats, ...] = ()
+
+    @property
+    def completion_rate(self) -> float:
+        """Completed over recipients (0.0 with no recipients)."""
+        return self.completed / self.recipients if self.recipients else 0.0
+
+    @classmethod
+    def from_counters(cls, sequence_id: str, counters: Mapping[tuple[int, str], int]) -> SequenceStats:
+        """Build the figures from a store's raw counters ``{(position, name): value}``."""
+        seq_level = {name: value for (position, name), value in counters.items() if position == 0}
+        by_step: dict[int, dict[str, int]] = {}
+        for (position, name), value in counters.items():
+            if position:
+                by_step.setdefault(position, {})[name] = value
+        steps = tuple(
+            StepStats(
+                position=position,
+                sent=names.get("sent", 0),
+                failed=names.get("failed", 0),
+                bounced=names.get("bounced", 0),
+                opened=names.get("opened", 0),
+                clicked=names.get("clicked", 0),
+                skipped={n.split(":", 1)[1]: v for n, v in names.items() if n.startswith("skipped:") and v},
+            )
+            for position, names in sorted(by_step.items())
+        )
+        return cls(
+            sequence_id=sequence_id,
+            recipients=seq_level.get("recipients", 0),
+            active=seq_level.get("status:active", 0),
+            paused=seq_level.get("status:paused", 0),
+            completed=seq_level.get("status:completed", 0),
+            exited=seq_level.get("status:exited", 0),
+            exited_by_reason={n.split(":", 1)[1]: v for n, v in seq_level.items() if n.startswith("exited:") and v},
+            steps=steps,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Rendered:
+    """A step's content rendered for one contact."""
+
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_readonly_str, hash=False)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+class Clock(ABC):
+    """What time it is. The engine never calls ``datetime.now`` itself."""
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The current instant, timezone-aware."""
+
+    def wait(self, seconds: float, wake: threading.Event) -> None:
+        """Block for up to ``seconds``, returning early when ``wake`` is set."""
+        wake.wait(max(0.0, seconds))
+
+
+class SystemClock(Clock):
+    """The real clock, in UTC."""
+
+    def now(self) -> datetime:
+        """The current instant in UTC."""
+        return datetime.now(UTC)
+
+
+class MailSender(ABC):
+    """Hands an :class:`Email` to a mail service.
+
+    Must raise :class:`~dripcore.errors.TransientSendError` for a failure that
+    may pass (the engine retries with backoff) and
+    :class:`~dripcore.errors.PermanentSendError` for one that will not (with
+    ``reason="bounced"`` or ``"complained"`` the contact is suppressed). A
+    sender should honour ``email.idempotency_key``: after a crash the same
+    key may be offered again, and it must not be sent twice.
+    """
+
+    @abstractmethod
+    def send(self, email: Email) -> str | None:
+        """Send ``email``; return the provider's message id, if any."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release connections; called when a worker stops."""
+
+
+class ContactDirectory(ABC):
+    """The host's contacts, as dripcore needs to see them."""
+
+    @abstractmethod
+    def get(self, contact_id: str) -> Contact | None:
+        """The contact with that id, or None."""
+
+    def get_many(self, contact_ids: Iterable[str]) -> Mapping[str, Contact]:
+        """Contacts by id; unknown ids are left out. Override to batch the look-up."""
+        found: dict[str, Contact] = {}
+        for contact_id in contact_ids:
+            contact = self.get(contact_id)
+            if contact is not None:
+                found[contact_id] = contact
+        return found
+
+    @abstractmethod
+    def suppress(self, contact_id: str, reason: ExitReason) -> None:
+        """Record that the contact must not be mailed again (unsubscribed, bounced, complained)."""
+
+    def anniversaries(self, field: str, month: int, day: int) -> Iterable[Contact]:
+        """Contacts whose ``field`` (``"birthday"`` or ``"created"``) falls on that month and day."""
+        return ()
+
+    def members(self, trigger: Trigger) -> Iterable[str]:
+        """Ids of the contacts currently in the trigger's list, group or tag (for ``enroll_existing``)."""
+        return ()
+
+
+class EventSink(ABC):
+    """Receives lifecycle events after they are committed (webhooks, analytics)."""
+
+    @abstractmethod
+    def publish(self, events: Seq[Event]) -> None:
+        """Handle ``events``, in order. Exceptions are reported, never fatal to a tick."""
+
+
+class RateLimiter(ABC):
+    """Caps how many emails may go (a daily limit, a domain warm-up plan)."""
+
+    @abstractmethod
+    def available(self, now: datetime) -> int | None:
+        """How many sends may go now; None for no limit."""
+
+    @abstractmethod
+    def consume(self, count: int, now: datetime) -> int:
+        """Reserve up to ``count`` sends; return how many were granted."""
+
+    def next_opening(self, now: datetime) -> datetime | None:
+        """When capacity comes back, if it is exhausted now."""
+        return None
+
+
+class Renderer(ABC):
+    """Turns a step into a subject and bodies for one contact."""
+
+    @abstractmethod
+    def render(self, step: Step, *, sequence: Sequence, contact: Contact, enrollment: Enrollment) -> Rendered:
+        """Render ``step``; raise :class:`~dripcore.errors.DripcoreError` naming the step on failure."""
+
+
+class Store(ABC):
+    """Durable state: sequences, enrollments, the outbox and counters.
+
+    Contract (checked by :class:`dripcore.testing.StoreContract`):
+
+    - Every write method is atomic: it applies completely or not at all.
+    - Enrollments carry a ``version``; a write based on a stale version is
+      refused (:meth:`commit` reports it, other methods raise
+      :class:`~dripcore.errors.ConcurrencyConflict`).
+    - :meth:`claim_due` leases enrollments to one ``owner`` until the lease
+      expires; no other owner can claim a leased enrollment meanwhile.
+    - Outbox messages are unique by key: adding one again changes nothing.
+    - Times are stored as UTC instants and come back equal.
+    """
+
+    #: Optional capabilities the contract kit checks (or visibly skips), such as
+    #: ``"multiprocess"`` for a store several processes may share.
+    capabilities: frozenset[str] = frozenset()
+
+    # -- sequences
+
+    @abstractmethod
+    def get_sequence(self, sequence_id: str) -> Sequence | None:
+        """The sequence, or None."""
+
+    @abstractmethod
+    def list_sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
+        """All sequences (of one status), ordered by id."""
+
+    @abstractmethod
+    def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
+        """Insert or replace a sequence.
+
+        ``expected_version=None`` inserts and raises ConcurrencyConflict if the
+        id exists; otherwise the stored version must equal ``expected_version``.
+        """
+
+    @abstractmethod
+    def delete_sequence(self, sequence_id: str) -> None:
+        """Delete a sequence and its finished enrollments.
+
+        Raises :class:`~dripcore.errors.SequenceStateError` (and deletes
+        nothing) if it still has ACTIVE or PAUSED enrollments;
+        :class:`~dripcore.errors.SequenceNotFound` if there is no such sequence.
+        """
+
+    # -- enrollments
+
+    @abstractmethod
+    def add_enrollment(
+        self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
+    ) -> tuple[Enrollment, bool]:
+        """Insert ``enrollment`` unless the contact is already in the sequence for that key.
+
+        If an ACTIVE or PAUSED enrollment exists for the same
+        ``(sequence_id, contact_id, key)``, return ``(it, False)``. Otherwise, if a
+        finished one exists and ``allow_reentry`` is false, return ``(the most
+        recent finished one, False)``. Otherwise insert and return
+        ``(enrollment, True)``, applying ``counters``. Atomic: two concurrent
+        calls for the same triple create one enrollment.
+        """
+
+    @abstractmethod
+    def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
+        """The enrollment, or None."""
+
+    @abstractmethod
+    def find_enrollments(
+        self,
+        *,
+        sequence_id: str | None = None,
+        contact_id: str | None = None,
+        statuses: Iterable[EnrollmentStatus] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> list[Enrollment]:
+        """Enrollments matching every given filter, ordered by id.
+
+        ``after`` keeps only ids greater than it (keyset pagination, safe while
+        the matching set changes); ``offset`` skips that many first.
+        """
+
+    @abstractmethod
+    def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
+        """Lease up to ``limit`` ACTIVE enrollments due at ``now`` (earliest first) to ``owner``.
+
+        Skips enrollments under another owner's unexpired lease. A stored
+        enrollment that can't be read comes back as a :class:`BrokenRecord`,
+        leased like the others so the caller can set it aside.
+        """
+
+    @abstractmethod
+    def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
+        """End ``owner``'s leases; with ``until``, keep them until then (set aside, deferred)."""
+
+    @abstractmethod
+    def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
+        """Apply ``changes`` in one transaction; return the ids refused for a stale version.
+
+        For each change whose stored version matches, store the new state with
+        ``version + 1``, clear its lease, add its outbox messages (ignoring keys
+        already present) and apply its counters. Outbox messages added with
+        ``owner`` are leased to it (for the lease the claim had) so the owner can
+        deliver them at once. Nothing of a refused change is applied.
+        """
+
+    @abstractmethod
+    def next_due_at(self) -> datetime | None:
+        """The earliest due time of an ACTIVE enrollment, leased or not."""
+
+    @abstractmethod
+    def count_due(self, now: datetime) -> int:
+        """How many ACTIVE enrollments are due at ``now``."""
+
+    # -- outbox
+
+    @abstractmethod
+    def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
+        """Lease up to ``limit`` PENDING messages whose next attempt is due, oldest first."""
+
+    @abstractmethod
+    def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
+        """Record delivery outcomes in one transaction: each counts one attempt, clears
+        the lease, and applies its counters. A message already DELIVERED or FAILED
+        is left as it is (settling twice counts once)."""
+
+    @abstractmethod
+    def get_message(self, key: str) -> OutboxMessage | None:
+        """The outbox message with that key, or None."""
+
+    @abstractmethod
+    def find_messages(
+        self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[OutboxMessage]:
+        """Outbox messages matching the filters, ordered by ``(created_at, key)``."""
+
+    @abstractmethod
+    def next_message_at(self) -> datetime | None:
+        """The earliest next attempt of a PENDING message."""
+
+    # -- counters
+
+    @abstractmethod
+    def bump(self, counters: Seq[Counter]) -> None:
+        """Apply counter increments outside a commit (engagement, for example)."""
+
+    @abstractmethod
+    def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
+        """Every counter of a sequence, ``{(position, name): value}``; cost independent of enrollments."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
