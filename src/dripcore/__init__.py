@@ -64,6 +64,7 @@ from .model import (
     Trigger,
     TriggerEvent,
     TriggerType,
+    UnknownVariables,
 )
 from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, StepStats
 from .scheduler import (
@@ -142,6 +143,7 @@ __all__ = [
     "TriggerEvent",
     "TriggerType",
     "UnknownTriggerType",
+    "UnknownVariables",
     "ValidationError",
     "__version__",
     "add_delay",

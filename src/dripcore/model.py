@@ -69,6 +69,7 @@ __all__ = [
     "Trigger",
     "TriggerEvent",
     "TriggerType",
+    "UnknownVariables",
     "UTC",
     "zone",
 ]
@@ -775,6 +776,24 @@ def _c_sequence_pause_policy(value: PausePolicy | str) -> PausePolicy:
     return _impl_sequence_pause_policy(value)
 
 
+class UnknownVariables(enum.Enum):
+    """What a template does with a variable the contact and enrollment don't have.
+
+    ``EMPTY``: it renders as an empty string. ``ERROR``: rendering fails and
+    that one message is set aside with an error naming the variable.
+    """
+
+    EMPTY = "empty"
+    ERROR = "error"
+
+
+def _c_sequence_unknown_variables(value: UnknownVariables | str) -> UnknownVariables:
+    return _impl_sequence_unknown_variables(value)
+
+
+_impl_sequence_unknown_variables = _enum(UnknownVariables, "sequence.unknown_variables", InvalidSequence)
+
+
 @attrs.frozen(kw_only=True)
 class Sequence:
     """A drip campaign: a trigger and an ordered list of steps.
@@ -800,6 +819,9 @@ class Sequence:
     pause_policy: PausePolicy = attrs.field(default=PausePolicy.BUMP, converter=_c_sequence_pause_policy)
     version: int = attrs.field(default=1, validator=_nonneg_int("sequence.version", InvalidSequence))
     paused_at: datetime | None = attrs.field(default=None, converter=_c_sequence_paused_at)
+    unknown_variables: UnknownVariables = attrs.field(
+        default=UnknownVariables.EMPTY, converter=_c_sequence_unknown_variables
+    )
 
     _positions: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
     _first_active_from: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
