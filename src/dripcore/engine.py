@@ -25,6 +25,7 @@ and set aside; it never stops the tick for the others.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -53,6 +54,7 @@ from .errors import (
 )
 from .model import (
     UTC,
+    Completed,
     Contact,
     Enrollment,
     EnrollmentStatus,
@@ -681,6 +683,13 @@ class Drip:
         """
         now = self._now()
         tally = _Tally()
+        # Retries first: a step waiting for a retry holds its enrollment back (see
+        # _deliver), so the next step of that contact can't overtake it.
+        retries = self.store.claim_messages(now, limit=self.batch_size, lease=self.lease, owner=self.worker_id)
+        if retries:
+            tally.messages += len(retries)
+            tally.busy = len(retries) == self.batch_size
+            self._deliver(retries, now, tally)
         limit = self.batch_size
         budget = self.rate_limiter.available(now) if self.rate_limiter else None
         if budget is not None:
@@ -690,19 +699,20 @@ class Drip:
         else:
             claimed = self.store.claim_due(now, limit=limit, lease=self.lease, owner=self.worker_id)
             tally.claimed = len(claimed)
-            tally.busy = len(claimed) == limit and limit == self.batch_size
-            outgoing = self._advance_batch(claimed, now, tally)
+            tally.busy = tally.busy or (len(claimed) == limit and limit == self.batch_size)
+            outgoing, after_delivery = self._advance_batch(claimed, now, tally)
+            if limit < self.batch_size and len(claimed) == limit:
+                # The rate limiter held the claim short: whatever is still due waits.
+                tally.deferred = max(tally.deferred, self.store.count_due(now))
             self._deliver(outgoing, now, tally)
-        retries = self.store.claim_messages(now, limit=self.batch_size, lease=self.lease, owner=self.worker_id)
-        if retries:
-            tally.messages += len(retries)
-            tally.busy = tally.busy or len(retries) == self.batch_size
-            self._deliver(retries, now, tally)
+            self._publish(after_delivery, tally.errors)
         return tally.freeze()
 
     def _advance_batch(
         self, claimed: Seq[Enrollment | BrokenRecord], now: datetime, tally: _Tally
-    ) -> list[OutboxMessage]:
+    ) -> tuple[list[OutboxMessage], list[Event]]:
+        """Advance, commit, and return the messages to deliver plus the events to
+        publish after delivery (a ``Completed`` must not precede its last ``StepSent``)."""
         set_aside: list[str] = []
         enrollments: list[Enrollment] = []
         for item in claimed:
@@ -757,10 +767,13 @@ class Drip:
             self.store.release(refused, owner=self.worker_id)
         outgoing: list[OutboxMessage] = []
         events: list[Event] = []
+        after_delivery: list[Event] = []
         for change in changes:
             if change.enrollment.id in refused:
                 continue
-            events.extend(change.events)
+            has_send = any(m.status is OutboxStatus.PENDING for m in change.outbox)
+            for event in change.events:
+                (after_delivery if has_send and isinstance(event, Completed) else events).append(event)
             status = change.enrollment.status
             tally.completed += status is EnrollmentStatus.COMPLETED
             tally.exited += status is EnrollmentStatus.EXITED
@@ -774,7 +787,7 @@ class Drip:
                     outgoing.append(message)
                     tally.queued += 1
         self._publish(events, tally.errors)
-        return outgoing
+        return outgoing, after_delivery
 
     def _dispatch_change(
         self, before: Enrollment, result: scheduler.Advance, sequence: Sequence, contact: Contact, now: datetime
@@ -830,6 +843,7 @@ class Drip:
         deliveries: list[Delivery] = []
         events: list[Event] = []
         suppressed_after: list[tuple[str, ExitReason]] = []
+        holds: dict[str, datetime] = {}
         for message in messages:
             email = message.email
             if email is None:
@@ -860,10 +874,12 @@ class Drip:
                 if attempts >= self.max_attempts:
                     deliveries.append(self._failure(message, now, exc, "retries exhausted", events, tally))
                 else:
+                    retry_at = now + self._backoff(attempts)
                     deliveries.append(
                         Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=repr(exc),
-                                 next_attempt_at=now + self._backoff(attempts))
+                                 next_attempt_at=retry_at)
                     )  # fmt: skip
+                    holds[message.enrollment_id] = retry_at
                     tally.retried += 1
                 continue
             deliveries.append(
@@ -878,6 +894,11 @@ class Drip:
             tally.sent += 1
         self.store.settle(deliveries, owner=self.worker_id)
         self._publish(events, tally.errors)
+        for enrollment_id, until in holds.items():
+            try:
+                self._apply_one(enrollment_id, functools.partial(_postpone, until=until))
+            except DripcoreError as exc:  # deleted meanwhile, or endlessly contended: report, go on
+                tally.errors.append(TickError(kind="enrollment", id=enrollment_id, error=repr(exc)))
         for contact_id, reason in suppressed_after:
             self._contact_exits(contact_id, reason)
 
@@ -972,6 +993,10 @@ class Drip:
         """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""
         self._sequence(sequence_id)
         return SequenceStats.from_counters(sequence_id, self.store.counters(sequence_id))
+
+
+def _postpone(enrollment: Enrollment, *, until: datetime) -> scheduler.Advance:
+    return scheduler.postpone(enrollment, until)
 
 
 def _is_leap(year: int) -> bool:
