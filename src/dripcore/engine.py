@@ -25,7 +25,6 @@ and set aside; it never stops the tick for the others.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import secrets
@@ -683,13 +682,13 @@ class Drip:
         """
         now = self._now()
         tally = _Tally()
-        # Retries first: a step waiting for a retry holds its enrollment back (see
-        # _deliver), so the next step of that contact can't overtake it.
+        # Retries first: an enrollment with a pending message is not claimable, so
+        # settling retries first lets their next steps go in this same tick.
         retries = self.store.claim_messages(now, limit=self.batch_size, lease=self.lease, owner=self.worker_id)
         if retries:
             tally.messages += len(retries)
             tally.busy = len(retries) == self.batch_size
-            self._deliver(retries, now, tally)
+            self._deliver(retries, now, tally, recheck=True)
         limit = self.batch_size
         budget = self.rate_limiter.available(now) if self.rate_limiter else None
         if budget is not None:
@@ -836,20 +835,39 @@ class Drip:
         delay: timedelta = self.retry_base * (2 ** max(attempts - 1, 0))
         return min(delay, self.retry_cap)
 
-    def _deliver(self, messages: Seq[OutboxMessage], now: datetime, tally: _Tally) -> None:
+    def _deliver(self, messages: Seq[OutboxMessage], now: datetime, tally: _Tally, *, recheck: bool = False) -> None:
+        """Hand messages to the sender and settle the outcomes.
+
+        With ``recheck`` (messages from an earlier tick: retries, or a crashed
+        worker's), a message whose enrollment has exited since is dropped unsent.
+        """
         if not messages:
             return
         contacts = self.contacts.get_many({m.contact_id for m in messages})
+        exited: dict[str, str] = {}
+        if recheck:
+            for enrollment_id in {m.enrollment_id for m in messages}:
+                enrollment = self.store.get_enrollment(enrollment_id)
+                if enrollment is None or enrollment.status is EnrollmentStatus.EXITED:
+                    reason = enrollment.exit_reason.value if enrollment and enrollment.exit_reason else "deleted"
+                    exited[enrollment_id] = reason
         deliveries: list[Delivery] = []
         events: list[Event] = []
         suppressed_after: list[tuple[str, ExitReason]] = []
-        holds: dict[str, datetime] = {}
         for message in messages:
             email = message.email
             if email is None:
                 continue
             contact = contacts.get(message.contact_id)
             where = (message.sequence_id, message.position)
+            if message.enrollment_id in exited:
+                deliveries.append(
+                    Delivery(key=message.key, status=OutboxStatus.FAILED, at=now,
+                             error=f"enrollment exited ({exited[message.enrollment_id]}) before delivery",
+                             counters=((*where, "skipped:cancelled", 1),))
+                )  # fmt: skip
+                tally.skipped += 1
+                continue
             if contact is None or contact.suppressed is not None:
                 why = "contact not found" if contact is None else f"contact suppressed ({contact.suppressed.value})"  # type: ignore[union-attr]
                 deliveries.append(
@@ -879,7 +897,6 @@ class Drip:
                         Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=repr(exc),
                                  next_attempt_at=retry_at)
                     )  # fmt: skip
-                    holds[message.enrollment_id] = retry_at
                     tally.retried += 1
                 continue
             deliveries.append(
@@ -894,13 +911,8 @@ class Drip:
             tally.sent += 1
         self.store.settle(deliveries, owner=self.worker_id)
         self._publish(events, tally.errors)
-        for enrollment_id, until in holds.items():
-            try:
-                self._apply_one(enrollment_id, functools.partial(_postpone, until=until))
-            except DripcoreError as exc:  # deleted meanwhile, or endlessly contended: report, go on
-                tally.errors.append(TickError(kind="enrollment", id=enrollment_id, error=repr(exc)))
-        for contact_id, reason in suppressed_after:
-            self._contact_exits(contact_id, reason)
+        for contact_id, exit_reason in suppressed_after:
+            self._contact_exits(contact_id, exit_reason)
 
     def _failure(
         self, message: OutboxMessage, now: datetime, exc: BaseException, reason: str | None,
@@ -993,10 +1005,6 @@ class Drip:
         """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""
         self._sequence(sequence_id)
         return SequenceStats.from_counters(sequence_id, self.store.counters(sequence_id))
-
-
-def _postpone(enrollment: Enrollment, *, until: datetime) -> scheduler.Advance:
-    return scheduler.postpone(enrollment, until)
 
 
 def _is_leap(year: int) -> bool:

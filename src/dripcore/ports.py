@@ -455,7 +455,11 @@ class Store(ABC):
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
         """Lease up to ``limit`` ACTIVE enrollments due at ``now`` (earliest first) to ``owner``.
 
-        Skips enrollments under another owner's unexpired lease. A stored
+        Only enrollments of ACTIVE sequences are claimed. Skips enrollments under
+        an unexpired lease, and enrollments that still have a PENDING outbox
+        message: a contact's next step waits until the previous email is
+        delivered or given up on, so steps are delivered in order whatever the
+        retries, crashes or number of workers. A stored
         enrollment that can't be read comes back as a :class:`BrokenRecord`,
         leased like the others so the caller can set it aside.
         """
@@ -477,7 +481,9 @@ class Store(ABC):
 
     @abstractmethod
     def next_due_at(self) -> datetime | None:
-        """The earliest due time of an ACTIVE enrollment, leased or not."""
+        """The earliest instant at which :meth:`claim_due` could return an enrollment:
+        its due time, or its lease's end if that is later. Enrollments waiting for a
+        PENDING message are left out (:meth:`next_message_at` covers them)."""
 
     @abstractmethod
     def count_due(self, now: datetime) -> int:

@@ -103,7 +103,6 @@ __all__ = [
     "is_anniversary",
     "matches",
     "pause",
-    "postpone",
     "replan",
     "resolve_zone",
     "resume",
@@ -120,7 +119,6 @@ class Action(enum.Enum):
     RESUME = "resume"
     EXIT = "exit"
     REPLAN = "replan"
-    POSTPONE = "postpone"
 
 
 _A = EnrollmentStatus.ACTIVE
@@ -141,10 +139,9 @@ TRANSITIONS: Mapping[EnrollmentStatus, Mapping[Action, EnrollmentStatus]] = Mapp
                 Action.PAUSE: _P,
                 Action.EXIT: _X,
                 Action.REPLAN: _A,
-                Action.POSTPONE: _A,
             }
         ),
-        _P: MappingProxyType({Action.RESUME: _A, Action.EXIT: _X, Action.REPLAN: _P, Action.POSTPONE: _P}),
+        _P: MappingProxyType({Action.RESUME: _A, Action.EXIT: _X, Action.REPLAN: _P}),
         _C: MappingProxyType({}),
         _X: MappingProxyType({}),
     }
@@ -571,19 +568,6 @@ def replan(
     if due == enrollment.next_step_due_at:
         return Advance(enrollment)
     return Advance(attrs.evolve(enrollment, next_step_due_at=due))
-
-
-def postpone(enrollment: Enrollment, until: datetime) -> Advance:
-    """Make sure the next step is not due before ``until`` (used while the previous
-    step's email waits for a retry, so steps are delivered in order)."""
-    if enrollment.status.is_terminal:
-        return Advance(enrollment)
-    _target(enrollment, Action.POSTPONE)
-    until = _now(until)
-    due = enrollment.next_step_due_at
-    if due is not None and due >= until:
-        return Advance(enrollment)
-    return Advance(attrs.evolve(enrollment, next_step_due_at=until))
 
 
 # --------------------------------------------------------------------------- triggers

@@ -42,6 +42,7 @@ class MemoryStore(Store):
         self._leases: dict[str, _Lease] = {}
         self._outbox: dict[str, OutboxMessage] = {}
         self._message_leases: dict[str, _Lease] = {}
+        self._pending_by_enrollment: dict[str, set[str]] = defaultdict(set)
         self._counters: dict[tuple[str, int, str], int] = defaultdict(int)
 
     # -- sequences
@@ -88,6 +89,7 @@ class MemoryStore(Store):
                 self._leases.pop(e.id, None)
                 self._by_identity.pop((e.sequence_id, e.contact_id, e.key), None)
             for key in [k for k, m in self._outbox.items() if m.sequence_id == sequence_id]:
+                self._pending_by_enrollment.pop(self._outbox[key].enrollment_id, None)
                 del self._outbox[key]
                 self._message_leases.pop(key, None)
             for counter in [c for c in self._counters if c[0] == sequence_id]:
@@ -150,6 +152,8 @@ class MemoryStore(Store):
         sequence = self._sequences.get(e.sequence_id)
         if sequence is None or sequence.status is not SequenceStatus.ACTIVE:
             return False
+        if self._pending_by_enrollment.get(e.id):
+            return False  # the previous step's email is not settled yet
         lease = self._leases.get(e.id)
         return lease is None or lease.until <= now
 
@@ -193,6 +197,8 @@ class MemoryStore(Store):
                     if message.key in self._outbox:
                         continue
                     self._outbox[message.key] = message
+                    if message.status is OutboxStatus.PENDING:
+                        self._pending_by_enrollment[message.enrollment_id].add(message.key)
                     held = owner is not None and lease is not None and lease.owner == owner
                     if held and lease is not None and message.status is OutboxStatus.PENDING:
                         self._message_leases[message.key] = _Lease(lease.owner, lease.until)
@@ -205,6 +211,8 @@ class MemoryStore(Store):
             times = []
             for e in self._enrollments.values():
                 if e.status is not EnrollmentStatus.ACTIVE or e.next_step_due_at is None:
+                    continue
+                if self._pending_by_enrollment.get(e.id):
                     continue
                 sequence = self._sequences.get(e.sequence_id)
                 if sequence is None or sequence.status is not SequenceStatus.ACTIVE:
@@ -264,6 +272,12 @@ class MemoryStore(Store):
                     provider_id=delivery.provider_id,
                 )
                 self._message_leases.pop(delivery.key, None)
+                if finished:
+                    pending = self._pending_by_enrollment.get(message.enrollment_id)
+                    if pending is not None:
+                        pending.discard(delivery.key)
+                        if not pending:
+                            del self._pending_by_enrollment[message.enrollment_id]
                 self._bump(delivery.counters)
 
     def get_message(self, key: str) -> OutboxMessage | None:
