@@ -67,6 +67,7 @@ from .model import (
     UnknownVariables,
 )
 from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, StepStats
+from .render import LiquidRenderer, MemoryTemplateStore, RenderError, Template, TemplateStore
 from .scheduler import (
     Advance,
     add_delay,
@@ -114,6 +115,8 @@ __all__ = [
     "InvalidTransition",
     "InvalidTrigger",
     "InvalidTriggerEvent",
+    "LiquidRenderer",
+    "MemoryTemplateStore",
     "NaiveDatetimeError",
     "NotFound",
     "OutboxMessage",
@@ -121,6 +124,7 @@ __all__ = [
     "PausePolicy",
     "PermanentSendError",
     "ReentryPolicy",
+    "RenderError",
     "SendError",
     "SenderIdentity",
     "Sequence",
@@ -136,6 +140,8 @@ __all__ = [
     "StepStats",
     "StoreError",
     "Subscribed",
+    "Template",
+    "TemplateStore",
     "TickError",
     "TickReport",
     "TransientSendError",

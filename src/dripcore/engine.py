@@ -89,7 +89,7 @@ from .ports import (
     SystemClock,
     idempotency_key,
 )
-from .render import SimpleRenderer
+from .render import LiquidRenderer
 
 __all__ = ["Drip", "TickError", "TickReport", "new_id"]
 
@@ -216,7 +216,8 @@ class Drip:
     Ports are keyword arguments. ``contacts`` resolves contact ids to email
     addresses, zones and suppression; ``events`` receives lifecycle events;
     ``rate_limiter`` caps sends; ``renderer`` turns steps into content (the
-    default substitutes ``{{variables}}``).
+    default is :class:`~dripcore.render.LiquidRenderer` with a placeholder
+    unsubscribe link: pass ``LiquidRenderer(unsubscribe_url=...)`` in production).
     """
 
     def __init__(
@@ -248,7 +249,7 @@ class Drip:
         self.clock: Clock = clock or SystemClock()
         self.events = events
         self.rate_limiter = rate_limiter
-        self.renderer: Renderer = renderer or SimpleRenderer()
+        self.renderer: Renderer = renderer or LiquidRenderer()
         self.batch_size = batch_size
         self.lease = lease
         self.set_aside_for = set_aside_for
