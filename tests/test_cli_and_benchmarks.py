@@ -11,14 +11,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_prints_the_welcome_series_timeline() -> None:
+def test_demo_prints_a_two_week_timeline() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "dripcore", "demo"], check=True, capture_output=True, text=True, cwd=ROOT
     ).stdout
-    assert "step 1: Welcome aboard" in out
-    assert "Tue 2026-03-03 09:00 UTC  step 2" in out
-    assert "Mon 2026-03-09 09:00 UTC  step 3" in out
-    assert "completed" in out
+    assert "Welcome series step 1 sent: 'Welcome aboard, Ana'" in out
+    assert "Mon 03-09 09:00  ana    completed Welcome series" in out  # 0 h, +24 h, +6 days
+    assert "left Welcome series (unsubscribed)" in out
+    assert "Welcome series step 1 FAILED (bounced)" in out
+    assert "left Welcome series (bounced)" in out
+    assert "Happy birthday Eve!" in out
+    assert "8 emails delivered, 0 duplicates." in out
+    # the paused sequence's overdue step goes once, at resume
+    resumed = out.index("resumed it")
+    assert out.index("Post-purchase thank-you step 2 sent") > resumed
+
+
+def test_demo_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    from dripcore.adapters.memory import MemoryStore
+    from dripcore.demo import run_demo
+
+    drip = run_demo(MemoryStore())
+    assert drip.stats("welcome").exited_by_reason == {"bounced": 1, "unsubscribed": 1}
+    assert "completion rate" in capsys.readouterr().out
 
 
 def test_bench_core_smoke(capsys: pytest.CaptureFixture[str]) -> None:
