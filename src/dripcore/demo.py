@@ -108,7 +108,7 @@ def run_demo(store: Store, *, out: TextIO | None = None, store_label: str = "mem
         event = TriggerEvent.purchase(contact_id, order_id=order_id, variables={"order_id": order_id})
         return lambda: drip.notify(event)
 
-    hour, day = timedelta(hours=1), timedelta(days=1)
+    minute, hour, days = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
     # (when, who, what the host application does)
     script: list[tuple[datetime, str, str, Callable[[], object]]] = [
         (START + 1 * hour, "ana", "tagged 'new'", tag("ana")),
@@ -121,9 +121,9 @@ def run_demo(store: Store, *, out: TextIO | None = None, store_label: str = "mem
             buy("chloe", "o-1001"),
         ),
         (START + 4 * hour, "dev", "tagged 'new'", tag("dev")),
-        (START + day + 12 * hour, "bo", "clicked unsubscribe", lambda: drip.contact_unsubscribed("bo")),
-        (START + 2 * day, "admin", "paused Post-purchase thank-you", lambda: drip.pause("post-purchase")),
-        (START + 6 * day, "admin", "resumed it: one overdue step, not a flood", lambda: drip.resume("post-purchase")),
+        (START + days + 12 * hour, "bo", "clicked unsubscribe", lambda: drip.contact_unsubscribed("bo")),
+        (START + 2 * days, "admin", "paused Post-purchase thank-you", lambda: drip.pause("post-purchase")),
+        (START + 6 * days, "admin", "resumed it: one overdue step, not a flood", lambda: drip.resume("post-purchase")),
     ]
 
     end = START + timedelta(days=DAYS)
