@@ -114,12 +114,7 @@ def run_demo(store: Store, *, out: TextIO | None = None, store_label: str = "mem
         (START + 1 * hour, "ana", "tagged 'new'", tag("ana")),
         (START + 2 * hour, "bo", "tagged 'new'", tag("bo")),
         (START + 3 * hour, "chloe", "bought order o-1001", buy("chloe", "o-1001")),
-        (
-            START + 3 * hour + timedelta(minutes=5),
-            "chloe",
-            "webhook re-delivered o-1001 (no-op)",
-            buy("chloe", "o-1001"),
-        ),
+        (START + 3 * hour + 5 * minute, "chloe", "webhook re-sent o-1001 (no-op)", buy("chloe", "o-1001")),
         (START + 4 * hour, "dev", "tagged 'new'", tag("dev")),
         (START + days + 12 * hour, "bo", "clicked unsubscribe", lambda: drip.contact_unsubscribed("bo")),
         (START + 2 * days, "admin", "paused Post-purchase thank-you", lambda: drip.pause("post-purchase")),
