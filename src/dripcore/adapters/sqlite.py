@@ -1,0 +1,1269 @@
+"""SQLiteStore: the embedded default :class:`~dripcore.ports.Store`, on one file and stdlib :mod:`sqlite3`.
+
+A host gets durable, crash-safe drip campaigns with no server::
+
+    from dripcore import Drip
+    from dripcore.adapters.sqlite import SQLiteStore
+
+    drip = Drip(store=SQLiteStore("drip.db"), sender=..., contacts=...)
+
+How it keeps its promises
+-------------------------
+
+- **Atomic batches.** Every write method is one ``BEGIN IMMEDIATE``
+  transaction; a failure (a full disk, a killed process, a lost lock race)
+  rolls all of it back, so a batch is never partly applied.
+- **Several processes, one file.** The database runs in WAL mode: readers never
+  block the writer. Claims take the write lock (``BEGIN IMMEDIATE``), choose
+  the due rows and lease them in one statement, so two worker processes never
+  hold the same enrollment. A writer waits up to ``busy_timeout`` seconds for
+  the lock, then raises :class:`DatabaseLocked` naming the file.
+- **O(due), not O(total).** A partial index holds only ACTIVE enrollments of
+  ACTIVE sequences, ordered by due time: a claim, :meth:`SQLiteStore.count_due`
+  and :meth:`SQLiteStore.next_due_at` read the due rows and nothing else,
+  whatever the size of the table. Pending outbox messages have their own
+  partial index.
+- **Durability.** ``synchronous=NORMAL`` (the WAL default): a committed batch
+  survives the process being killed; a power cut may lose the last few
+  commits, which is safe because keys are deterministic: a lost step is
+  advanced again with the same idempotency key (pass ``synchronous="FULL"``
+  to fsync every commit).
+- **Versioned schema.** ``PRAGMA user_version`` holds the schema version and
+  the ``dripcore_migrations`` table records each migration applied. A file
+  written by an older dripcore is upgraded in place when opened; one written
+  by a newer dripcore is refused with :class:`SchemaTooNew`. The file is
+  marked with ``PRAGMA application_id`` so a foreign database is refused with
+  :class:`NotADripcoreDatabase` instead of being written into.
+- **Bad rows stay local.** An enrollment row that can't be read (broken JSON,
+  an unknown enum value) comes back from :meth:`SQLiteStore.claim_due` as a
+  :class:`~dripcore.ports.BrokenRecord`, leased like the others, so the
+  engine reports it and goes on.
+
+Threads and processes
+---------------------
+
+One :class:`SQLiteStore` owns one connection, and a lock serialises its
+calls: several threads may share a store safely (they take turns). For
+parallel work run several *processes*, each with its own store on the same
+file. A store opened before :func:`os.fork` notices it is in a child and opens
+a fresh connection there (SQLite connections must not cross a fork).
+
+Errors
+------
+
+Every failure is a :class:`SQLiteStoreError` (a
+:class:`~dripcore.errors.StoreError`) naming the file and what to do:
+:class:`InvalidStorePath`, :class:`StoreReadOnly`, :class:`StoreFull`,
+:class:`DatabaseLocked`, :class:`NotADripcoreDatabase`, :class:`SchemaTooNew`,
+:class:`CorruptRecord`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Sequence as Seq
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
+from ..model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, Sequence, SequenceStatus, to_utc
+from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
+from ..serialization import make_converter
+
+__all__ = [
+    "APPLICATION_ID",
+    "CorruptRecord",
+    "DatabaseLocked",
+    "InvalidStorePath",
+    "NotADripcoreDatabase",
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "SQLiteStoreError",
+    "SchemaTooNew",
+    "StoreFull",
+    "StoreReadOnly",
+]
+
+log = logging.getLogger("dripcore.sqlite")
+
+#: ``PRAGMA application_id`` of a dripcore database (the bytes ``drip``).
+APPLICATION_ID = 0x64726970
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SQLiteStoreError(StoreError):
+    """A :class:`SQLiteStore` failure; ``path`` names the database file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class InvalidStorePath(SQLiteStoreError):
+    """The path can't hold a database: it is a directory, or its directory does not exist."""
+
+
+class StoreReadOnly(SQLiteStoreError):
+    """The database file (or its directory, which must hold the ``-wal`` and ``-shm`` files) is not writable."""
+
+
+class StoreFull(SQLiteStoreError):
+    """The disk (or quota, or ``max_page_count``) is full; the transaction was rolled back."""
+
+
+class DatabaseLocked(SQLiteStoreError):
+    """Another connection held the write lock for longer than ``busy_timeout``; nothing was written."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(
+            path,
+            f"the database stayed locked by another writer for more than {timeout:g}s, so nothing was "
+            "written. Another process holds a long write transaction: check for a stuck process using "
+            "this file, or open the store with a larger busy_timeout",
+        )
+
+
+class NotADripcoreDatabase(SQLiteStoreError):
+    """The file exists but is not a dripcore database (not SQLite at all, or another application's)."""
+
+
+class SchemaTooNew(SQLiteStoreError):
+    """The file was written by a newer dripcore whose schema this version does not know."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            path,
+            f"schema version {found} was written by a newer dripcore; this version knows schema versions "
+            f"up to {supported}. Upgrade dripcore to open it (it is left untouched)",
+        )
+
+
+class CorruptRecord(SQLiteStoreError):
+    """A stored row can't be read back (broken JSON, an unknown enum value)."""
+
+    def __init__(self, path: str, table: str, id: str, error: str) -> None:
+        self.table = table
+        self.id = id
+        self.error = error
+        super().__init__(path, f"{table} row {id!r} is corrupt and can't be read: {error}")
+
+
+# --------------------------------------------------------------------------- schema
+
+# Each migration takes the schema from version ``n - 1`` to ``n`` and is never
+# edited once released: a database written by an older dripcore replays the
+# ones it lacks. Tests build a version-1 file by hand to prove the upgrade path.
+_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "sequences, enrollments, outbox and counters",
+        (
+            """CREATE TABLE sequences (
+                id TEXT PRIMARY KEY,
+                status TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                body TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE enrollments (
+                rid INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                sequence_id TEXT NOT NULL,
+                contact_id TEXT NOT NULL,
+                dedupe_key TEXT,
+                status TEXT NOT NULL,
+                enrolled_at INTEGER NOT NULL,
+                next_due INTEGER,
+                last_step_sent INTEGER NOT NULL,
+                last_step_sent_at INTEGER,
+                exit_reason TEXT,
+                paused_at INTEGER,
+                ended_at INTEGER,
+                variables TEXT,
+                opened TEXT,
+                clicked TEXT,
+                skipped TEXT,
+                version INTEGER NOT NULL,
+                lease_owner TEXT,
+                lease_until INTEGER
+            )""",
+            "CREATE INDEX enrollments_by_sequence ON enrollments (sequence_id, id)",
+            "CREATE INDEX enrollments_by_contact ON enrollments (contact_id, sequence_id)",
+            "CREATE INDEX enrollments_active_due ON enrollments (next_due) WHERE status = 'active'",
+            """CREATE TABLE outbox (
+                key TEXT PRIMARY KEY,
+                enrollment_id TEXT NOT NULL,
+                sequence_id TEXT NOT NULL,
+                contact_id TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                next_attempt_at INTEGER,
+                attempts INTEGER NOT NULL,
+                last_error TEXT,
+                settled_at INTEGER,
+                provider_id TEXT,
+                email_to TEXT,
+                email_subject TEXT,
+                email_html TEXT,
+                email_text TEXT,
+                email_sender TEXT,
+                email_headers TEXT,
+                email_identity TEXT,
+                lease_owner TEXT,
+                lease_until INTEGER
+            ) WITHOUT ROWID""",
+            "CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, key) WHERE status = 'pending'",
+            "CREATE INDEX outbox_by_enrollment ON outbox (enrollment_id, status)",
+            """CREATE TABLE counters (
+                sequence_id TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                value INTEGER NOT NULL,
+                PRIMARY KEY (sequence_id, position, name)
+            ) WITHOUT ROWID""",
+        ),
+    ),
+    (
+        2,
+        "claims skip paused sequences through the due index (enrollments.seq_live)",
+        (
+            "ALTER TABLE enrollments ADD COLUMN seq_live INTEGER NOT NULL DEFAULT 0",
+            """UPDATE enrollments SET seq_live = coalesce(
+                (SELECT s.status = 'active' FROM sequences AS s WHERE s.id = enrollments.sequence_id), 0)""",
+            "DROP INDEX enrollments_active_due",
+            "CREATE INDEX enrollments_due ON enrollments (next_due, id) WHERE status = 'active' AND seq_live = 1",
+        ),
+    ),
+)
+
+#: The schema version this code writes; older files are migrated up to it.
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_SQLITE_PERM = 3
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+
+# --------------------------------------------------------------------------- encoding
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_EMPTY: frozenset[Any] = frozenset()
+_LIVE_STATUSES = ("active", "paused")
+
+
+def _instant(value: datetime) -> int:
+    """An instant as integer microseconds since the Unix epoch (exact, sortable)."""
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _opt_instant(value: datetime | None) -> int | None:
+    return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
+def _from_instant(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _opt_from_instant(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def _map_text(value: Mapping[str, Any]) -> str | None:
+    return _dumps(dict(value)) if value else None
+
+
+def _ints_text(value: frozenset[int]) -> str | None:
+    return _dumps(sorted(value)) if value else None
+
+
+def _clicks_text(value: frozenset[tuple[int, str]]) -> str | None:
+    return _dumps(sorted(value)) if value else None
+
+
+_ENROLLMENT_COLUMNS = (
+    "id, sequence_id, contact_id, status, enrolled_at, next_due, last_step_sent, last_step_sent_at, "
+    "exit_reason, paused_at, ended_at, variables, opened, clicked, skipped, dedupe_key, version"
+)
+
+
+def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
+    (
+        id_, sequence_id, contact_id, status, enrolled_at, due, last, last_at,
+        reason, paused_at, ended_at, variables, opened, clicked, skipped, key, version,
+    ) = row  # fmt: skip
+    return Enrollment(
+        id=id_,
+        sequence_id=sequence_id,
+        contact_id=contact_id,
+        status=status,
+        enrolled_at=_EPOCH + timedelta(microseconds=enrolled_at),
+        next_step_due_at=None if due is None else _EPOCH + timedelta(microseconds=due),
+        last_step_sent=last,
+        last_step_sent_at=None if last_at is None else _EPOCH + timedelta(microseconds=last_at),
+        exit_reason=reason,
+        paused_at=None if paused_at is None else _EPOCH + timedelta(microseconds=paused_at),
+        ended_at=None if ended_at is None else _EPOCH + timedelta(microseconds=ended_at),
+        variables=json.loads(variables) if variables else {},
+        opened=json.loads(opened) if opened else _EMPTY,
+        clicked=json.loads(clicked) if clicked else _EMPTY,
+        skipped=json.loads(skipped) if skipped else _EMPTY,
+        key=key,
+        version=version,
+    )
+
+
+def _enrollment_state(e: Enrollment) -> tuple[Any, ...]:
+    """The mutable columns of an enrollment, in ``_UPDATE_STATE`` order (without the version and rid)."""
+    return (
+        e.status.value,
+        None if e.next_step_due_at is None else (e.next_step_due_at - _EPOCH) // _MICROSECOND,
+        e.last_step_sent,
+        None if e.last_step_sent_at is None else (e.last_step_sent_at - _EPOCH) // _MICROSECOND,
+        None if e.exit_reason is None else e.exit_reason.value,
+        None if e.paused_at is None else (e.paused_at - _EPOCH) // _MICROSECOND,
+        None if e.ended_at is None else (e.ended_at - _EPOCH) // _MICROSECOND,
+        _map_text(e.variables) if e.variables else None,
+        _ints_text(e.opened) if e.opened else None,
+        _clicks_text(e.clicked) if e.clicked else None,
+        _ints_text(e.skipped) if e.skipped else None,
+    )
+
+
+# A contact's next step waits until the previous email is settled (delivered or
+# given up on): an enrollment with a PENDING message is not claimable. One probe
+# of outbox_by_enrollment per due row read.
+_NOTHING_PENDING = (
+    "NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.enrollment_id = enrollments.id AND o.status = 'pending')"
+)
+
+_UPDATE_STATE = (
+    "UPDATE enrollments SET status = ?, next_due = ?, last_step_sent = ?, last_step_sent_at = ?, "
+    "exit_reason = ?, paused_at = ?, ended_at = ?, variables = ?, opened = ?, clicked = ?, skipped = ?, "
+    "version = ?, lease_owner = NULL, lease_until = NULL WHERE rid = ?"
+)
+_UPDATE_IDENTITY = (
+    "UPDATE enrollments SET sequence_id = ?, contact_id = ?, dedupe_key = ?, enrolled_at = ?, "
+    "seq_live = coalesce((SELECT s.status = 'active' FROM sequences AS s WHERE s.id = ?), 0) WHERE rid = ?"
+)
+_INSERT_ENROLLMENT = (
+    "INSERT INTO enrollments (id, sequence_id, contact_id, dedupe_key, enrolled_at, status, next_due, "
+    "last_step_sent, last_step_sent_at, exit_reason, paused_at, ended_at, variables, opened, clicked, skipped, "
+    "version, seq_live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_OUTBOX_COLUMNS = (
+    "key, enrollment_id, sequence_id, contact_id, position, status, created_at, next_attempt_at, attempts, "
+    "last_error, settled_at, provider_id, email_to, email_subject, email_html, email_text, email_sender, "
+    "email_headers, email_identity"
+)
+_INSERT_MESSAGE = (
+    f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLUMNS}, lease_owner, lease_until) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _sender_text(sender: SenderIdentity | None) -> str | None:
+    if sender is None:
+        return None
+    return _dumps({"from_email": sender.from_email, "from_name": sender.from_name, "reply_to": sender.reply_to})
+
+
+def _message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | None) -> tuple[Any, ...]:
+    email = m.email
+    if email is None:
+        email_fields: tuple[Any, ...] = (None, None, None, None, None, None, None)
+    else:
+        identity = (email.idempotency_key, email.enrollment_id, email.sequence_id, email.contact_id, email.position)
+        own = (m.key, m.enrollment_id, m.sequence_id, m.contact_id, m.position)
+        email_fields = (
+            email.to,
+            email.subject,
+            email.html,
+            email.text,
+            _sender_text(email.sender),
+            _dumps(dict(email.headers)) if email.headers else None,
+            None if identity == own else _dumps(identity),
+        )
+    return (
+        m.key,
+        m.enrollment_id,
+        m.sequence_id,
+        m.contact_id,
+        m.position,
+        m.status.value,
+        (m.created_at - _EPOCH) // _MICROSECOND,
+        _opt_instant(m.next_attempt_at),
+        m.attempts,
+        m.last_error,
+        _opt_instant(m.settled_at),
+        m.provider_id,
+        *email_fields,
+        lease_owner,
+        lease_until,
+    )
+
+
+def _message_from_row(row: Seq[Any]) -> OutboxMessage:
+    (
+        key, enrollment_id, sequence_id, contact_id, position, status, created_at, next_attempt_at, attempts,
+        last_error, settled_at, provider_id, to, subject, html, text, sender, headers, identity,
+    ) = row  # fmt: skip
+    email = None
+    if to is not None:
+        ident = (key, enrollment_id, sequence_id, contact_id, position) if identity is None else json.loads(identity)
+        email = Email(
+            idempotency_key=ident[0],
+            enrollment_id=ident[1],
+            sequence_id=ident[2],
+            contact_id=ident[3],
+            position=ident[4],
+            to=to,
+            subject=subject,
+            html=html,
+            text=text,
+            sender=None if sender is None else SenderIdentity(**json.loads(sender)),
+            headers=json.loads(headers) if headers else {},
+        )
+    return OutboxMessage(
+        key=key,
+        enrollment_id=enrollment_id,
+        sequence_id=sequence_id,
+        contact_id=contact_id,
+        position=position,
+        email=email,
+        status=OutboxStatus(status),
+        created_at=_from_instant(created_at),
+        next_attempt_at=_opt_from_instant(next_attempt_at),
+        attempts=attempts,
+        last_error=last_error,
+        settled_at=_opt_from_instant(settled_at),
+        provider_id=provider_id,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _sum_counters(counters: Iterable[Counter], into: dict[tuple[str, int, str], int]) -> None:
+    for sequence_id, position, name, delta in counters:
+        k = (sequence_id, position, name)
+        into[k] = into.get(k, 0) + delta
+
+
+_UPSERT_COUNTER = (
+    "INSERT INTO counters (sequence_id, position, name, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (sequence_id, position, name) DO UPDATE SET value = value + excluded.value"
+)
+
+# Connections inherited across a fork are kept referenced, never closed: closing
+# one in the child could release locks or checkpoint under the parent's feet.
+_ABANDONED: list[sqlite3.Connection] = []
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLiteStore(Store):
+    """A :class:`~dripcore.ports.Store` in one SQLite file, shareable by worker processes.
+
+    >>> import tempfile, os
+    >>> from dripcore.adapters.sqlite import SQLiteStore
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with SQLiteStore(os.path.join(tmp, "drip.db")) as store:
+    ...         store.list_sequences()
+    []
+
+    ``path`` is created (with its schema) when missing; ``":memory:"`` gives a
+    private in-memory database (one process only). ``busy_timeout`` is how long
+    a writer waits for another process's write lock before raising
+    :class:`DatabaseLocked`. ``synchronous`` is SQLite's durability level
+    (``"NORMAL"``: committed work survives a killed process; ``"FULL"``: also a
+    power cut). ``cache_size_kib`` bounds SQLite's page cache. ``pragmas``
+    adds any other per-connection ``PRAGMA`` (``{"max_page_count": 1000}``).
+
+    Reading a row that can't be decoded: :meth:`claim_due` returns it as a
+    :class:`~dripcore.ports.BrokenRecord`; :meth:`get_enrollment`,
+    :meth:`get_sequence` and :meth:`add_enrollment` raise
+    :class:`CorruptRecord`; listings (:meth:`find_enrollments`,
+    :meth:`list_sequences`, :meth:`find_messages`) log it and leave it out;
+    :meth:`claim_messages` logs it and leaves it leased (set aside until the
+    lease ends).
+    """
+
+    capabilities = frozenset({"multiprocess"})
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "NORMAL",
+        cache_size_kib: int = 65536,
+        pragmas: Mapping[str, str | int] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = float(busy_timeout)
+        self._synchronous = synchronous.upper()
+        if self._synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous={synchronous!r}: expected OFF, NORMAL, FULL or EXTRA")
+        self._cache_size_kib = int(cache_size_kib)
+        self._pragmas = dict(pragmas or {})
+        for name in self._pragmas:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"pragmas: {name!r} is not a pragma name")
+        self._memory = self.path == ":memory:"
+        if self._memory:
+            self.capabilities = frozenset()
+        self._lock = threading.RLock()
+        self._converter = make_converter()
+        self._sequence_cache: dict[str, Sequence] = {}
+        self._closed = False
+        self._check_path()
+        self._conn = self._open()
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # ------------------------------------------------------------------ opening
+
+    def _check_path(self) -> None:
+        if self._memory:
+            return
+        path = Path(self.path)
+        if path.is_dir():
+            raise InvalidStorePath(self.path, "is a directory; give the path of a database file inside it")
+        directory = path.parent if str(path.parent) else Path(".")
+        if not directory.is_dir():
+            raise InvalidStorePath(
+                self.path, f"directory {str(directory)!r} does not exist; create it first (dripcore creates the file)"
+            )
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreReadOnly(
+                self.path, "the file is not readable and writable by this process; fix its permissions or owner"
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreReadOnly(
+                self.path,
+                f"directory {str(directory)!r} is not writable; SQLite keeps its -wal and -shm files next to "
+                "the database, so the directory must be writable too",
+            )
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False,
+                cached_statements=256,
+            )  # fmt: skip
+        except sqlite3.Error as exc:
+            raise self._error(exc, "open") from exc
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        try:
+            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _code(exc) not in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+                raise self._error(exc, "open") from exc
+            raise NotADripcoreDatabase(
+                self.path,
+                f"the file is not a SQLite database ({exc}); point the store at a new path or at a database "
+                "dripcore created",
+            ) from exc
+        self._check_schema(application_id, version, tables)
+        try:
+            if not self._memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise SQLiteStoreError(self.path, f"could not switch to WAL journaling (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA cache_size = -{self._cache_size_kib}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            for name, value in self._pragmas.items():
+                conn.execute(f"PRAGMA {name} = {int(value) if isinstance(value, int) else repr(str(value))}")
+            if version < SCHEMA_VERSION:
+                self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "open") from exc
+
+    def _check_schema(self, application_id: int, version: int, tables: list[str]) -> None:
+        if application_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(self.path, version, SCHEMA_VERSION)
+            return
+        if application_id == 0 and not tables:
+            return  # a new (or empty) file: the migrations create the schema
+        owner = f"application_id {application_id:#x}" if application_id else "no dripcore marker"
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotADripcoreDatabase(
+            self.path,
+            f"this SQLite database belongs to another application ({owner}; tables: {shown or 'none'}); "
+            "dripcore will not write into it. Point the store at a new path",
+        )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if conn.execute("PRAGMA application_id").fetchone()[0] not in (0, APPLICATION_ID):
+                raise NotADripcoreDatabase(self.path, "another application claimed this file while it was opened")
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(self.path, version, SCHEMA_VERSION)
+            if version == 0:
+                conn.execute(
+                    "CREATE TABLE dripcore_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                    "applied_at TEXT NOT NULL)"
+                )
+            for number, description, statements in _MIGRATIONS:
+                if number <= version:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO dripcore_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                    (number, description, datetime.now(UTC).isoformat(timespec="seconds")),
+                )
+                log.info("%s: migrated the schema to version %d (%s)", self.path, number, description)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _error(self, exc: sqlite3.Error, action: str) -> SQLiteStoreError:
+        """Translate a sqlite3 error into the dripcore error that says what to do."""
+        code = _code(exc)
+        text = str(exc)
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
+            return DatabaseLocked(self.path, self.busy_timeout)
+        if code == _SQLITE_FULL or "database or disk is full" in text:
+            return StoreFull(
+                self.path,
+                f"{action} failed because the disk (or quota) is full; nothing of it was written. "
+                "Free some space and retry",
+            )
+        if code in (_SQLITE_READONLY, _SQLITE_PERM) or "readonly" in text:
+            return StoreReadOnly(
+                self.path, f"{action} failed: the database is read-only ({text}); fix the file's permissions"
+            )
+        if code == _SQLITE_NOTADB:
+            return NotADripcoreDatabase(self.path, f"{action} failed: the file is not a database ({text})")
+        if code == _SQLITE_CORRUPT:
+            return SQLiteStoreError(
+                self.path,
+                f"{action} failed: the database file is damaged ({text}); restore it from a backup, or salvage "
+                "it with the sqlite3 shell's .recover command",
+            )
+        if code == _SQLITE_CANTOPEN:
+            return InvalidStorePath(self.path, f"{action} failed: SQLite can't open the file ({text})")
+        if code == _SQLITE_IOERR:
+            return SQLiteStoreError(self.path, f"{action} failed with an I/O error ({text}); check the disk")
+        return SQLiteStoreError(self.path, f"{action} failed: {text}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise SQLiteStoreError(self.path, "the store is closed")
+        if os.getpid() != self._pid:
+            _ABANDONED.append(self._conn)
+            self._conn = self._open()
+            self._pid = os.getpid()
+        return self._conn
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: all of it commits, or none of it."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc, action) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # the connection is unusable; the transaction is gone anyway
+                        log.exception("%s: rollback failed", self.path)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc, action) from exc
+                raise
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise self._error(exc, action) from exc
+
+    def close(self) -> None:
+        """Close the connection (idempotent). The file and its data stay."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if os.getpid() == self._pid:
+                self._conn.close()
+            else:
+                _ABANDONED.append(self._conn)
+
+    def schema_version(self) -> int:
+        """The schema version of the open file (:data:`SCHEMA_VERSION` once opened)."""
+        with self._read("read the schema version") as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ------------------------------------------------------------------ sequences
+
+    def _decode_sequence(self, sequence_id: str, body: str) -> Sequence:
+        cached = self._sequence_cache.get(body)
+        if cached is not None:
+            return cached
+        try:
+            sequence = self._converter.structure(json.loads(body), Sequence)
+        except Exception as exc:
+            raise CorruptRecord(self.path, "sequences", sequence_id, _describe(exc)) from exc
+        if len(self._sequence_cache) >= 256:
+            self._sequence_cache.clear()
+        self._sequence_cache[body] = sequence
+        return sequence
+
+    def get_sequence(self, sequence_id: str) -> Sequence | None:
+        """The sequence, or None; :class:`CorruptRecord` if its row can't be read."""
+        with self._read("get a sequence") as conn:
+            row = conn.execute("SELECT body FROM sequences WHERE id = ?", (sequence_id,)).fetchone()
+            return None if row is None else self._decode_sequence(sequence_id, row[0])
+
+    def list_sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
+        """All sequences (of one status), ordered by id; unreadable rows are logged and left out."""
+        with self._read("list sequences") as conn:
+            if status is None:
+                rows = conn.execute("SELECT id, body FROM sequences ORDER BY id").fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, body FROM sequences WHERE status = ? ORDER BY id", (status.value,)
+                ).fetchall()
+            found = []
+            for sequence_id, body in rows:
+                try:
+                    sequence = self._decode_sequence(sequence_id, body)
+                except CorruptRecord as exc:
+                    log.error("%s", exc)
+                    continue
+                if status is None or sequence.status is status:
+                    found.append(sequence)
+            return found
+
+    def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
+        """Insert (``expected_version=None``) or replace at the expected version, atomically."""
+        body = _dumps(self._converter.unstructure(sequence))
+        with self._write("save a sequence") as conn:
+            row = conn.execute("SELECT status, version FROM sequences WHERE id = ?", (sequence.id,)).fetchone()
+            if expected_version is None:
+                if row is not None:
+                    raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=row[1])
+            elif row is None or row[1] != expected_version:
+                raise ConcurrencyConflict(
+                    kind="sequence", id=sequence.id, expected=expected_version, actual=None if row is None else row[1]
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO sequences (id, status, version, body) VALUES (?, ?, ?, ?)",
+                (sequence.id, sequence.status.value, sequence.version, body),
+            )
+            was_live = row is not None and row[0] == "active"
+            live = sequence.status is SequenceStatus.ACTIVE
+            if live != was_live:
+                conn.execute(
+                    "UPDATE enrollments SET seq_live = ? WHERE sequence_id = ? AND seq_live != ?",
+                    (int(live), sequence.id, int(live)),
+                )
+
+    def delete_sequence(self, sequence_id: str) -> None:
+        """Delete a sequence with no live enrollments, and its enrollments, messages and counters."""
+        with self._write("delete a sequence") as conn:
+            row = conn.execute("SELECT status FROM sequences WHERE id = ?", (sequence_id,)).fetchone()
+            if row is None:
+                raise SequenceNotFound(sequence_id)
+            live = conn.execute(
+                "SELECT count(*) FROM enrollments WHERE sequence_id = ? AND status IN ('active', 'paused')",
+                (sequence_id,),
+            ).fetchone()[0]
+            if live:
+                raise SequenceStateError(
+                    sequence_id=sequence_id, status=row[0], action="delete",
+                    hint=f"it has {live} active or paused enrollments; archive it first",
+                )  # fmt: skip
+            conn.execute("DELETE FROM enrollments WHERE sequence_id = ?", (sequence_id,))
+            conn.execute("DELETE FROM outbox WHERE sequence_id = ?", (sequence_id,))
+            conn.execute("DELETE FROM counters WHERE sequence_id = ?", (sequence_id,))
+            conn.execute("DELETE FROM sequences WHERE id = ?", (sequence_id,))
+
+    # ------------------------------------------------------------------ enrollments
+
+    def _decode_enrollment(self, row: Seq[Any]) -> Enrollment:
+        try:
+            return _enrollment_from_row(row)
+        except Exception as exc:
+            raise CorruptRecord(self.path, "enrollments", str(row[0]), _describe(exc)) from exc
+
+    @staticmethod
+    def _insert_row(e: Enrollment, live: int) -> tuple[Any, ...]:
+        return (
+            e.id, e.sequence_id, e.contact_id, e.key, _instant(e.enrolled_at),
+            *_enrollment_state(e), e.version, live,
+        )  # fmt: skip
+
+    def add_enrollment(
+        self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
+    ) -> tuple[Enrollment, bool]:
+        """Insert unless the contact is already (or, without re-entry, was) in the sequence for that key."""
+        with self._write("add an enrollment") as conn:
+            existing = self._existing(conn, enrollment)
+            if existing is not None and (existing[1] or not allow_reentry):
+                return self._decode_enrollment(existing[0]), False
+            live = self._sequence_live(conn, enrollment.sequence_id)
+            try:
+                conn.execute(_INSERT_ENROLLMENT, self._insert_row(enrollment, live))
+            except sqlite3.IntegrityError:
+                raise ConcurrencyConflict(kind="enrollment", id=enrollment.id, expected=0, actual=0) from None
+            totals: dict[tuple[str, int, str], int] = {}
+            _sum_counters(counters, totals)
+            _write_counters(conn, totals)
+            return enrollment, True
+
+    @staticmethod
+    def _existing(conn: sqlite3.Connection, e: Enrollment) -> tuple[Seq[Any], bool] | None:
+        """The enrollment to return instead of inserting ``e``: (row, live) of a live one, else of the latest."""
+        rows = conn.execute(
+            f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE contact_id = ? AND sequence_id = ? "
+            "AND dedupe_key IS ? ORDER BY rid",
+            (e.contact_id, e.sequence_id, e.key),
+        ).fetchall()
+        for row in rows:
+            if row[3] in _LIVE_STATUSES:
+                return row, True
+        return (rows[-1], False) if rows else None
+
+    @staticmethod
+    def _sequence_live(conn: sqlite3.Connection, sequence_id: str) -> int:
+        row = conn.execute("SELECT status FROM sequences WHERE id = ?", (sequence_id,)).fetchone()
+        return int(row is not None and row[0] == "active")
+
+    def add_enrollments(
+        self,
+        enrollments: Iterable[Enrollment],
+        *,
+        allow_reentry: bool,
+        counters: Callable[[Enrollment], Iterable[Counter]] | None = None,
+        batch_size: int = 10_000,
+    ) -> int:
+        """Bulk :meth:`add_enrollment` (an import, a backfill): the same rules per enrollment, one
+        transaction per ``batch_size``; returns how many were created.
+
+        ``counters(enrollment)`` gives the increments of each created one. An id
+        that already exists raises :class:`~dripcore.errors.ConcurrencyConflict`
+        and rolls back the current batch (earlier batches stay).
+        """
+        created = 0
+        iterator = iter(enrollments)
+        while True:
+            chunk = list(itertools.islice(iterator, batch_size))
+            if not chunk:
+                return created
+            with self._write("add enrollments") as conn:
+                live_by_sequence: dict[str, int] = {}
+                totals: dict[tuple[str, int, str], int] = {}
+                rows = []
+                seen: set[tuple[str, str, str | None]] = set()
+                for e in chunk:
+                    identity = (e.sequence_id, e.contact_id, e.key)
+                    if identity in seen:
+                        continue  # the first of two in one batch wins, as two calls would
+                    existing = self._existing(conn, e)
+                    if existing is not None and (existing[1] or not allow_reentry):
+                        continue
+                    seen.add(identity)
+                    if e.sequence_id not in live_by_sequence:
+                        live_by_sequence[e.sequence_id] = self._sequence_live(conn, e.sequence_id)
+                    rows.append(self._insert_row(e, live_by_sequence[e.sequence_id]))
+                    if counters is not None:
+                        _sum_counters(counters(e), totals)
+                try:
+                    conn.executemany(_INSERT_ENROLLMENT, rows)
+                except sqlite3.IntegrityError as exc:
+                    raise ConcurrencyConflict(
+                        kind="enrollment", id=f"<one of {len(rows)}>", expected=0, actual=0
+                    ) from exc
+                _write_counters(conn, totals)
+                created += len(rows)
+
+    def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
+        """The enrollment, or None; :class:`CorruptRecord` if its row can't be read."""
+        with self._read("get an enrollment") as conn:
+            row = conn.execute(
+                f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE id = ?", (enrollment_id,)
+            ).fetchone()
+        return None if row is None else self._decode_enrollment(row)
+
+    def find_enrollments(
+        self,
+        *,
+        sequence_id: str | None = None,
+        contact_id: str | None = None,
+        statuses: Iterable[EnrollmentStatus] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> list[Enrollment]:
+        """Enrollments matching every filter, ordered by id (unreadable rows are logged and left out)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if sequence_id is not None:
+            where.append("sequence_id = ?")
+            params.append(sequence_id)
+        if contact_id is not None:
+            where.append("contact_id = ?")
+            params.append(contact_id)
+        if statuses is not None:
+            values = sorted({s.value for s in statuses})
+            if not values:
+                return []
+            where.append(f"status IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.extend((limit, offset))
+        with self._read("find enrollments") as conn:
+            rows = conn.execute(
+                f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments {clause} ORDER BY id LIMIT ? OFFSET ?", params
+            ).fetchall()
+        found = []
+        for row in rows:
+            try:
+                found.append(self._decode_enrollment(row))
+            except CorruptRecord as exc:
+                log.error("%s", exc)
+        return found
+
+    def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
+        """Lease the earliest due enrollments of active sequences, with no PENDING message, to
+        ``owner``, in one statement."""
+        at = _instant(to_utc(now, "now"))
+        until = _instant(to_utc(now, "now") + lease)
+        with self._write("claim due enrollments") as conn:
+            rows = conn.execute(
+                f"UPDATE enrollments SET lease_owner = ?, lease_until = ? WHERE rid IN ("
+                "SELECT rid FROM enrollments WHERE status = 'active' AND seq_live = 1 AND next_due <= ? "
+                f"AND (lease_until IS NULL OR lease_until <= ?) AND {_NOTHING_PENDING} ORDER BY next_due, id LIMIT ?"
+                f") RETURNING {_ENROLLMENT_COLUMNS}",
+                (owner, until, at, at, limit),
+            ).fetchall()
+        rows.sort(key=_due_order)
+        claimed: list[Enrollment | BrokenRecord] = []
+        for row in rows:
+            try:
+                claimed.append(_enrollment_from_row(row))
+            except Exception as exc:
+                claimed.append(BrokenRecord(id=str(row[0]), error=_describe(exc)))
+        return claimed
+
+    def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
+        """End ``owner``'s leases (or, with ``until``, keep them until then)."""
+        ids = [(i, owner) for i in enrollment_ids]
+        if not ids:
+            return
+        with self._write("release leases") as conn:
+            if until is None:
+                conn.executemany(
+                    "UPDATE enrollments SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                    ids,
+                )
+            else:
+                end = _instant(to_utc(until, "until"))
+                conn.executemany(
+                    "UPDATE enrollments SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+                    [(end, i, o) for i, o in ids],
+                )
+
+    def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
+        """Apply every change whose version still matches, in one transaction; return the refused ids."""
+        if not changes:
+            return []
+        refused: list[str] = []
+        with self._write("commit changes") as conn:
+            ids = _dumps(list({c.enrollment.id for c in changes}))
+            stored = {
+                row[1]: list(row)
+                for row in conn.execute(
+                    "SELECT rid, id, version, lease_owner, lease_until, sequence_id, contact_id, dedupe_key, "
+                    "enrolled_at FROM enrollments WHERE id IN (SELECT value FROM json_each(?))",
+                    (ids,),
+                )
+            }
+            updates: list[tuple[Any, ...]] = []
+            identity_updates: list[tuple[Any, ...]] = []
+            messages: list[tuple[Any, ...]] = []
+            totals: dict[tuple[str, int, str], int] = {}
+            for change in changes:
+                new = change.enrollment
+                row = stored.get(new.id)
+                if row is None or row[2] != new.version:
+                    refused.append(new.id)
+                    continue
+                rid, lease_owner, lease_until = row[0], row[3], row[4]
+                row[2] = new.version + 1
+                row[3] = row[4] = None
+                updates.append((*_enrollment_state(new), new.version + 1, rid))
+                enrolled_at = _instant(new.enrolled_at)
+                if (new.sequence_id, new.contact_id, new.key, enrolled_at) != (row[5], row[6], row[7], row[8]):
+                    row[5:9] = new.sequence_id, new.contact_id, new.key, enrolled_at
+                    identity_updates.append(
+                        (new.sequence_id, new.contact_id, new.key, enrolled_at, new.sequence_id, rid)
+                    )
+                held = owner is not None and lease_owner == owner
+                for message in change.outbox:
+                    leased = held and message.status is OutboxStatus.PENDING
+                    messages.append(_message_row(message, owner if leased else None, lease_until if leased else None))
+                _sum_counters(change.counters, totals)
+            if updates:
+                conn.executemany(_UPDATE_STATE, updates)
+            if identity_updates:
+                conn.executemany(_UPDATE_IDENTITY, identity_updates)
+            if messages:
+                conn.executemany(_INSERT_MESSAGE, messages)
+            _write_counters(conn, totals)
+        return refused
+
+    def next_due_at(self) -> datetime | None:
+        """When :meth:`claim_due` could next return something: the earliest due time of an
+        ACTIVE enrollment of an ACTIVE sequence with no PENDING message, or its lease's end
+        if that is later."""
+        with self._read("find the next due time") as conn:
+            return _earliest(
+                conn,
+                "SELECT next_due, lease_until FROM enrollments WHERE status = 'active' AND seq_live = 1 "
+                f"AND {_NOTHING_PENDING} ORDER BY next_due",
+            )
+
+    def count_due(self, now: datetime) -> int:
+        """How many ACTIVE enrollments of ACTIVE sequences are due at ``now``, leased or not."""
+        at = _instant(to_utc(now, "now"))
+        with self._read("count due enrollments") as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM enrollments WHERE status = 'active' AND seq_live = 1 AND next_due <= ?",
+                    (at,),
+                ).fetchone()[0]
+            )
+
+    # ------------------------------------------------------------------ outbox
+
+    def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
+        """Lease the oldest pending messages whose next attempt is due to ``owner``."""
+        at = _instant(to_utc(now, "now"))
+        until = _instant(to_utc(now, "now") + lease)
+        with self._write("claim outbox messages") as conn:
+            rows = conn.execute(
+                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key IN ("
+                "SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
+                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, key LIMIT ?"
+                f") RETURNING {_OUTBOX_COLUMNS}",
+                (owner, until, at, at, limit),
+            ).fetchall()
+        rows.sort(key=lambda r: (r[7], r[0]))
+        claimed = []
+        for row in rows:
+            try:
+                claimed.append(_message_from_row(row))
+            except Exception as exc:
+                log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), _describe(exc)))
+        return claimed
+
+    def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
+        """Record delivery outcomes in one transaction; a finished message is left as it is."""
+        if not deliveries:
+            return
+        with self._write("settle deliveries") as conn:
+            keys = _dumps(list({d.key for d in deliveries}))
+            pending = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT key FROM outbox WHERE status = 'pending' AND key IN (SELECT value FROM json_each(?))",
+                    (keys,),
+                )
+            }
+            updates: list[tuple[Any, ...]] = []
+            totals: dict[tuple[str, int, str], int] = {}
+            for d in deliveries:
+                if d.key not in pending:
+                    continue
+                finished = d.status is not OutboxStatus.PENDING
+                if finished:
+                    pending.discard(d.key)
+                updates.append(
+                    (
+                        d.status.value,
+                        None if finished else _opt_instant(d.next_attempt_at),
+                        d.error,
+                        _instant(to_utc(d.at, "delivery.at")) if finished else None,
+                        d.provider_id,
+                        d.key,
+                    )
+                )
+                _sum_counters(d.counters, totals)
+            if updates:
+                conn.executemany(
+                    "UPDATE outbox SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
+                    "settled_at = ?, provider_id = ?, lease_owner = NULL, lease_until = NULL WHERE key = ?",
+                    updates,
+                )
+            _write_counters(conn, totals)
+
+    def get_message(self, key: str) -> OutboxMessage | None:
+        """The outbox message with that key, or None; :class:`CorruptRecord` if its row can't be read."""
+        with self._read("get an outbox message") as conn:
+            row = conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return _message_from_row(row)
+        except Exception as exc:
+            raise CorruptRecord(self.path, "outbox", key, _describe(exc)) from exc
+
+    def find_messages(
+        self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[OutboxMessage]:
+        """Outbox messages matching the filters, ordered by ``(created_at, key)``."""
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if enrollment_id is not None:
+            where.append("enrollment_id = ?")
+            params.append(enrollment_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.extend((limit, offset))
+        with self._read("find outbox messages") as conn:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox {clause} ORDER BY created_at, key LIMIT ? OFFSET ?", params
+            ).fetchall()
+        found = []
+        for row in rows:
+            try:
+                found.append(_message_from_row(row))
+            except Exception as exc:
+                log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), _describe(exc)))
+        return found
+
+    def next_message_at(self) -> datetime | None:
+        """The earliest next attempt of a pending message (or its lease's end, if later)."""
+        with self._read("find the next message time") as conn:
+            return _earliest(
+                conn,
+                "SELECT next_attempt_at, lease_until FROM outbox WHERE status = 'pending' "
+                "AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at",
+            )
+
+    # ------------------------------------------------------------------ counters
+
+    def bump(self, counters: Seq[Counter]) -> None:
+        """Apply counter increments in one transaction."""
+        totals: dict[tuple[str, int, str], int] = {}
+        _sum_counters(counters, totals)
+        if not totals:
+            return
+        with self._write("bump counters") as conn:
+            _write_counters(conn, totals)
+
+    def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
+        """Every non-zero counter of a sequence (one index range read)."""
+        with self._read("read counters") as conn:
+            rows = conn.execute(
+                "SELECT position, name, value FROM counters WHERE sequence_id = ? AND value != 0", (sequence_id,)
+            ).fetchall()
+        return {(position, name): value for position, name, value in rows}
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _due_order(row: Seq[Any]) -> tuple[int, str]:
+    # A corrupt due time (text where an integer belongs) must not break the sort.
+    due = row[5]
+    return (due if isinstance(due, int) else 0, str(row[0]))
+
+
+def _write_counters(conn: sqlite3.Connection, totals: Mapping[tuple[str, int, str], int]) -> None:
+    rows = [(*k, v) for k, v in totals.items() if v]
+    if rows:
+        conn.executemany(_UPSERT_COUNTER, rows)
+
+
+def _earliest(conn: sqlite3.Connection, sql: str) -> datetime | None:
+    """The least ``max(time, lease_until)`` over rows read in ``time`` order.
+
+    Reading stops at the first row whose time is not earlier than the best so
+    far, so the cost is the number of leased rows at the front, not the table.
+    """
+    best: int | None = None
+    cursor = conn.execute(sql)
+    try:
+        for at, until in cursor:
+            if best is not None and at >= best:
+                break
+            candidate = at if until is None or until < at else until
+            if best is None or candidate < best:
+                best = candidate
+    finally:
+        cursor.close()
+    return None if best is None else _from_instant(best)

@@ -1,0 +1,1492 @@
+"""The storage contract kit: prove a :class:`~dripcore.ports.Store` adapter correct in a few lines.
+
+In the manner of SQLAlchemy's dialect suite and fsspec's abstract tests, the
+contract ships inside dripcore. An adapter author subclasses
+:class:`StoreContract` in their own test suite and provides **one fixture**
+that yields a fresh, empty store::
+
+    # tests/test_my_store.py
+    import pytest
+    from dripcore.testing.contract import StoreContract, StoreStateMachine
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store(self):
+            store = MyStore(dsn=...)      # empty
+            yield store
+            store.close()
+
+    class MyStoreAgreesWithMemory(StoreStateMachine):
+        def make_store(self):
+            return MyStore(dsn=...)       # empty
+
+    TestMyStoreAgreesWithMemory = MyStoreAgreesWithMemory.TestCase
+
+Every :class:`~dripcore.ports.Store` method is exercised: sequences and
+optimistic concurrency, idempotent enrollment, filters and pagination,
+claim/lease semantics, atomic batch commits, the outbox, counters, and UTC
+round-trips. The state machine applies the same random operations to the
+adapter and to :class:`~dripcore.adapters.memory.MemoryStore`, the reference,
+and checks after every step that they agree.
+
+Optional capabilities
+---------------------
+
+A store declares what more it offers in ``Store.capabilities``. Tests of a
+capability the store does not declare are *skipped visibly* (``pytest -rs``
+lists them), never passed silently:
+
+``"multiprocess"``
+    Several processes may share the store. The kit opens it again in child
+    processes, so provide the ``store_factory`` fixture as well: a
+    **picklable** zero-argument callable returning a new handle on the *same*
+    store (for example ``functools.partial(MyStore, dsn)``). When you define
+    ``store_factory``, the default ``store`` fixture uses it, so it is the only
+    fixture you need::
+
+        class TestMyStore(StoreContract):
+            @pytest.fixture
+            def store_factory(self, tmp_path):
+                return functools.partial(MyStore, tmp_path / "drip.db")
+
+Broken rows
+    If your store can be made to hold an unreadable enrollment, provide the
+    ``break_enrollment`` fixture: a callable ``(store, enrollment_id) -> None``
+    that corrupts that stored row (say, writes broken JSON into it). The kit
+    then checks that :meth:`~dripcore.ports.Store.claim_due` hands it back as a
+    :class:`~dripcore.ports.BrokenRecord` instead of failing the claim.
+
+This module imports pytest and Hypothesis; import it from test code only
+(``import dripcore.testing`` itself needs neither).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import queue as queue_module
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from ..adapters.memory import MemoryStore
+from ..errors import ConcurrencyConflict, DripcoreError, SequenceNotFound, SequenceStateError
+from ..model import (
+    UTC,
+    Condition,
+    ConditionType,
+    Delay,
+    Enrollment,
+    EnrollmentStatus,
+    ExitReason,
+    PausePolicy,
+    ReentryPolicy,
+    SenderIdentity,
+    Sequence,
+    SequenceStatus,
+    Step,
+    Trigger,
+    TriggerType,
+    UnknownVariables,
+)
+from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
+
+__all__ = [
+    "BrokenRecordContract",
+    "ClaimContract",
+    "CommitContract",
+    "CounterContract",
+    "EnrollmentContract",
+    "InstantContract",
+    "MultiprocessContract",
+    "OutboxContract",
+    "SequenceContract",
+    "StoreContract",
+    "StoreFactory",
+    "StoreStateMachine",
+    "require_capability",
+]
+
+#: A picklable zero-argument callable that opens (another handle on) the store under test.
+StoreFactory = Callable[[], Store]
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
+_T = TypeVar("_T")
+
+
+def require_capability(store: Store, capability: str) -> None:
+    """Skip the calling test, visibly, unless ``store`` declares ``capability``."""
+    if capability not in store.capabilities:
+        pytest.skip(f"store does not declare capability {capability!r}")
+
+
+# --------------------------------------------------------------------------- sample values
+
+
+def sample_sequence(
+    id: str = "seq", *, status: SequenceStatus = SequenceStatus.ACTIVE, version: int = 1, steps: int = 3
+) -> Sequence:
+    """A plain sequence of ``steps`` text steps (a day apart), ready to save."""
+    return Sequence(
+        id=id,
+        name=f"Sequence {id}",
+        status=status,
+        version=version,
+        paused_at=T0 if status is SequenceStatus.PAUSED else None,
+        steps=tuple(
+            Step(position=p, delay=Delay.days(1) if p > 1 else Delay.immediately(), subject=f"Step {p}", text="Hi")
+            for p in range(1, steps + 1)
+        ),
+    )
+
+
+def rich_sequence(id: str = "rich") -> Sequence:
+    """A sequence using every field, to prove a store keeps all of it."""
+    return Sequence(
+        id=id,
+        name="Everything — ünïcode too",
+        description="A sequence with every field set",
+        status=SequenceStatus.PAUSED,
+        paused_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        trigger=Trigger(type=TriggerType.TAG_ADDED, value="VIP"),
+        sender=SenderIdentity(from_email="team@example.com", from_name="The Team", reply_to="help@example.com"),
+        enroll_existing=True,
+        reentry=ReentryPolicy.AFTER_EXIT,
+        exit_on=(Trigger(type=TriggerType.AFTER_PURCHASE, value=None),),
+        timezone="Europe/Paris",
+        pause_policy=PausePolicy.EXTEND,
+        unknown_variables=UnknownVariables.ERROR,
+        version=7,
+        steps=(
+            Step(position=1, subject="Welcome {{ firstName }}", html="<p>Hello</p>", text="Hello", name="hello"),
+            Step(position=2, delay=Delay.hours(36), template_id="tpl-2", active=False),
+            Step(
+                position=5,
+                delay=Delay.weeks(1),
+                subject="Did you see?",
+                text="Reminder",
+                condition=Condition(type=ConditionType.NOT_CLICKED, step=1, link="https://example.com/a"),
+                sender=SenderIdentity(from_email="ceo@example.com"),
+            ),
+        ),
+    )
+
+
+def sample_enrollment(
+    id: str,
+    *,
+    sequence_id: str = "seq",
+    contact_id: str | None = None,
+    due: datetime = T0,
+    key: str | None = None,
+    version: int = 0,
+    **fields: Any,
+) -> Enrollment:
+    """An ACTIVE enrollment due at ``due`` (other fields may be given)."""
+    return Enrollment(
+        id=id,
+        sequence_id=sequence_id,
+        contact_id=contact_id or f"contact-{id}",
+        status=EnrollmentStatus.ACTIVE,
+        enrolled_at=T0 - 2 * HOUR,
+        next_step_due_at=due,
+        key=key,
+        version=version,
+        **fields,
+    )
+
+
+def finished(e: Enrollment, status: EnrollmentStatus = EnrollmentStatus.COMPLETED, at: datetime = T0) -> Enrollment:
+    """``e`` completed (or exited, with reason MANUAL) at ``at``."""
+    reason = ExitReason.MANUAL if status is EnrollmentStatus.EXITED else None
+    return attrs.evolve(e, status=status, exit_reason=reason, next_step_due_at=None, paused_at=None, ended_at=at)
+
+
+def paused(e: Enrollment, at: datetime = T0) -> Enrollment:
+    """``e`` paused at ``at``."""
+    return attrs.evolve(e, status=EnrollmentStatus.PAUSED, paused_at=at)
+
+
+def sent(e: Enrollment, position: int, at: datetime, next_due: datetime | None) -> Enrollment:
+    """``e`` after sending step ``position`` at ``at`` (completed when ``next_due`` is None)."""
+    if next_due is None:
+        return attrs.evolve(
+            e, last_step_sent=position, last_step_sent_at=at, status=EnrollmentStatus.COMPLETED,
+            next_step_due_at=None, ended_at=at,
+        )  # fmt: skip
+    return attrs.evolve(e, last_step_sent=position, last_step_sent_at=at, next_step_due_at=next_due)
+
+
+def message(
+    e: Enrollment,
+    position: int,
+    *,
+    at: datetime = T0,
+    status: OutboxStatus = OutboxStatus.PENDING,
+    key: str | None = None,
+) -> OutboxMessage:
+    """The outbox message for step ``position`` of ``e``, created (and first due) at ``at``."""
+    key = key or f"{e.id}:{position}"
+    email = None
+    if status is OutboxStatus.PENDING:
+        email = Email(
+            idempotency_key=key, enrollment_id=e.id, sequence_id=e.sequence_id, contact_id=e.contact_id,
+            position=position, to=f"{e.contact_id}@example.com", subject=f"Step {position}", text="Hi",
+        )  # fmt: skip
+    return OutboxMessage(
+        key=key,
+        enrollment_id=e.id,
+        sequence_id=e.sequence_id,
+        contact_id=e.contact_id,
+        position=position,
+        email=email,
+        status=status,
+        created_at=at,
+        next_attempt_at=at if status is OutboxStatus.PENDING else None,
+        last_error=None if status is OutboxStatus.PENDING else "render failed",
+        settled_at=None if status is OutboxStatus.PENDING else at,
+    )
+
+
+def _ids(items: list[Any]) -> list[str]:
+    return [item.id for item in items]
+
+
+def _setup(store: Store, *enrollments: Enrollment, sequences: tuple[Sequence, ...] | None = None) -> None:
+    for sequence in sequences if sequences is not None else (sample_sequence(),):
+        store.save_sequence(sequence)
+    for e in enrollments:
+        _, created = store.add_enrollment(e, allow_reentry=True)
+        assert created, f"could not set up {e.id}"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class _Fixtures:
+    """The hooks an adapter's test class fills in (see the module docstring)."""
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory | None:
+        """Override to return a picklable zero-argument callable opening the store (needed for
+        ``"multiprocess"``); the default ``store`` fixture then calls it."""
+        return None
+
+    @pytest.fixture
+    def store(self, store_factory: StoreFactory | None) -> Iterator[Store]:
+        """Override to yield a fresh, empty store (or override ``store_factory`` instead)."""
+        if store_factory is None:
+            pytest.fail(
+                f"{type(self).__name__} must override the `store` fixture (yield a fresh, empty store) "
+                "or the `store_factory` fixture (return a callable that opens one)"
+            )
+        store = store_factory()
+        try:
+            yield store
+        finally:
+            store.close()
+
+    @pytest.fixture
+    def break_enrollment(self) -> Callable[[Store, str], None] | None:
+        """Override to return ``(store, enrollment_id) -> None`` that corrupts that stored row."""
+        return None
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+class SequenceContract(_Fixtures):
+    """Sequences: round-trips, listing, optimistic concurrency, deletion."""
+
+    def test_saved_sequence_comes_back_equal(self, store: Store) -> None:
+        """Every field of a sequence survives the store."""
+        sequence = rich_sequence()
+        store.save_sequence(sequence)
+        assert store.get_sequence("rich") == sequence
+        assert store.get_sequence("missing") is None
+
+    def test_sequences_are_listed_by_id_and_filtered_by_status(self, store: Store) -> None:
+        """list_sequences orders by id and filters on status."""
+        for sequence_id, status in [
+            ("b", SequenceStatus.ACTIVE),
+            ("a", SequenceStatus.DRAFT),
+            ("c", SequenceStatus.ACTIVE),
+        ]:
+            store.save_sequence(sample_sequence(sequence_id, status=status))
+        assert _ids(store.list_sequences()) == ["a", "b", "c"]
+        assert _ids(store.list_sequences(SequenceStatus.ACTIVE)) == ["b", "c"]
+        assert store.list_sequences(SequenceStatus.ARCHIVED) == []
+
+    def test_inserting_an_existing_id_is_a_conflict(self, store: Store) -> None:
+        """expected_version=None means insert: an existing id raises ConcurrencyConflict."""
+        store.save_sequence(sample_sequence())
+        with pytest.raises(ConcurrencyConflict):
+            store.save_sequence(sample_sequence(version=2))
+        assert store.get_sequence("seq") == sample_sequence()
+
+    def test_replacing_needs_the_stored_version(self, store: Store) -> None:
+        """A replace based on a stale version is refused; one on the current version wins."""
+        store.save_sequence(sample_sequence())
+        with pytest.raises(ConcurrencyConflict):
+            store.save_sequence(sample_sequence(version=3, steps=1), expected_version=2)
+        with pytest.raises(ConcurrencyConflict):
+            store.save_sequence(sample_sequence("other", version=2), expected_version=1)
+        assert store.get_sequence("seq") == sample_sequence()
+        edited = sample_sequence(version=2, steps=1)
+        store.save_sequence(edited, expected_version=1)
+        assert store.get_sequence("seq") == edited
+        with pytest.raises(ConcurrencyConflict):
+            store.save_sequence(sample_sequence(version=3), expected_version=1)
+
+    def test_deleting_a_missing_sequence_raises(self, store: Store) -> None:
+        """delete_sequence of an unknown id raises SequenceNotFound."""
+        with pytest.raises(SequenceNotFound):
+            store.delete_sequence("missing")
+
+    @pytest.mark.parametrize("live", ["active", "paused"])
+    def test_a_sequence_with_live_enrollments_is_not_deleted(self, store: Store, live: str) -> None:
+        """Deletion is refused, and nothing deleted, while an enrollment is ACTIVE or PAUSED."""
+        done = finished(sample_enrollment("e1"))
+        e2 = sample_enrollment("e2")
+        _setup(store, done, e2 if live == "active" else paused(e2))
+        store.bump([("seq", 0, "recipients", 2)])
+        with pytest.raises(SequenceStateError):
+            store.delete_sequence("seq")
+        assert store.get_sequence("seq") is not None
+        assert store.get_enrollment("e1") == done
+        assert store.counters("seq") == {(0, "recipients"): 2}
+
+    def test_deleting_removes_finished_enrollments_messages_and_counters(self, store: Store) -> None:
+        """A sequence with only finished enrollments goes, with everything of it."""
+        e1 = sample_enrollment("e1")
+        _setup(
+            store,
+            e1,
+            sample_enrollment("x1", sequence_id="other"),
+            sequences=(sample_sequence(), sample_sequence("other")),
+        )
+        assert store.commit([Change(enrollment=sent(e1, 1, T0, None), outbox=(message(e1, 1),))]) == []
+        store.bump([("seq", 1, "sent", 1), ("other", 1, "sent", 1)])
+        store.delete_sequence("seq")
+        assert store.get_sequence("seq") is None
+        assert store.get_enrollment("e1") is None
+        assert store.get_message("e1:1") is None
+        assert store.counters("seq") == {}
+        assert store.get_enrollment("x1") is not None
+        assert store.counters("other") == {(1, "sent"): 1}
+
+
+# --------------------------------------------------------------------------- enrollments
+
+
+class EnrollmentContract(_Fixtures):
+    """Enrollments: idempotent add, round-trips, filters and pagination."""
+
+    def test_enrollment_comes_back_equal(self, store: Store) -> None:
+        """Every field survives: variables, engagement sets, key, times to the microsecond."""
+        e = sample_enrollment(
+            "e1",
+            key="order-1",
+            variables={"plan": "pro", "items": [1, 2.5, None, True, {"sku": "é"}], "nested": {"a": {"b": []}}},
+            last_step_sent=2,
+            last_step_sent_at=datetime(2026, 1, 4, 23, 59, 59, 999999, tzinfo=UTC),
+            opened=frozenset({1, 2}),
+            clicked=frozenset({(1, "https://example.com/a"), (2, "")}),
+            skipped=frozenset({3}),
+            version=4,
+        )
+        _setup(store, e)
+        assert store.get_enrollment("e1") == e
+        assert store.get_enrollment("missing") is None
+
+    def test_add_returns_the_live_enrollment_instead_of_a_second(self, store: Store) -> None:
+        """An ACTIVE or PAUSED enrollment for the same (sequence, contact, key) is returned, created=False."""
+        _setup(store)
+        first = sample_enrollment("e1", contact_id="ana")
+        assert store.add_enrollment(first, allow_reentry=False) == (first, True)
+        assert store.add_enrollment(sample_enrollment("e2", contact_id="ana"), allow_reentry=True) == (first, False)
+        store.commit([Change(enrollment=paused(first))])
+        again, created = store.add_enrollment(sample_enrollment("e3", contact_id="ana"), allow_reentry=True)
+        assert (again.id, again.status, created) == ("e1", EnrollmentStatus.PAUSED, False)
+        assert _ids(store.find_enrollments(contact_id="ana")) == ["e1"]
+
+    def test_a_different_key_or_sequence_is_a_new_enrollment(self, store: Store) -> None:
+        """The dedupe identity is (sequence_id, contact_id, key)."""
+        _setup(store, sequences=(sample_sequence(), sample_sequence("other")))
+        for i, (sequence_id, key) in enumerate(
+            [("seq", None), ("seq", "order-1"), ("seq", "order-2"), ("other", None)]
+        ):
+            e = sample_enrollment(f"e{i}", sequence_id=sequence_id, contact_id="ana", key=key)
+            assert store.add_enrollment(e, allow_reentry=False) == (e, True)
+
+    def test_without_reentry_the_latest_finished_enrollment_is_returned(self, store: Store) -> None:
+        """allow_reentry=False: a finished enrollment blocks a new one; the most recent comes back."""
+        _setup(store)
+        old = sample_enrollment("e1", contact_id="ana")
+        store.add_enrollment(old, allow_reentry=False)
+        store.commit([Change(enrollment=finished(old))])
+        newer = sample_enrollment("e2", contact_id="ana")
+        assert store.add_enrollment(newer, allow_reentry=True) == (newer, True)
+        store.commit([Change(enrollment=finished(newer, EnrollmentStatus.EXITED))])
+        latest, created = store.add_enrollment(sample_enrollment("e3", contact_id="ana"), allow_reentry=False)
+        assert (latest.id, latest.status, created) == ("e2", EnrollmentStatus.EXITED, False)
+        assert store.get_enrollment("e3") is None
+
+    def test_with_reentry_a_finished_enrollment_allows_a_new_one(self, store: Store) -> None:
+        """allow_reentry=True: once finished, the contact may enter again."""
+        _setup(store)
+        old = sample_enrollment("e1", contact_id="ana")
+        store.add_enrollment(old, allow_reentry=True)
+        store.commit([Change(enrollment=finished(old))])
+        new = sample_enrollment("e2", contact_id="ana")
+        assert store.add_enrollment(new, allow_reentry=True) == (new, True)
+        assert _ids(store.find_enrollments(contact_id="ana")) == ["e1", "e2"]
+
+    def test_add_applies_counters_only_when_it_creates(self, store: Store) -> None:
+        """Counters passed to add_enrollment count once per created enrollment."""
+        _setup(store)
+        counters: list[Counter] = [("seq", 0, "recipients", 1), ("seq", 0, "status:active", 1)]
+        store.add_enrollment(sample_enrollment("e1", contact_id="ana"), allow_reentry=False, counters=counters)
+        store.add_enrollment(sample_enrollment("e2", contact_id="ana"), allow_reentry=False, counters=counters)
+        store.add_enrollment(sample_enrollment("e3", contact_id="bob"), allow_reentry=False, counters=counters)
+        assert store.counters("seq") == {(0, "recipients"): 2, (0, "status:active"): 2}
+
+    def test_an_existing_id_for_another_contact_is_a_conflict(self, store: Store) -> None:
+        """Two enrollments never share an id; the store refuses and applies nothing."""
+        _setup(store, sample_enrollment("e1", contact_id="ana"))
+        with pytest.raises(ConcurrencyConflict):
+            store.add_enrollment(
+                sample_enrollment("e1", contact_id="bob"), allow_reentry=False, counters=[("seq", 0, "recipients", 1)]
+            )
+        assert store.find_enrollments(contact_id="bob") == []
+        assert store.counters("seq") == {}
+
+    def _population(self, store: Store) -> list[Enrollment]:
+        _setup(store, sequences=(sample_sequence("s1"), sample_sequence("s2")))
+        statuses = [
+            EnrollmentStatus.ACTIVE,
+            EnrollmentStatus.PAUSED,
+            EnrollmentStatus.COMPLETED,
+            EnrollmentStatus.EXITED,
+        ]
+        population = []
+        for i in range(12):
+            e = sample_enrollment(
+                f"e{(i * 7) % 12:02d}", sequence_id=f"s{i % 2 + 1}", contact_id=f"c{i % 3}", key=f"k{i}"
+            )
+            status = statuses[i % 4]
+            if status is EnrollmentStatus.PAUSED:
+                e = paused(e)
+            elif status.is_terminal:
+                e = finished(e, status)
+            assert store.add_enrollment(e, allow_reentry=True) == (e, True)
+            population.append(e)
+        return sorted(population, key=lambda e: e.id)
+
+    def test_find_filters_by_sequence_contact_and_status(self, store: Store) -> None:
+        """Every combination of filters matches exactly the right enrollments, ordered by id."""
+        population = self._population(store)
+        live = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+        for sequence_id in (None, "s1", "s2", "nope"):
+            for contact_id in (None, "c0", "c2"):
+                for statuses in (None, live, (EnrollmentStatus.EXITED,), ()):
+                    expected = [
+                        e for e in population
+                        if sequence_id in (None, e.sequence_id) and contact_id in (None, e.contact_id)
+                        and (statuses is None or e.status in statuses)
+                    ]  # fmt: skip
+                    found = store.find_enrollments(
+                        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=100
+                    )
+                    assert found == expected, (sequence_id, contact_id, statuses)
+
+    def test_find_paginates_by_offset_and_by_keyset(self, store: Store) -> None:
+        """limit/offset page through the ordered matches; ``after`` keeps ids greater than it."""
+        population = self._population(store)
+        assert store.find_enrollments(limit=5) == population[:5]
+        assert store.find_enrollments(limit=5, offset=5) == population[5:10]
+        assert store.find_enrollments(limit=5, offset=20) == []
+        assert store.find_enrollments(limit=3, after="e05") == [e for e in population if e.id > "e05"][:3]
+        pages, after = [], None
+        while page := store.find_enrollments(sequence_id="s1", limit=2, after=after):
+            pages.extend(page)
+            after = page[-1].id
+        assert pages == [e for e in population if e.sequence_id == "s1"]
+
+    def test_keyset_pagination_is_safe_while_the_matches_change(self, store: Store) -> None:
+        """Changing rows between pages (so they leave the filter) skips none of the rest."""
+        _setup(store, *(sample_enrollment(f"e{i}") for i in range(6)))
+        seen: list[str] = []
+        after = None
+        while page := store.find_enrollments(statuses=[EnrollmentStatus.ACTIVE], limit=2, after=after):
+            seen.extend(_ids(page))
+            store.commit([Change(enrollment=finished(e)) for e in page])
+            after = page[-1].id
+        assert seen == [f"e{i}" for i in range(6)]
+
+
+# --------------------------------------------------------------------------- claims
+
+
+class ClaimContract(_Fixtures):
+    """claim_due, release, count_due and next_due_at: leases and who is due."""
+
+    def test_claims_only_due_active_enrollments_of_active_sequences(self, store: Store) -> None:
+        """Not yet due, paused, finished, or in a draft, paused or missing sequence: not claimed."""
+        sequences = (
+            sample_sequence(),
+            sample_sequence("draft", status=SequenceStatus.DRAFT),
+            sample_sequence("held", status=SequenceStatus.PAUSED),
+        )
+        _setup(
+            store,
+            sample_enrollment("due"),
+            sample_enrollment("later", due=T0 + MINUTE),
+            paused(sample_enrollment("paused")),
+            finished(sample_enrollment("done")),
+            sample_enrollment("in-draft", sequence_id="draft"),
+            sample_enrollment("in-held", sequence_id="held"),
+            sample_enrollment("orphan", sequence_id="missing"),
+            sequences=sequences,
+        )
+        assert store.count_due(T0) == 1
+        assert _ids(store.claim_due(T0, limit=10, lease=HOUR, owner="w1")) == ["due"]
+
+    def test_claims_the_earliest_due_first_up_to_the_limit(self, store: Store) -> None:
+        """Due times order the claim (ties by id); ``limit`` caps it."""
+        _setup(
+            store,
+            sample_enrollment("b", due=T0 - HOUR),
+            sample_enrollment("a", due=T0 - HOUR),
+            sample_enrollment("c", due=T0 - 3 * HOUR),
+            sample_enrollment("d", due=T0),
+        )
+        assert _ids(store.claim_due(T0, limit=3, lease=HOUR, owner="w1")) == ["c", "a", "b"]
+        assert _ids(store.claim_due(T0, limit=3, lease=HOUR, owner="w2")) == ["d"]
+
+    def test_claimed_enrollments_come_back_as_stored(self, store: Store) -> None:
+        """A claim returns the stored enrollment, version included."""
+        e = sample_enrollment("e1", variables={"plan": "pro"}, version=3)
+        _setup(store, e)
+        assert store.claim_due(T0, limit=10, lease=HOUR, owner="w1") == [e]
+
+    def test_a_lease_keeps_other_owners_out_until_it_expires(self, store: Store) -> None:
+        """While w1's lease runs, nobody else claims it; once it expires, anyone may."""
+        _setup(store, sample_enrollment("e1"))
+        assert _ids(store.claim_due(T0, limit=10, lease=10 * MINUTE, owner="w1")) == ["e1"]
+        assert store.claim_due(T0 + 9 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+        assert store.count_due(T0 + 9 * MINUTE) == 1, "count_due counts leased enrollments too"
+        assert _ids(store.claim_due(T0 + 10 * MINUTE, limit=10, lease=HOUR, owner="w2")) == ["e1"]
+        assert store.claim_due(T0 + 11 * MINUTE, limit=10, lease=HOUR, owner="w1") == []
+
+    def test_release_makes_an_enrollment_claimable_at_once(self, store: Store) -> None:
+        """release() without ``until`` ends the lease now."""
+        _setup(store, sample_enrollment("e1"), sample_enrollment("e2"))
+        store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        store.release(["e1"], owner="w1")
+        assert _ids(store.claim_due(T0, limit=10, lease=HOUR, owner="w2")) == ["e1"]
+
+    def test_release_with_until_sets_an_enrollment_aside(self, store: Store) -> None:
+        """release(until=...) keeps the lease until then (a deferred or broken row waits)."""
+        _setup(store, sample_enrollment("e1"))
+        store.claim_due(T0, limit=10, lease=MINUTE, owner="w1")
+        store.release(["e1"], owner="w1", until=T0 + HOUR)
+        assert store.claim_due(T0 + 30 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+        assert store.next_due_at() == T0 + HOUR
+        assert _ids(store.claim_due(T0 + HOUR, limit=10, lease=HOUR, owner="w2")) == ["e1"]
+
+    def test_only_the_owner_can_release(self, store: Store) -> None:
+        """Releasing someone else's lease (or an unknown id) changes nothing."""
+        _setup(store, sample_enrollment("e1"))
+        store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        store.release(["e1", "missing"], owner="w2")
+        store.release(["e1"], owner="w2", until=T0)
+        assert store.claim_due(T0 + MINUTE, limit=10, lease=HOUR, owner="w2") == []
+
+    def test_next_due_at_is_the_earliest_claimable_time(self, store: Store) -> None:
+        """next_due_at: the earliest due ACTIVE enrollment of an ACTIVE sequence; a lease defers it."""
+        assert store.next_due_at() is None
+        _setup(
+            store,
+            sample_enrollment("a", due=T0 + 2 * HOUR),
+            sample_enrollment("b", due=T0 + 3 * HOUR),
+            paused(sample_enrollment("p", due=T0)),
+            sample_enrollment("h", sequence_id="held", due=T0),
+            sequences=(sample_sequence(), sample_sequence("held", status=SequenceStatus.PAUSED)),
+        )
+        assert store.next_due_at() == T0 + 2 * HOUR
+        assert _ids(store.claim_due(T0 + 2 * HOUR, limit=1, lease=4 * HOUR, owner="w1")) == ["a"]
+        assert store.next_due_at() == T0 + 3 * HOUR
+        assert store.count_due(T0 + 3 * HOUR) == 2
+
+    def test_pausing_and_resuming_a_sequence_changes_what_is_due(self, store: Store) -> None:
+        """Saving a sequence as PAUSED hides its enrollments from claims; ACTIVE again shows them."""
+        _setup(store, sample_enrollment("e1"))
+        store.save_sequence(sample_sequence(status=SequenceStatus.PAUSED, version=2), expected_version=1)
+        assert (store.count_due(T0), store.next_due_at()) == (0, None)
+        assert store.claim_due(T0, limit=10, lease=HOUR, owner="w1") == []
+        store.save_sequence(sample_sequence(version=3), expected_version=2)
+        assert (store.count_due(T0), store.next_due_at()) == (1, T0)
+        assert _ids(store.claim_due(T0, limit=10, lease=HOUR, owner="w1")) == ["e1"]
+
+    def test_an_enrollment_with_a_pending_message_waits_for_it(self, store: Store) -> None:
+        """A contact's next step is not claimed while the previous email is PENDING (retries included);
+        delivered or failed, it is claimable again. count_due still counts it."""
+        e1, e2 = sample_enrollment("e1"), sample_enrollment("e2")
+        _setup(store, e1, e2)
+        step1 = [
+            Change(enrollment=sent(e1, 1, T0, T0), outbox=(message(e1, 1),)),
+            Change(enrollment=sent(e2, 1, T0, T0 + MINUTE), outbox=(message(e2, 1),)),
+        ]
+        assert store.commit(step1) == []
+        assert store.claim_due(T0 + HOUR, limit=10, lease=HOUR, owner="w1") == []
+        assert store.next_due_at() is None
+        assert store.count_due(T0 + HOUR) == 2
+        retry = Delivery(key="e1:1", status=OutboxStatus.PENDING, at=T0, next_attempt_at=T0 + 5 * MINUTE, error="x")
+        store.settle([retry, Delivery(key="e2:1", status=OutboxStatus.FAILED, at=T0, error="refused")])
+        assert store.next_due_at() == T0 + MINUTE
+        assert _ids(store.claim_due(T0 + HOUR, limit=10, lease=HOUR, owner="w1")) == ["e2"]
+        store.settle([Delivery(key="e1:1", status=OutboxStatus.DELIVERED, at=T0 + 5 * MINUTE)])
+        assert store.next_due_at() == T0
+        assert _ids(store.claim_due(T0 + HOUR, limit=10, lease=HOUR, owner="w1")) == ["e1"]
+
+    def test_a_settled_or_failed_message_does_not_hold_the_next_step(self, store: Store) -> None:
+        """Messages committed as FAILED (a render error) never block their enrollment."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        failed = message(e1, 1, status=OutboxStatus.FAILED)
+        assert store.commit([Change(enrollment=sent(e1, 1, T0, T0), outbox=(failed,))]) == []
+        assert _ids(store.claim_due(T0, limit=10, lease=HOUR, owner="w1")) == ["e1"]
+
+    def test_an_enrollment_saved_before_its_sequence_is_claimable_once_the_sequence_exists(self, store: Store) -> None:
+        """Claimability follows the sequence's current status, whatever the order of writes."""
+        _setup(store, sample_enrollment("e1"), sequences=())
+        assert store.claim_due(T0, limit=10, lease=HOUR, owner="w1") == []
+        store.save_sequence(sample_sequence())
+        assert _ids(store.claim_due(T0, limit=10, lease=HOUR, owner="w1")) == ["e1"]
+
+
+# --------------------------------------------------------------------------- commits
+
+
+class CommitContract(_Fixtures):
+    """commit: optimistic concurrency, atomic batches, outbox rows, counters, engagement."""
+
+    def test_commit_stores_the_new_state_with_the_next_version(self, store: Store) -> None:
+        """An accepted change is stored with version + 1; commit returns no refused ids."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        new = sent(e, 1, T0, T0 + HOUR)
+        assert store.commit([Change(enrollment=new)]) == []
+        assert store.get_enrollment("e1") == attrs.evolve(new, version=1)
+
+    def test_a_stale_version_is_refused_and_nothing_of_it_applied(self, store: Store) -> None:
+        """The refused change's state, outbox messages and counters are all left out."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        store.commit([Change(enrollment=sent(e, 1, T0, T0 + HOUR))])
+        stale = Change(
+            enrollment=sent(e, 1, T0 + MINUTE, T0 + 2 * HOUR),
+            outbox=(message(e, 1),),
+            counters=(("seq", 1, "sent", 1),),
+        )
+        assert store.commit([stale]) == ["e1"]
+        assert store.get_enrollment("e1") == attrs.evolve(sent(e, 1, T0, T0 + HOUR), version=1)
+        assert store.get_message("e1:1") is None
+        assert store.counters("seq") == {}
+
+    def test_a_batch_applies_the_fresh_changes_and_refuses_the_stale(self, store: Store) -> None:
+        """Refusal is per change: the others of the batch still commit."""
+        e1, e2, e3 = (sample_enrollment(f"e{i}") for i in (1, 2, 3))
+        _setup(store, e1, e2, e3)
+        changes = [
+            Change(enrollment=sent(e1, 1, T0, T0 + HOUR), outbox=(message(e1, 1),), counters=(("seq", 1, "sent", 1),)),
+            Change(enrollment=attrs.evolve(sent(e2, 1, T0, T0 + HOUR), version=5), outbox=(message(e2, 1),)),
+            Change(enrollment=sent(e3, 1, T0, None), outbox=(message(e3, 1),), counters=(("seq", 1, "sent", 1),)),
+            Change(enrollment=sample_enrollment("ghost")),
+        ]
+        assert sorted(store.commit(changes)) == ["e2", "ghost"]
+        assert store.get_enrollment("e1") == attrs.evolve(sent(e1, 1, T0, T0 + HOUR), version=1)
+        assert store.get_enrollment("e2") == e2
+        assert store.get_enrollment("e3") == attrs.evolve(sent(e3, 1, T0, None), version=1)
+        assert store.get_enrollment("ghost") is None
+        assert [m.key for m in store.find_messages()] == ["e1:1", "e3:1"]
+        assert store.counters("seq") == {(1, "sent"): 2}
+
+    def test_two_changes_of_one_enrollment_in_a_batch_apply_in_order(self, store: Store) -> None:
+        """The second change of the same enrollment must carry the version the first produced."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        first = sent(e, 1, T0, T0)
+        second = attrs.evolve(sent(first, 2, T0, T0 + HOUR), version=1)
+        again = sent(e, 1, T0, T0 + 2 * HOUR)
+        assert store.commit([Change(enrollment=first), Change(enrollment=second), Change(enrollment=again)]) == ["e1"]
+        assert store.get_enrollment("e1") == attrs.evolve(second, version=2)
+
+    def test_commit_clears_the_lease(self, store: Store) -> None:
+        """After commit, the enrollment is claimable by anyone as soon as it is due."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert store.commit([Change(enrollment=sent(e, 1, T0, T0 + MINUTE))], owner="w1") == []
+        assert _ids(store.claim_due(T0 + MINUTE, limit=10, lease=HOUR, owner="w2")) == ["e1"]
+
+    def test_outbox_keys_are_unique(self, store: Store) -> None:
+        """A message whose key is already in the outbox is ignored; the first one stays."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        first = message(e, 1)
+        store.commit([Change(enrollment=sent(e, 1, T0, T0 + HOUR), outbox=(first, first))])
+        other = attrs.evolve(message(e, 1, at=T0 + MINUTE), last_error="second")
+        e_now = store.get_enrollment("e1")
+        assert e_now is not None
+        assert store.commit([Change(enrollment=e_now, outbox=(other,))]) == []
+        assert store.find_messages() == [first]
+
+    def test_messages_committed_by_the_claim_owner_are_leased_to_it(self, store: Store) -> None:
+        """With ``owner``, the new messages carry the claim's lease: the owner delivers them, others wait."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        store.claim_due(T0, limit=10, lease=10 * MINUTE, owner="w1")
+        store.commit([Change(enrollment=sent(e, 1, T0, T0 + HOUR), outbox=(message(e, 1),))], owner="w1")
+        assert store.claim_messages(T0 + 9 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+        assert store.next_message_at() == T0 + 10 * MINUTE
+        assert [m.key for m in store.claim_messages(T0 + 10 * MINUTE, limit=10, lease=HOUR, owner="w2")] == ["e1:1"]
+
+    def test_messages_committed_without_an_owner_are_free(self, store: Store) -> None:
+        """Without ``owner`` (or by someone else than the lease holder) new messages are not leased."""
+        e1, e2 = sample_enrollment("e1"), sample_enrollment("e2")
+        _setup(store, e1, e2)
+        store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        store.commit([Change(enrollment=sent(e1, 1, T0, T0 + HOUR), outbox=(message(e1, 1),))])
+        store.commit([Change(enrollment=sent(e2, 1, T0, T0 + HOUR), outbox=(message(e2, 1),))], owner="w2")
+        claimed = store.claim_messages(T0, limit=10, lease=HOUR, owner="w3")
+        assert [m.key for m in claimed] == ["e1:1", "e2:1"]
+
+    def test_engagement_is_committed_with_its_counters(self, store: Store) -> None:
+        """Opened and clicked sets changed by a commit are stored; their counters applied."""
+        e = sample_enrollment("e1")
+        _setup(store, e)
+        engaged = attrs.evolve(e, opened=frozenset({1}), clicked=frozenset({(1, "https://example.com/x")}))
+        counters = (("seq", 1, "opened", 1), ("seq", 1, "clicked", 1))
+        assert store.commit([Change(enrollment=engaged, counters=counters)]) == []
+        stored = store.get_enrollment("e1")
+        assert stored is not None
+        assert (stored.opened, stored.clicked) == (engaged.opened, engaged.clicked)
+        assert store.counters("seq") == {(1, "opened"): 1, (1, "clicked"): 1}
+
+    def test_an_empty_commit_is_a_no_op(self, store: Store) -> None:
+        """commit([]) refuses nothing and changes nothing."""
+        _setup(store, sample_enrollment("e1"))
+        assert store.commit([]) == []
+        assert store.commit([], owner="w1") == []
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def _committed(store: Store, *enrollments: Enrollment, owner: str | None = None) -> list[OutboxMessage]:
+    """Commit step 1 of each enrollment with its pending message; return the messages."""
+    messages = [message(e, 1, at=T0 + i * MINUTE) for i, e in enumerate(enrollments)]
+    changes = [
+        Change(enrollment=sent(e, 1, m.created_at, T0 + HOUR), outbox=(m,))
+        for e, m in zip(enrollments, messages, strict=True)
+    ]
+    assert store.commit(changes, owner=owner) == []
+    return messages
+
+
+class OutboxContract(_Fixtures):
+    """The outbox: claim_messages, settle (delivered, retry, failed), queries."""
+
+    def test_claim_messages_takes_pending_due_messages_oldest_first(self, store: Store) -> None:
+        """Only PENDING messages whose next attempt is due, by next attempt then key, up to ``limit``."""
+        e1, e2, e3 = (sample_enrollment(f"e{i}") for i in (1, 2, 3))
+        _setup(store, e1, e2, e3)
+        m1, m2, m3 = _committed(store, e1, e2, e3)
+        assert store.claim_messages(T0 - MINUTE, limit=10, lease=HOUR, owner="w1") == []
+        assert store.claim_messages(T0 + MINUTE, limit=1, lease=HOUR, owner="w1") == [m1]
+        assert store.claim_messages(T0 + 5 * MINUTE, limit=10, lease=HOUR, owner="w2") == [m2, m3]
+
+    def test_a_claimed_message_is_leased(self, store: Store) -> None:
+        """A message claimed by w1 is not handed to w2 before the lease ends."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        _committed(store, e1)
+        assert len(store.claim_messages(T0, limit=10, lease=10 * MINUTE, owner="w1")) == 1
+        assert store.claim_messages(T0 + 9 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+        assert len(store.claim_messages(T0 + 10 * MINUTE, limit=10, lease=HOUR, owner="w2")) == 1
+
+    def test_settling_delivered_records_the_outcome_and_counters(self, store: Store) -> None:
+        """DELIVERED: one attempt counted, settled_at and provider id kept, counters applied, lease cleared."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        (m1,) = _committed(store, e1, owner=None)
+        store.claim_messages(T0, limit=10, lease=HOUR, owner="w1")
+        done = Delivery(
+            key="e1:1", status=OutboxStatus.DELIVERED, at=T0 + MINUTE, provider_id="p-1",
+            counters=(("seq", 1, "sent", 1),),
+        )  # fmt: skip
+        store.settle([done], owner="w1")
+        expected = attrs.evolve(
+            m1,
+            status=OutboxStatus.DELIVERED,
+            attempts=1,
+            next_attempt_at=None,
+            settled_at=T0 + MINUTE,
+            provider_id="p-1",
+        )
+        assert store.get_message("e1:1") == expected
+        assert store.counters("seq") == {(1, "sent"): 1}
+        assert store.next_message_at() is None
+        assert store.claim_messages(T0 + 2 * HOUR, limit=10, lease=HOUR, owner="w2") == []
+
+    def test_settling_twice_counts_once(self, store: Store) -> None:
+        """A message already DELIVERED or FAILED is left as it is: no attempt, no counter."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        _committed(store, e1)
+        done = Delivery(key="e1:1", status=OutboxStatus.DELIVERED, at=T0, counters=(("seq", 1, "sent", 1),))
+        store.settle([done, done])
+        store.settle([done])
+        store.settle(
+            [Delivery(key="e1:1", status=OutboxStatus.FAILED, at=T0, error="late", counters=(("seq", 1, "failed", 1),))]
+        )
+        stored = store.get_message("e1:1")
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.last_error) == (OutboxStatus.DELIVERED, 1, None)
+        assert store.counters("seq") == {(1, "sent"): 1}
+
+    def test_a_retry_counts_the_attempt_and_waits_for_its_time(self, store: Store) -> None:
+        """PENDING with next_attempt_at: attempts + 1, the error kept, claimable again only then."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        _committed(store, e1)
+        store.claim_messages(T0, limit=10, lease=HOUR, owner="w1")
+        retry = Delivery(
+            key="e1:1", status=OutboxStatus.PENDING, at=T0, next_attempt_at=T0 + 5 * MINUTE, error="timeout"
+        )
+        store.settle([retry], owner="w1")
+        stored = store.get_message("e1:1")
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.last_error, stored.next_attempt_at, stored.settled_at) == (
+            OutboxStatus.PENDING, 1, "timeout", T0 + 5 * MINUTE, None,
+        )  # fmt: skip
+        assert store.next_message_at() == T0 + 5 * MINUTE
+        assert store.claim_messages(T0 + 4 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+        assert store.claim_messages(T0 + 5 * MINUTE, limit=10, lease=HOUR, owner="w2") == [stored]
+        store.settle([attrs.evolve(retry, next_attempt_at=T0 + 15 * MINUTE)])
+        stored = store.get_message("e1:1")
+        assert stored is not None
+        assert stored.attempts == 2
+
+    def test_a_failure_is_final(self, store: Store) -> None:
+        """FAILED: settled with its error, never claimed again."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        _committed(store, e1)
+        store.settle([Delivery(key="e1:1", status=OutboxStatus.FAILED, at=T0, error="bounced")])
+        stored = store.get_message("e1:1")
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.last_error, stored.settled_at) == (
+            OutboxStatus.FAILED, 1, "bounced", T0,
+        )  # fmt: skip
+        assert store.claim_messages(T0 + HOUR, limit=10, lease=HOUR, owner="w1") == []
+
+    def test_settling_an_unknown_key_changes_nothing(self, store: Store) -> None:
+        """Deliveries for keys not in the outbox are ignored, counters included."""
+        _setup(store)
+        store.settle([Delivery(key="nope:1", status=OutboxStatus.DELIVERED, at=T0, counters=(("seq", 1, "sent", 1),))])
+        store.settle([])
+        assert store.counters("seq") == {}
+
+    def test_find_messages_filters_orders_and_pages(self, store: Store) -> None:
+        """Filters by status and enrollment; ordered by (created_at, key); limit and offset."""
+        e1, e2, e3 = (sample_enrollment(f"e{i}") for i in (1, 2, 3))
+        _setup(store, e1, e2, e3)
+        m1, m2, m3 = _committed(store, e3, e1, e2)
+        failed = message(e1, 2, at=T0, status=OutboxStatus.FAILED)
+        e1_now = store.get_enrollment("e1")
+        assert e1_now is not None
+        store.commit([Change(enrollment=e1_now, outbox=(failed,))])
+        assert store.find_messages() == [failed, m1, m2, m3]
+        assert store.find_messages(status=OutboxStatus.PENDING) == [m1, m2, m3]
+        assert store.find_messages(status=OutboxStatus.FAILED) == [failed]
+        assert store.find_messages(enrollment_id="e1") == [failed, m2]
+        assert store.find_messages(status=OutboxStatus.PENDING, enrollment_id="e1") == [m2]
+        assert store.find_messages(limit=2, offset=1) == [m1, m2]
+        assert store.get_message("missing") is None
+
+    def test_next_message_at_follows_pending_messages(self, store: Store) -> None:
+        """The earliest next attempt of a PENDING message; None when there is none."""
+        assert store.next_message_at() is None
+        e1, e2 = sample_enrollment("e1"), sample_enrollment("e2")
+        _setup(store, e1, e2)
+        _committed(store, e1, e2)
+        assert store.next_message_at() == T0
+        store.settle([Delivery(key="e1:1", status=OutboxStatus.DELIVERED, at=T0)])
+        assert store.next_message_at() == T0 + MINUTE
+
+
+# --------------------------------------------------------------------------- counters
+
+
+class CounterContract(_Fixtures):
+    """Counters add up, per sequence, and zero ones are left out."""
+
+    def test_bump_adds_up_per_sequence_position_and_name(self, store: Store) -> None:
+        """Increments add (negative ones too), and each sequence sees only its own."""
+        store.bump(
+            [("s1", 0, "recipients", 1), ("s1", 0, "recipients", 2), ("s1", 2, "sent", 1), ("s2", 0, "recipients", 5)]
+        )
+        store.bump([("s1", 0, "status:active", 1), ("s1", 0, "status:active", -1), ("s1", 2, "sent", -3)])
+        store.bump([])
+        assert store.counters("s1") == {(0, "recipients"): 3, (2, "sent"): -2}
+        assert store.counters("s2") == {(0, "recipients"): 5}
+        assert store.counters("s3") == {}
+
+    def test_counters_come_back_as_a_mapping_of_position_and_name(self, store: Store) -> None:
+        """The shape SequenceStats.from_counters expects."""
+        store.bump([("s1", 0, "recipients", 2), ("s1", 0, "status:completed", 1), ("s1", 1, "skipped:inactive", 1)])
+        counters = store.counters("s1")
+        assert dict(counters) == {(0, "recipients"): 2, (0, "status:completed"): 1, (1, "skipped:inactive"): 1}
+
+
+# --------------------------------------------------------------------------- instants
+
+
+class InstantContract(_Fixtures):
+    """Instants are stored as UTC and come back equal, to the microsecond."""
+
+    INSTANTS = (
+        datetime(2026, 3, 29, 0, 59, 59, 999999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(2100, 1, 1, tzinfo=UTC),
+    )
+
+    def test_instants_round_trip_as_utc(self, store: Store) -> None:
+        """Enrollment, message and delivery times come back equal and in UTC."""
+        _setup(store)
+        for i, instant in enumerate(self.INSTANTS):
+            e = sample_enrollment(f"e{i}", due=instant, last_step_sent=1, last_step_sent_at=instant)
+            e = attrs.evolve(e, enrolled_at=instant)
+            store.add_enrollment(e, allow_reentry=False)
+            got = store.get_enrollment(e.id)
+            assert got == e
+            assert got is not None
+            for value in (got.enrolled_at, got.next_step_due_at, got.last_step_sent_at):
+                assert value is not None
+                assert value.utcoffset() == timedelta(0)
+            m = message(e, 2, at=instant)
+            store.commit([Change(enrollment=e, outbox=(m,))])
+            assert store.get_message(m.key) == m
+            store.settle([Delivery(key=m.key, status=OutboxStatus.DELIVERED, at=instant)])
+            settled = store.get_message(m.key)
+            assert settled is not None
+            assert settled.settled_at == instant
+            assert settled.settled_at.utcoffset() == timedelta(0)
+
+    def test_now_in_another_zone_means_the_same_instant(self, store: Store) -> None:
+        """claim_due and count_due compare instants, whatever zone ``now`` is expressed in."""
+        _setup(store, sample_enrollment("e1"))
+        east = T0.astimezone(timezone(timedelta(hours=5, minutes=30)))
+        west = (T0 - MINUTE).astimezone(timezone(timedelta(hours=-8)))
+        assert store.count_due(west) == 0
+        assert store.count_due(east) == 1
+        assert store.next_due_at() == T0
+        assert _ids(store.claim_due(east, limit=10, lease=HOUR, owner="w1")) == ["e1"]
+
+
+# --------------------------------------------------------------------------- broken rows
+
+
+class BrokenRecordContract(_Fixtures):
+    """An unreadable row is handed back as a BrokenRecord, leased, and the claim goes on."""
+
+    def test_a_broken_row_comes_back_as_a_broken_record(
+        self, store: Store, break_enrollment: Callable[[Store, str], None] | None
+    ) -> None:
+        """claim_due returns the others as usual and the broken one as a BrokenRecord with an error."""
+        if break_enrollment is None:
+            pytest.skip("no `break_enrollment` fixture: the kit can't corrupt a row of this store")
+        _setup(store, sample_enrollment("e1", due=T0 - 3 * MINUTE), sample_enrollment("e2", due=T0 - 2 * MINUTE),
+               sample_enrollment("e3", due=T0 - MINUTE))  # fmt: skip
+        break_enrollment(store, "e2")
+        claimed = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert sorted(item.id for item in claimed) == ["e1", "e2", "e3"]
+        broken = [item for item in claimed if isinstance(item, BrokenRecord)]
+        assert [b.id for b in broken] == ["e2"]
+        assert broken[0].error
+        assert store.claim_due(T0, limit=10, lease=HOUR, owner="w2") == [], "the broken row is leased too"
+        store.release(["e2"], owner="w1", until=T0 + HOUR)
+        assert store.claim_due(T0 + 30 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _claim_worker(factory: StoreFactory, owner: str, barrier: Any, results: Any) -> None:
+    store = factory()
+    try:
+        barrier.wait(30)
+        mine: list[str] = []
+        while batch := store.claim_due(T0, limit=3, lease=HOUR, owner=owner):
+            mine.extend(item.id for item in batch)
+        results.put((owner, mine))
+    finally:
+        store.close()
+
+
+def _add_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
+    store = factory()
+    try:
+        barrier.wait(30)
+        e = sample_enrollment(f"race-{index}", contact_id="ana")
+        stored, created = store.add_enrollment(e, allow_reentry=True, counters=[("seq", 0, "recipients", 1)])
+        results.put((index, stored.id, created))
+    finally:
+        store.close()
+
+
+def _commit_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
+    store = factory()
+    try:
+        barrier.wait(30)
+        e = sample_enrollment("e1")
+        change = Change(
+            enrollment=sent(e, 1, T0, T0 + HOUR),
+            outbox=(message(e, 1, key=f"e1:1:{index}"),),
+            counters=(("seq", 1, "sent", 1),),
+        )
+        results.put((index, store.commit([change], owner=f"w{index}")))
+    finally:
+        store.close()
+
+
+def _run_processes(target: Callable[..., None], factory: StoreFactory, count: int) -> list[Any]:
+    ctx = _context()
+    barrier = ctx.Barrier(count)
+    results = ctx.Queue()
+    processes = [ctx.Process(target=target, args=(factory, i, barrier, results)) for i in range(count)]
+    for p in processes:
+        p.start()
+    collected = []
+    try:
+        for _ in range(count):
+            collected.append(results.get(timeout=60))
+    except queue_module.Empty:
+        pytest.fail(f"only {len(collected)} of {count} worker processes reported within 60 s")
+    finally:
+        for p in processes:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
+    return collected
+
+
+class MultiprocessContract(_Fixtures):
+    """Capability ``"multiprocess"``: processes sharing the store never claim the same row twice."""
+
+    def _factory(self, store: Store, store_factory: StoreFactory | None) -> StoreFactory:
+        require_capability(store, "multiprocess")
+        if store_factory is None:
+            pytest.fail(
+                "the store declares 'multiprocess', so the kit must open it in other processes: "
+                "define the `store_factory` fixture (a picklable zero-argument callable)"
+            )
+        return store_factory
+
+    def test_processes_claiming_together_share_out_every_due_row_once(
+        self, store: Store, store_factory: StoreFactory | None
+    ) -> None:
+        """Four processes claim in small batches at once: every due enrollment goes to exactly one."""
+        factory = self._factory(store, store_factory)
+        _setup(store, *(sample_enrollment(f"e{i:03d}", due=T0 - i * MINUTE) for i in range(120)))
+        results = _run_processes(_claim_worker_indexed, factory, 4)
+        claimed = [i for _, ids in results for i in ids]
+        assert len(claimed) == len(set(claimed)), "an enrollment was claimed by two processes"
+        assert sorted(claimed) == [f"e{i:03d}" for i in range(120)]
+
+    def test_concurrent_adds_of_one_contact_create_one_enrollment(
+        self, store: Store, store_factory: StoreFactory | None
+    ) -> None:
+        """add_enrollment is atomic across processes: one creates, the others get it back."""
+        factory = self._factory(store, store_factory)
+        _setup(store)
+        results = _run_processes(_add_worker, factory, 4)
+        assert sum(created for _, _, created in results) == 1
+        assert len({stored_id for _, stored_id, _ in results}) == 1
+        assert len(store.find_enrollments(contact_id="ana")) == 1
+        assert store.counters("seq") == {(0, "recipients"): 1}
+
+    def test_concurrent_commits_of_one_version_apply_once(
+        self, store: Store, store_factory: StoreFactory | None
+    ) -> None:
+        """Four processes commit the same version: one wins, three are refused, one message exists."""
+        factory = self._factory(store, store_factory)
+        _setup(store, sample_enrollment("e1"))
+        results = _run_processes(_commit_worker, factory, 4)
+        assert sorted(len(refused) for _, refused in results) == [0, 1, 1, 1]
+        assert len(store.find_messages()) == 1
+        assert store.counters("seq") == {(1, "sent"): 1}
+        stored = store.get_enrollment("e1")
+        assert stored is not None
+        assert stored.version == 1
+
+
+def _claim_worker_indexed(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
+    _claim_worker(factory, f"w{index}", barrier, results)
+
+
+# --------------------------------------------------------------------------- the whole contract
+
+
+class StoreContract(
+    SequenceContract,
+    EnrollmentContract,
+    ClaimContract,
+    CommitContract,
+    OutboxContract,
+    CounterContract,
+    InstantContract,
+    BrokenRecordContract,
+    MultiprocessContract,
+):
+    """Every contract test of :class:`~dripcore.ports.Store`; subclass it with a ``store`` fixture.
+
+    Usage::
+
+        class TestMyStore(StoreContract):
+            @pytest.fixture
+            def store(self):
+                with MyStore(...) as store:
+                    yield store
+
+    The groups are mixins too (:class:`SequenceContract`,
+    :class:`ClaimContract`, ...) if you want to run some of them only.
+    """
+
+
+# --------------------------------------------------------------------------- state machine
+
+_SEQUENCES = ("s1", "s2")
+_CONTACTS = ("ana", "bob", "cy")
+_OWNERS = ("w1", "w2")
+_KINDS = ("send", "send_same_key", "render_failed", "complete", "exit", "pause", "resume", "engage")
+
+
+def _save(store: Store, *, sequence: Sequence) -> None:
+    store.save_sequence(sequence)
+
+
+class StoreStateMachine(RuleBasedStateMachine):
+    """Random operations applied to an adapter and to :class:`~dripcore.adapters.memory.MemoryStore`;
+    after every step, their answers and their whole visible state must agree.
+
+    Subclass it, return a fresh empty store from :meth:`make_store`, and expose
+    the generated ``TestCase`` to pytest::
+
+        class MyStoreMachine(StoreStateMachine):
+            def make_store(self):
+                return MyStore(...)
+
+        TestMyStoreMachine = MyStoreMachine.TestCase
+        TestMyStoreMachine.settings = hypothesis.settings(max_examples=50, stateful_step_count=40, deadline=None)
+
+    Override :meth:`reopen_store` to also check that state survives closing
+    and reopening the store (a durable adapter should), and
+    :meth:`close_store` to clean up (the default calls ``store.close()``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reference: Store = MemoryStore()
+        self.store: Store = self.make_store()
+        self.now = T0
+        self.enrollment_ids: list[str] = []
+        self.message_keys: list[str] = []
+        self.serial = 0
+
+    # -- hooks
+
+    def make_store(self) -> Store:
+        """Return a fresh, empty store of the adapter under test."""
+        raise NotImplementedError("subclass StoreStateMachine and implement make_store()")
+
+    def reopen_store(self, store: Store) -> Store:
+        """Close ``store`` and open it again on the same data; the default keeps it open as it is."""
+        return store
+
+    def close_store(self, store: Store) -> None:
+        """Release the store at the end of an example."""
+        store.close()
+
+    def teardown(self) -> None:
+        """Close the adapter under test."""
+        self.close_store(self.store)
+
+    # -- helpers
+
+    def both(self, operation: Callable[[Store], _T]) -> _T | None:
+        """Run ``operation`` on the reference then on the adapter; same result or same error type."""
+        expected: Any = None
+        actual: Any = None
+        expected_error: DripcoreError | None = None
+        actual_error: DripcoreError | None = None
+        try:
+            expected = operation(self.reference)
+        except DripcoreError as exc:
+            expected_error = exc
+        try:
+            actual = operation(self.store)
+        except DripcoreError as exc:
+            actual_error = exc
+        assert type(actual_error) is type(expected_error), (
+            f"memory store raised {expected_error!r}, the adapter {actual_error!r}"
+        )
+        assert actual == expected, f"memory store returned {expected!r}, the adapter {actual!r}"
+        return expected  # type: ignore[no-any-return]
+
+    def _pick(self, items: list[str], index: int) -> str:
+        return items[index % len(items)]
+
+    def _new_id(self) -> str:
+        self.serial += 1
+        return f"e{self.serial:03d}"
+
+    # -- rules
+
+    @initialize(
+        second_status=st.sampled_from(list(SequenceStatus)),
+        population=st.lists(
+            st.tuples(st.sampled_from(_SEQUENCES), st.sampled_from(_CONTACTS), st.sampled_from([None, "k1", "k2"]),
+                      st.integers(-120, 240)),
+            max_size=8,
+        ),
+    )  # fmt: skip
+    def populate(self, second_status: SequenceStatus, population: list[tuple[str, str, str | None, int]]) -> None:
+        """Start from two sequences and a few enrollments, so claims have something to choose from."""
+        for sequence_id, status in zip(_SEQUENCES, (SequenceStatus.ACTIVE, second_status), strict=True):
+            sequence = sample_sequence(sequence_id, status=status)
+            if status is SequenceStatus.PAUSED:
+                sequence = attrs.evolve(sequence, paused_at=self.now)
+            self.both(functools.partial(_save, sequence=sequence))
+        for sequence_id, contact_id, key, due_minutes in population:
+            self.add_enrollment(sequence_id, contact_id, key, False, due_minutes, None, False)
+
+    @rule(minutes=st.integers(0, 180))
+    def clock_moves(self, minutes: int) -> None:
+        self.now += timedelta(minutes=minutes)
+
+    @rule(
+        sequence_id=st.sampled_from(_SEQUENCES),
+        status=st.sampled_from(list(SequenceStatus)),
+        steps=st.integers(1, 3),
+        mode=st.sampled_from(["insert", "current", "stale"]),
+    )
+    def save_sequence(self, sequence_id: str, status: SequenceStatus, steps: int, mode: str) -> None:
+        current = self.reference.get_sequence(sequence_id)
+        version = 0 if current is None else current.version
+        expected = None if mode == "insert" else version if mode == "current" else version + 1
+        sequence = sample_sequence(sequence_id, status=status, version=version + 1, steps=steps)
+        if status is SequenceStatus.PAUSED:
+            sequence = attrs.evolve(sequence, paused_at=self.now)
+        self.both(lambda s: s.save_sequence(sequence, expected_version=expected))
+
+    @rule(sequence_id=st.sampled_from((*_SEQUENCES, "missing")))
+    def delete_sequence(self, sequence_id: str) -> None:
+        self.both(lambda s: s.delete_sequence(sequence_id))
+
+    @rule(
+        sequence_id=st.sampled_from(_SEQUENCES),
+        contact_id=st.sampled_from(_CONTACTS),
+        key=st.sampled_from([None, "k1"]),
+        allow_reentry=st.booleans(),
+        due_minutes=st.integers(-120, 240),
+        reuse=st.none() | st.integers(0, 10**6),
+        with_variables=st.booleans(),
+    )
+    def add_enrollment(
+        self, sequence_id: str, contact_id: str, key: str | None, allow_reentry: bool,
+        due_minutes: int, reuse: int | None, with_variables: bool,
+    ) -> None:  # fmt: skip
+        reusing = reuse is not None and bool(self.enrollment_ids)
+        enrollment_id = self._pick(self.enrollment_ids, reuse) if reusing and reuse is not None else self._new_id()
+        e = Enrollment(
+            id=enrollment_id, sequence_id=sequence_id, contact_id=contact_id, status=EnrollmentStatus.ACTIVE,
+            enrolled_at=self.now, next_step_due_at=self.now + timedelta(minutes=due_minutes), key=key,
+            variables={"plan": "pro", "tags": ["a", "b"]} if with_variables else {},
+        )  # fmt: skip
+        counters: list[Counter] = [(sequence_id, 0, "recipients", 1), (sequence_id, 0, "status:active", 1)]
+        result = self.both(lambda s: s.add_enrollment(e, allow_reentry=allow_reentry, counters=counters))
+        if result is not None and result[1]:
+            self.enrollment_ids.append(enrollment_id)
+
+    @rule(limit=st.integers(1, 4), lease_minutes=st.integers(1, 60), owner=st.sampled_from(_OWNERS))
+    def claim_due(self, limit: int, lease_minutes: int, owner: str) -> None:
+        lease = timedelta(minutes=lease_minutes)
+        self.both(lambda s: s.claim_due(self.now, limit=limit, lease=lease, owner=owner))
+
+    @precondition(lambda self: bool(self.enrollment_ids))
+    @rule(
+        picks=st.lists(st.integers(0, 10**6), max_size=3),
+        owner=st.sampled_from(_OWNERS),
+        until_minutes=st.none() | st.integers(0, 120),
+    )
+    def release(self, picks: list[int], owner: str, until_minutes: int | None) -> None:
+        ids = [self._pick(self.enrollment_ids, p) for p in picks]
+        until = None if until_minutes is None else self.now + timedelta(minutes=until_minutes)
+        self.both(lambda s: s.release(ids, owner=owner, until=until))
+
+    def _change(self, before: Enrollment, kind: str, stale: bool) -> Change | None:
+        now = self.now
+        status = before.status
+        outbox: tuple[OutboxMessage, ...] = ()
+        counters: tuple[Counter, ...] = ()
+        if kind in ("send", "send_same_key", "render_failed") and status is EnrollmentStatus.ACTIVE:
+            position = before.last_step_sent + 1
+            after = sent(before, position, now, now + timedelta(minutes=30))
+            key_position = before.last_step_sent if kind == "send_same_key" and before.last_step_sent else position
+            state = OutboxStatus.FAILED if kind == "render_failed" else OutboxStatus.PENDING
+            outbox = (attrs.evolve(message(before, position, at=now, status=state), key=f"{before.id}:{key_position}"),)
+            counters = ((before.sequence_id, position, "queued", 1),)
+        elif kind == "complete" and not status.is_terminal:
+            after = finished(before, EnrollmentStatus.COMPLETED, now)
+            counters = ((before.sequence_id, 0, "status:completed", 1),)
+        elif kind == "exit" and not status.is_terminal:
+            after = finished(before, EnrollmentStatus.EXITED, now)
+            counters = ((before.sequence_id, 0, "exited:manual", 1),)
+        elif kind == "pause" and status is EnrollmentStatus.ACTIVE:
+            after = paused(before, now)
+        elif kind == "resume" and status is EnrollmentStatus.PAUSED:
+            after = attrs.evolve(before, status=EnrollmentStatus.ACTIVE, paused_at=None, next_step_due_at=now)
+        elif kind == "engage":
+            position = before.last_step_sent or 1
+            after = attrs.evolve(
+                before, opened=before.opened | {position}, clicked=before.clicked | {(position, "https://x.example")}
+            )
+            counters = ((before.sequence_id, position, "opened", 1),)
+        else:
+            return None
+        if stale:
+            after = attrs.evolve(after, version=before.version + 1)
+        return Change(enrollment=after, outbox=outbox, counters=counters)
+
+    @precondition(lambda self: bool(self.enrollment_ids))
+    @rule(
+        picks=st.lists(
+            st.tuples(st.integers(0, 10**6), st.sampled_from(_KINDS), st.integers(0, 5).map(lambda n: n == 0)),
+            min_size=1,
+            max_size=3,
+        ),
+        owner=st.none() | st.sampled_from(_OWNERS),
+    )
+    def commit(self, picks: list[tuple[int, str, bool]], owner: str | None) -> None:
+        changes = []
+        for index, kind, stale in picks:
+            before = self.reference.get_enrollment(self._pick(self.enrollment_ids, index))
+            if before is None:
+                continue
+            change = self._change(before, kind, stale)
+            if change is not None:
+                changes.append(change)
+                self.message_keys.extend(m.key for m in change.outbox)
+        self.both(lambda s: s.commit(changes, owner=owner))
+
+    @rule(limit=st.integers(1, 4), lease_minutes=st.integers(1, 60), owner=st.sampled_from(_OWNERS))
+    def claim_messages(self, limit: int, lease_minutes: int, owner: str) -> None:
+        lease = timedelta(minutes=lease_minutes)
+        self.both(lambda s: s.claim_messages(self.now, limit=limit, lease=lease, owner=owner))
+
+    @precondition(lambda self: bool(self.message_keys))
+    @rule(
+        picks=st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(list(OutboxStatus))), min_size=1, max_size=3),
+        retry_minutes=st.integers(0, 60),
+    )
+    def settle(self, picks: list[tuple[int, OutboxStatus]], retry_minutes: int) -> None:
+        deliveries = []
+        for index, status in picks:
+            key = self._pick(self.message_keys, index)
+            retry = status is OutboxStatus.PENDING
+            deliveries.append(
+                Delivery(
+                    key=key, status=status, at=self.now,
+                    next_attempt_at=self.now + timedelta(minutes=retry_minutes) if retry else None,
+                    error="try later" if retry else None if status is OutboxStatus.DELIVERED else "refused",
+                    provider_id="p-1" if status is OutboxStatus.DELIVERED else None,
+                    counters=((key.split(":")[0], 1, status.value, 1),),
+                )
+            )  # fmt: skip
+        self.both(lambda s: s.settle(deliveries))
+
+    @rule(
+        counters=st.lists(
+            st.tuples(
+                st.sampled_from(_SEQUENCES), st.integers(0, 3), st.sampled_from(["sent", "opened"]), st.integers(-2, 3)
+            ),
+            max_size=4,
+        )
+    )
+    def bump(self, counters: list[Counter]) -> None:
+        self.both(lambda s: s.bump(counters))
+
+    @rule(
+        sequence_id=st.none() | st.sampled_from(_SEQUENCES),
+        contact_id=st.none() | st.sampled_from(_CONTACTS),
+        statuses=st.none() | st.sets(st.sampled_from(list(EnrollmentStatus))),
+        limit=st.integers(0, 5),
+        offset=st.integers(0, 3),
+        after=st.none() | st.integers(0, 10**6),
+    )
+    def find_enrollments(
+        self, sequence_id: str | None, contact_id: str | None, statuses: set[EnrollmentStatus] | None,
+        limit: int, offset: int, after: int | None,
+    ) -> None:  # fmt: skip
+        after_id = None if after is None or not self.enrollment_ids else self._pick(self.enrollment_ids, after)
+        self.both(
+            lambda s: s.find_enrollments(
+                sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset,
+                after=after_id,
+            )
+        )  # fmt: skip
+
+    @rule(
+        status=st.none() | st.sampled_from(list(OutboxStatus)),
+        pick=st.none() | st.integers(0, 10**6),
+        limit=st.integers(0, 5),
+        offset=st.integers(0, 3),
+    )
+    def find_messages(self, status: OutboxStatus | None, pick: int | None, limit: int, offset: int) -> None:
+        enrollment_id = None if pick is None or not self.enrollment_ids else self._pick(self.enrollment_ids, pick)
+        self.both(lambda s: s.find_messages(status=status, enrollment_id=enrollment_id, limit=limit, offset=offset))
+
+    @rule()
+    def reopen(self) -> None:
+        self.store = self.reopen_store(self.store)
+
+    # -- the invariant
+
+    @invariant()
+    def stores_agree(self) -> None:
+        """Sequences, enrollments, messages, counters and due times are the same in both stores."""
+        self.both(lambda s: s.list_sequences())
+        self.both(lambda s: s.list_sequences(SequenceStatus.ACTIVE))
+        self.both(lambda s: s.find_enrollments(limit=10_000))
+        self.both(lambda s: s.find_messages(limit=10_000))
+        self.both(lambda s: {sequence_id: dict(s.counters(sequence_id)) for sequence_id in _SEQUENCES})
+        self.both(lambda s: s.next_due_at())
+        self.both(lambda s: s.next_message_at())
+        self.both(lambda s: s.count_due(self.now))
