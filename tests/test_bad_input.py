@@ -132,7 +132,7 @@ class TestSteps:
             Step(position=1, subject="Hi", text="\x00\x01")
 
     def test_delay_must_be_a_delay(self) -> None:
-        with pytest.raises(InvalidStep, match=r"Delay\.parse"):
+        with pytest.raises(InvalidStep, match=r"parse_wait"):
             Step(position=1, delay="2 days", subject="a", text="b")  # type: ignore[arg-type]
 
     def test_duplicate_step_positions(self) -> None:

@@ -100,7 +100,7 @@ class TestPauseResume:
         e = pause(e, T0 + timedelta(hours=1)).enrollment
         back = T0 + timedelta(days=10)
         e = resume(e, back, sequence=s, policy=PausePolicy.BUMP).enrollment
-        assert e.next_step_due_at == back
+        assert e.next_step_due_at == T0 + timedelta(hours=24)  # overdue: goes at the next advance
         sent = advance(e, back, sequence=s)
         assert sent.send is not None
         assert sent.send.position == 2

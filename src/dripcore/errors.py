@@ -18,6 +18,7 @@ The tree::
     │   ├── InvalidTrigger
     │   ├── InvalidTriggerEvent
     │   ├── InvalidTimezone
+    │   ├── InvalidWindow
     │   ├── InvalidSequence
     │   ├── InvalidEnrollment
     │   └── InvalidContact
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidTransition",
     "InvalidTrigger",
     "InvalidTriggerEvent",
+    "InvalidWindow",
     "NaiveDatetimeError",
     "NotFound",
     "PermanentSendError",
@@ -123,6 +125,10 @@ class InvalidTriggerEvent(ValidationError):
 
 class InvalidTimezone(ValidationError):
     """A time zone name that is not in the IANA database."""
+
+
+class InvalidWindow(ValidationError):
+    """A send window with no allowed day, a bad or zero-length time range."""
 
 
 class InvalidSequence(ValidationError):

@@ -19,7 +19,7 @@ import re
 import zoneinfo
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +36,7 @@ from .errors import (
     InvalidTimezone,
     InvalidTrigger,
     InvalidTriggerEvent,
+    InvalidWindow,
     NaiveDatetimeError,
     UnknownTriggerType,
     ValidationError,
@@ -56,6 +57,7 @@ __all__ = [
     "ExitReason",
     "PausePolicy",
     "ReentryPolicy",
+    "SendWindow",
     "Sequence",
     "SequenceStatus",
     "SenderIdentity",
@@ -71,6 +73,10 @@ __all__ = [
     "TriggerType",
     "UnknownVariables",
     "UTC",
+    "Wait",
+    "WaitUntil",
+    "WindowAction",
+    "parse_wait",
     "zone",
 ]
 
@@ -400,6 +406,239 @@ class Delay:
 _IMMEDIATELY = Delay(amount=0, unit=DelayUnit.SECONDS)
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_WEEKDAY_WORDS = {name: i for i, name in enumerate(_WEEKDAYS)} | {name[:3]: i for i, name in enumerate(_WEEKDAYS)}
+_CLOCK_RE = re.compile(r"^(\d{1,2})(?::(\d{2}))?\s*(am|pm)?$")
+
+
+def _parse_clock(text: str, field: str, error: type[ValidationError]) -> time:
+    match = _CLOCK_RE.match(text.strip().lower())
+    if match is None:
+        raise error(field, text, "expected a time of day such as '09:00' or '9am'")
+    hour, minute, half = int(match.group(1)), int(match.group(2) or 0), match.group(3)
+    if half is not None:
+        if not 1 <= hour <= 12:
+            raise error(field, text, "an am/pm hour goes from 1 to 12")
+        hour = hour % 12 + (12 if half == "pm" else 0)
+    if hour > 23 or minute > 59:
+        raise error(field, text, "not a time of day")
+    return time(hour, minute)
+
+
+def _check_clock(value: Any, field: str, error: type[ValidationError]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, time) or value.tzinfo is not None:
+        raise error(field, value, "expected a local time of day without a zone (datetime.time)")
+
+
+@attrs.frozen(kw_only=True)
+class WaitUntil:
+    """Wait until a local weekday and/or time of day: "tomorrow 10:00", "next Tuesday 09:00".
+
+    The step goes at the earliest local instant strictly after the previous
+    send (or enrollment) that is at least ``days`` calendar days later, falls on
+    ``weekday`` (0 = Monday) when given, and is at ``at`` when given (else at
+    the same local time of day). Local means the contact's zone (fallback: the
+    sequence's, then UTC).
+
+    >>> WaitUntil.parse("next tuesday 09:00")
+    WaitUntil(days=0, weekday=1, at=datetime.time(9, 0))
+    >>> WaitUntil.parse("tomorrow 10am")
+    WaitUntil(days=1, weekday=None, at=datetime.time(10, 0))
+    """
+
+    days: int = 0
+    weekday: int | None = None
+    at: time | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.days.__class__ is not int or not 0 <= self.days <= MAX_DELAY.days:
+            raise InvalidDelay("wait_until.days", self.days, f"must be an integer from 0 to {MAX_DELAY.days}")
+        if self.weekday is not None and (self.weekday.__class__ is not int or not 0 <= self.weekday <= 6):
+            raise InvalidDelay("wait_until.weekday", self.weekday, "must be 0 (Monday) to 6 (Sunday)")
+        _check_clock(self.at, "wait_until.at", InvalidDelay)
+        if self.days == 0 and self.weekday is None and self.at is None:
+            raise InvalidDelay("wait_until", None, "give days, a weekday or a time of day (or use Delay.immediately())")
+
+    @classmethod
+    def parse(cls, text: str) -> WaitUntil:
+        """Parse ``"tomorrow 10:00"``, ``"next tuesday 09:00"``, ``"next friday"``, ``"at 9am"``."""
+        if not isinstance(text, str):
+            raise InvalidDelay("wait_until", text, "expected text such as 'next tuesday 09:00'")
+        words = text.strip().lower().replace(",", " ").split()
+        days, weekday, at = 0, None, None
+        rest = list(words)
+        if rest[:1] == ["tomorrow"]:
+            days, rest = 1, rest[1:]
+        elif rest[:1] in (["next"], ["on"]) and len(rest) > 1 and rest[1] in _WEEKDAY_WORDS:
+            weekday, rest = _WEEKDAY_WORDS[rest[1]], rest[2:]
+        elif rest[:1] and rest[0] in _WEEKDAY_WORDS:
+            weekday, rest = _WEEKDAY_WORDS[rest[0]], rest[1:]
+        if rest[:1] == ["at"]:
+            rest = rest[1:]
+        if rest:
+            at = _parse_clock(" ".join(rest), "wait_until", InvalidDelay)
+        if not words or (days, weekday, at) == (0, None, None):
+            raise InvalidDelay("wait_until", text, "expected e.g. 'tomorrow 10:00', 'next tuesday 09:00', 'at 9am'")
+        return cls(days=days, weekday=weekday, at=at)
+
+    @property
+    def is_calendar(self) -> bool:
+        """Always true: a wait is computed on the local calendar."""
+        return True
+
+    @property
+    def nominal(self) -> timedelta:
+        """A lower bound of the wait (``days`` whole days)."""
+        return timedelta(days=self.days)
+
+    def __str__(self) -> str:
+        parts = ["tomorrow" if self.days == 1 else f"after {self.days} days" if self.days else ""]
+        if self.weekday is not None:
+            parts.append(f"next {_WEEKDAYS[self.weekday]}")
+        if self.at is not None:
+            parts.append(f"at {self.at:%H:%M}")
+        return " ".join(p for p in parts if p)
+
+
+Wait = Delay | WaitUntil
+"""What a step waits for: a :class:`Delay`, or a :class:`WaitUntil` a local weekday/time."""
+
+
+def parse_wait(text: str) -> Delay | WaitUntil:
+    """Parse a delay (``"2 days"``) or a wait (``"next tuesday 09:00"``)."""
+    try:
+        return Delay.parse(text)
+    except InvalidDelay:
+        return WaitUntil.parse(text)
+
+
+class WindowAction(enum.Enum):
+    """What happens to a step due outside its send window."""
+
+    MOVE = "move"
+    SKIP = "skip"
+
+
+def _c_window_days(value: Iterable[int]) -> frozenset[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidWindow("window.days", value, "expected weekday numbers, 0 (Monday) to 6 (Sunday)")
+    return frozenset(value)
+
+
+def _c_window_outside(value: WindowAction | str) -> WindowAction:
+    return _impl_window_outside(value)
+
+
+_impl_window_outside = _enum(WindowAction, "window.outside", InvalidWindow)
+
+
+_ALL_DAYS = frozenset(range(7))
+_BUSINESS_DAYS = frozenset(range(5))
+_DAYS_RE = re.compile(r"^([a-z]{3,9})\s*(?:-\s*([a-z]{3,9}))?$")
+
+
+@attrs.frozen(kw_only=True)
+class SendWindow:
+    """When a step may go, in the contact's local time: allowed weekdays and a time range.
+
+    ``days`` are weekday numbers (0 = Monday). ``start``/``end`` bound the
+    local time of day, ``start`` included and ``end`` excluded; a range with
+    ``start > end`` wraps past midnight (22:00-06:00 opens on each allowed
+    day at 22:00 and closes at 06:00 the next morning). Without ``start`` and
+    ``end`` the whole day is allowed. A step due outside the window moves to
+    the next opening, or is skipped with ``StepSkipped(reason="outside
+    window")`` when ``outside`` is SKIP.
+
+    >>> SendWindow.parse("tue-thu 09:00-10:00").days
+    frozenset({1, 2, 3})
+    >>> SendWindow.BUSINESS_DAYS.days == frozenset({0, 1, 2, 3, 4})
+    True
+    """
+
+    BUSINESS_DAYS: ClassVar[SendWindow]
+
+    days: frozenset[int] = attrs.field(default=_ALL_DAYS, converter=_c_window_days)
+    start: time | None = None
+    end: time | None = None
+    outside: WindowAction = attrs.field(default=WindowAction.MOVE, converter=_c_window_outside)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.days:
+            raise InvalidWindow("window.days", sorted(self.days), "no allowed day: the step could never go")
+        if any(d.__class__ is not int or not 0 <= d <= 6 for d in self.days):
+            raise InvalidWindow("window.days", sorted(self.days, key=repr), "weekdays go from 0 (Monday) to 6 (Sunday)")
+        _check_clock(self.start, "window.start", InvalidWindow)
+        _check_clock(self.end, "window.end", InvalidWindow)
+        if (self.start is None) is not (self.end is None):
+            raise InvalidWindow("window.end" if self.end is None else "window.start", None, "give both start and end")
+        if self.start is not None and self.start == self.end:
+            raise InvalidWindow("window.end", self.end, "a zero-length range (start == end) never opens")
+
+    @classmethod
+    def business_days(cls, start: time | None = None, end: time | None = None) -> SendWindow:
+        """Monday to Friday, optionally within ``start``-``end``."""
+        return cls(days=_BUSINESS_DAYS, start=start, end=end)
+
+    @classmethod
+    def parse(cls, text: str, *, outside: WindowAction = WindowAction.MOVE) -> SendWindow:
+        """Parse ``"business days"``, ``"tue-thu 09:00-10:00"``, ``"mon,wed 9am-5pm"``, ``"22:00-06:00"``."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidWindow("window", text, "expected e.g. 'tue-thu 09:00-10:00' or 'business days'")
+        cleaned = " ".join(text.strip().lower().split())
+        days: set[int] = set()
+        rest = cleaned
+        for prefix, chosen in (("business days", _BUSINESS_DAYS), ("weekdays", _BUSINESS_DAYS), ("every day", _ALL_DAYS)):
+            if rest.startswith(prefix):
+                days, rest = set(chosen), rest[len(prefix) :].strip()
+                break
+        else:
+            head, _, tail = rest.partition(" ")
+            if head and head[0].isalpha():
+                for part in head.split(","):
+                    match = _DAYS_RE.match(part)
+                    if match is None or match.group(1) not in _WEEKDAY_WORDS:
+                        raise InvalidWindow("window", text, f"unknown day {part!r}")
+                    first = _WEEKDAY_WORDS[match.group(1)]
+                    if match.group(2) is None:
+                        days.add(first)
+                        continue
+                    if match.group(2) not in _WEEKDAY_WORDS:
+                        raise InvalidWindow("window", text, f"unknown day {match.group(2)!r}")
+                    last = _WEEKDAY_WORDS[match.group(2)]
+                    days.update((first + i) % 7 for i in range((last - first) % 7 + 1))
+                rest = tail.strip()
+            else:
+                days = set(_ALL_DAYS)
+        start = end = None
+        if rest:
+            low, sep, high = rest.partition("-")
+            if not sep:
+                raise InvalidWindow("window", text, "expected a time range such as '09:00-17:00'")
+            start = _parse_clock(low, "window.start", InvalidWindow)
+            end = _parse_clock(high, "window.end", InvalidWindow)
+        return cls(days=frozenset(days), start=start, end=end, outside=outside)
+
+    @property
+    def wraps(self) -> bool:
+        """True when the time range runs past midnight."""
+        return self.start is not None and self.end is not None and self.start > self.end
+
+    def contains(self, local: datetime) -> bool:
+        """Whether the local wall-clock time ``local`` (naive or aware; its fields are read) is inside."""
+        day = local.weekday()
+        if self.start is None or self.end is None:
+            return day in self.days
+        clock = local.time()
+        if self.start < self.end:
+            return day in self.days and self.start <= clock < self.end
+        return (day in self.days and clock >= self.start) or ((day - 1) % 7 in self.days and clock < self.end)
+
+
+SendWindow.BUSINESS_DAYS = SendWindow.business_days()
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -520,11 +759,14 @@ class Step:
     first step; inactive or skipped steps do not move that reference point.
     Content is ``template_id``, or a ``subject`` with ``html`` and/or ``text``.
     An inactive step is passed over without breaking the chain. ``condition``
-    makes the step depend on engagement with an earlier step.
+    makes the step depend on engagement with an earlier step. ``window``
+    restricts when it may go (default: the sequence's window). With
+    ``expires_after``, a step that would go more than that late (after a
+    pause or downtime) is dropped: ``StepSkipped(reason="expired")``.
     """
 
     position: int
-    delay: Delay = attrs.field(factory=Delay.immediately)
+    delay: Delay | WaitUntil = attrs.field(factory=Delay.immediately)
     subject: str | None = attrs.field(default=None, validator=_opt_text("step.subject", InvalidStep, max_len=998))
     html: str | None = attrs.field(default=None, validator=_opt_body("step.html"))
     text: str | None = attrs.field(default=None, validator=_opt_body("step.text"))
@@ -532,13 +774,19 @@ class Step:
     active: bool = True
     sender: SenderIdentity | None = None
     condition: Condition | None = None
+    window: SendWindow | None = None
+    expires_after: Delay | None = None
     name: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.position.__class__ is not int or self.position < 1:
             raise InvalidStep("step.position", self.position, "must be an integer >= 1")
-        if not isinstance(self.delay, Delay):
-            raise InvalidStep("step.delay", self.delay, "must be a Delay (see Delay.parse)")
+        if not isinstance(self.delay, (Delay, WaitUntil)):
+            raise InvalidStep("step.delay", self.delay, "must be a Delay or a WaitUntil (see parse_wait)")
+        if self.window is not None and not isinstance(self.window, SendWindow):
+            raise InvalidWindow("step.window", self.window, "must be a SendWindow (see SendWindow.parse)")
+        if self.expires_after is not None and not isinstance(self.expires_after, Delay):
+            raise InvalidStep("step.expires_after", self.expires_after, "must be a Delay")
         if self.active.__class__ is not bool:
             raise InvalidStep("step.active", self.active, "must be True or False")
         if self.template_id is None:
@@ -803,6 +1051,7 @@ class Sequence:
     that end an enrollment with reason GOAL_MET. ``version`` counts saved
     edits; stores use it for optimistic concurrency. ``paused_at`` is set
     while PAUSED (an EXTEND resume shifts due times by the pause's length).
+    ``window`` is the send window of every step that has none of its own.
     """
 
     id: str = attrs.field(validator=_text("sequence.id", InvalidSequence))
@@ -822,6 +1071,7 @@ class Sequence:
     unknown_variables: UnknownVariables = attrs.field(
         default=UnknownVariables.EMPTY, converter=_c_sequence_unknown_variables
     )
+    window: SendWindow | None = None
 
     _positions: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
     _first_active_from: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
@@ -860,6 +1110,8 @@ class Sequence:
             raise InvalidSequence("sequence.description", self.description, "must be a string")
         if self.sender is not None and not isinstance(self.sender, SenderIdentity):
             raise InvalidSequence("sequence.sender", self.sender, "must be a SenderIdentity")
+        if self.window is not None and not isinstance(self.window, SendWindow):
+            raise InvalidWindow("sequence.window", self.window, "must be a SendWindow (see SendWindow.parse)")
         if (self.status is SequenceStatus.PAUSED) is (self.paused_at is None):
             raise InvalidSequence(
                 "sequence.paused_at", self.paused_at, f"must be set exactly when paused (status={self.status.value})"
@@ -1181,10 +1433,23 @@ class Contact:
 
 
 class SkipReason(enum.Enum):
-    """Why a step was passed over without being sent."""
+    """Why a step was passed over without being sent.
+
+    INACTIVE: the step is switched off. CONDITION: its engagement condition
+    was false. WINDOW: it was due outside a window that skips. EXPIRED: it
+    would have gone later than its ``expires_after``. FREQUENCY_CAP: the
+    contact already had their share of emails. SUPPRESSED and CANCELLED: its
+    email was dropped before delivery because the contact was suppressed or
+    the enrollment exited meanwhile.
+    """
 
     INACTIVE = "inactive"
     CONDITION = "condition"
+    WINDOW = "outside window"
+    EXPIRED = "expired"
+    FREQUENCY_CAP = "frequency cap"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
 
 
 def _event_text(field: str) -> Callable[[Any, Any, Any], None]:

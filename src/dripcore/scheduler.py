@@ -55,7 +55,7 @@ from __future__ import annotations
 import enum
 import zoneinfo
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 from types import MappingProxyType
 from typing import Any
 
@@ -78,6 +78,7 @@ from .model import (
     Event,
     ExitReason,
     PausePolicy,
+    SendWindow,
     Sequence,
     SequenceStatus,
     SkipReason,
@@ -86,6 +87,8 @@ from .model import (
     Subscribed,
     Trigger,
     TriggerEvent,
+    WaitUntil,
+    WindowAction,
     normalize_trigger_value,
     to_utc,
 )
@@ -102,10 +105,13 @@ __all__ = [
     "exits_on",
     "is_anniversary",
     "matches",
+    "next_opening",
     "pause",
     "replan",
     "resolve_zone",
     "resume",
+    "schedule",
+    "window_of",
 ]
 
 
@@ -192,19 +198,93 @@ def resolve_zone(sequence: Sequence, contact: Contact | None) -> zoneinfo.ZoneIn
     return sequence.fallback_zone
 
 
-def add_delay(instant: datetime, delay: Delay, zone: zoneinfo.ZoneInfo | None) -> datetime:
+def _localize(wall: datetime, zone: tzinfo) -> datetime:
+    """A naive local wall time in ``zone`` as a UTC instant (fold=0: gaps move forward,
+    ambiguous times take their first occurrence)."""
+    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def add_delay(instant: datetime, delay: Delay | WaitUntil, zone: zoneinfo.ZoneInfo | None) -> datetime:
     """``instant`` plus ``delay``, as a UTC datetime.
 
     Exact units add elapsed time. Calendar units (days, weeks) add days to the
     local date in ``zone`` and keep the local wall-clock time; a local time in
     a spring-forward gap moves forward by the gap, an ambiguous one resolves
-    to its first occurrence. ``zone=None`` means UTC.
+    to its first occurrence. A :class:`~dripcore.model.WaitUntil` goes to its
+    next local weekday and/or time of day strictly after ``instant``.
+    ``zone=None`` means UTC.
     """
+    if isinstance(delay, WaitUntil):
+        return _wait_until(instant, delay, zone or UTC)
     if zone is None or not delay.is_calendar:
         return instant + delay.nominal
     local = instant.astimezone(zone)
-    wall = local.replace(tzinfo=None, fold=0) + timedelta(days=delay.calendar_days)
-    return wall.replace(tzinfo=zone).astimezone(UTC)
+    return _localize(local.replace(tzinfo=None) + timedelta(days=delay.calendar_days), zone)
+
+
+def _wait_until(instant: datetime, wait: WaitUntil, zone: tzinfo) -> datetime:
+    local = instant.astimezone(zone)
+    clock = wait.at if wait.at is not None else local.time().replace(tzinfo=None, fold=0)
+    first = local.date() + timedelta(days=wait.days)
+    for i in range(15):
+        day = first + timedelta(days=i)
+        if wait.weekday is not None and day.weekday() != wait.weekday:
+            continue
+        candidate = _localize(datetime.combine(day, clock), zone)
+        if candidate > instant:
+            return candidate
+    raise AssertionError("unreachable: a weekday recurs within 15 days")  # pragma: no cover
+
+
+def next_opening(instant: datetime, window: SendWindow, zone: zoneinfo.ZoneInfo | None) -> datetime:
+    """The earliest instant at or after ``instant`` that is inside ``window`` in ``zone``.
+
+    Windows follow local wall-clock time; on the day a window's opening time
+    does not exist (clocks spring forward past it), the window opens when the
+    clocks do.
+    """
+    tz: tzinfo = zone or UTC
+    local = instant.astimezone(tz)
+    if window.contains(local):
+        return instant
+    opens_at = window.start if window.start is not None else time(0)
+    for i in range(15):
+        day = local.date() + timedelta(days=i)
+        if day.weekday() not in window.days:
+            continue
+        wall = datetime.combine(day, opens_at)
+        candidate = _localize(wall, tz)
+        if candidate.astimezone(tz).replace(tzinfo=None) != wall:
+            candidate = _end_of_gap(candidate - timedelta(hours=3), candidate, wall, tz)
+        if candidate >= instant and window.contains(candidate.astimezone(tz)):
+            return candidate
+    raise AssertionError(f"window {window!r} never opens")  # pragma: no cover - validated at construction
+
+
+def _end_of_gap(low: datetime, high: datetime, wall: datetime, tz: tzinfo) -> datetime:
+    """The first instant in (low, high] whose local wall time is at or after ``wall``
+    (the moment clocks jump over a nonexistent ``wall``), to the microsecond."""
+    while high - low > timedelta(microseconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(tz).replace(tzinfo=None) >= wall:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def window_of(step: Step, sequence: Sequence) -> SendWindow | None:
+    """The window a step obeys: its own, else its sequence's."""
+    return step.window if step.window is not None else sequence.window
+
+
+def schedule(base: datetime, step: Step, sequence: Sequence, zone: zoneinfo.ZoneInfo | None) -> datetime:
+    """When ``step`` falls due after ``base``: its delay, then moved into its window."""
+    due = add_delay(base, step.delay, zone)
+    window = window_of(step, sequence)
+    if window is not None and window.outside is WindowAction.MOVE:
+        due = next_opening(due, window, zone)
+    return due
 
 
 # --------------------------------------------------------------------------- advance
@@ -300,26 +380,47 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
     zone: zoneinfo.ZoneInfo | None = None
     zone_known = False
     events: list[Event] | None = None
+    step_due = due  # when the candidate step fell due
     while step is not None:
-        condition = step.condition
-        if condition is None or condition.holds(enrollment):
-            break
-        # Rule 6: a false condition skips the step for good.
+        reason: SkipReason | None = None
+        expires = step.expires_after
+        window = step.window if step.window is not None else sequence.window
+        if expires is not None and now - step_due > expires.nominal:
+            reason = SkipReason.EXPIRED
+        elif window is not None:
+            if not zone_known:
+                zone, zone_known = resolve_zone(sequence, contact), True
+            if not window.contains(now.astimezone(zone or UTC)):
+                if window.outside is WindowAction.SKIP:
+                    reason = SkipReason.WINDOW
+                else:  # too late for today's window: wait for the next opening
+                    opening = next_opening(now, window, zone)
+                    return Advance(
+                        attrs.evolve(enrollment, next_step_due_at=opening, skipped=skipped),
+                        None,
+                        _NO_EVENTS if events is None else tuple(events),
+                    )
+        if reason is None:
+            condition = step.condition
+            if condition is None or condition.holds(enrollment):
+                break
+            reason = SkipReason.CONDITION
+        # Rule 6: a skipped step is skipped for good.
         skipped = skipped | {step.position}
         if events is None:
             events = []
-        events.append(_skip_event(enrollment, step.position, SkipReason.CONDITION, now))
+        events.append(_skip_event(enrollment, step.position, reason, now))
         step = _next_step(sequence, last, skipped)
         if step is None:
             break
         if not zone_known:
             zone, zone_known = resolve_zone(sequence, contact), True
-        candidate_due = add_delay(enrollment.reference_time, step.delay, zone)
-        if candidate_due < due:
-            candidate_due = due  # never earlier than the step it replaces
-        if candidate_due > now:
+        step_due = schedule(enrollment.reference_time, step, sequence, zone)
+        if step_due < due:
+            step_due = due  # never earlier than the step it replaces
+        if step_due > now:
             return Advance(
-                attrs.evolve(enrollment, next_step_due_at=candidate_due, skipped=skipped),
+                attrs.evolve(enrollment, next_step_due_at=step_due, skipped=skipped),
                 None,
                 tuple(events),
             )
@@ -370,10 +471,10 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
             tuple(events),
         )
     delay = following.delay
-    if delay.is_calendar:
+    if delay.is_calendar or following.window is not None or sequence.window is not None:
         if not zone_known:
             zone = resolve_zone(sequence, contact)
-        next_due = add_delay(now, delay, zone)
+        next_due = schedule(now, following, sequence, zone)
     else:
         next_due = now + delay.nominal  # the hot path: no zone arithmetic
     return Advance(
@@ -464,7 +565,7 @@ def enroll(
         )
     start = now if started_at is None else to_utc(started_at, "started_at")
     first = sequence.next_active_step(0)
-    due = start if first is None else add_delay(start, first.delay, resolve_zone(sequence, contact))
+    due = start if first is None else schedule(start, first, sequence, resolve_zone(sequence, contact))
     enrollment = Enrollment(
         id=enrollment_id,
         sequence_id=sequence.id,
@@ -495,8 +596,8 @@ def resume(
 ) -> Advance:
     """Let a PAUSED enrollment go on, under ``policy`` (default: the sequence's).
 
-    BUMP: a step that fell due during the pause is due now, once; the ones
-    after it count their delays from its actual send. EXTEND: the due time
+    BUMP: a step that fell due during the pause goes at the next advance,
+    once; the ones after it count their delays from its actual send. EXTEND: the due time
     moves later by the length of the pause, keeping the remaining wait.
     """
     now = _now(now)
@@ -508,8 +609,8 @@ def resume(
     assert paused_at is not None
     if policy is PausePolicy.EXTEND:
         due = due + max(now - paused_at, timedelta(0))
-    elif due < now:
-        due = now
+    # BUMP leaves an overdue time as it is: the step goes at the next advance (once),
+    # and an ``expires_after`` still measures how late it is.
     return Advance(attrs.evolve(enrollment, status=status, paused_at=None, next_step_due_at=due))
 
 
@@ -560,11 +661,15 @@ def replan(
     if previous is not None:
         before = _next_step(previous, enrollment.last_step_sent, enrollment.skipped)
         if (before is None and nxt is None) or (
-            before is not None and nxt is not None and before.position == nxt.position and before.delay == nxt.delay
+            before is not None
+            and nxt is not None
+            and before.position == nxt.position
+            and before.delay == nxt.delay
+            and window_of(before, previous) == window_of(nxt, sequence)
         ):
             return Advance(enrollment)
     base = enrollment.reference_time
-    due = base if nxt is None else add_delay(base, nxt.delay, resolve_zone(sequence, contact))
+    due = base if nxt is None else schedule(base, nxt, sequence, resolve_zone(sequence, contact))
     if due == enrollment.next_step_due_at:
         return Advance(enrollment)
     return Advance(attrs.evolve(enrollment, next_step_due_at=due))
