@@ -544,9 +544,10 @@ class SendWindow:
     """When a step may go, in the contact's local time: allowed weekdays and a time range.
 
     ``days`` are weekday numbers (0 = Monday). ``start``/``end`` bound the
-    local time of day, ``start`` included and ``end`` excluded; a range with
-    ``start > end`` wraps past midnight (22:00-06:00 opens on each allowed
-    day at 22:00 and closes at 06:00 the next morning). Without ``start`` and
+    local time of day, ``start`` included and ``end`` excluded. A range that
+    wraps past midnight says so with ``overnight=True`` (22:00-06:00 opens on
+    each allowed day at 22:00 and closes at 06:00 the next morning); an
+    inverted range without it is refused as a likely typo. Without ``start`` and
     ``end`` the whole day is allowed. A step due outside the window moves to
     the next opening, or is skipped with ``StepSkipped(reason="outside
     window")`` when ``outside`` is SKIP.
@@ -562,6 +563,7 @@ class SendWindow:
     days: frozenset[int] = attrs.field(default=_ALL_DAYS, converter=_c_window_days)
     start: time | None = None
     end: time | None = None
+    overnight: bool = False
     outside: WindowAction = attrs.field(default=WindowAction.MOVE, converter=_c_window_outside)
 
     def __attrs_post_init__(self) -> None:
@@ -575,6 +577,17 @@ class SendWindow:
             raise InvalidWindow("window.end" if self.end is None else "window.start", None, "give both start and end")
         if self.start is not None and self.start == self.end:
             raise InvalidWindow("window.end", self.end, "a zero-length range (start == end) never opens")
+        if self.overnight.__class__ is not bool:
+            raise InvalidWindow("window.overnight", self.overnight, "must be True or False")
+        if self.start is not None and self.end is not None and (self.start > self.end) is not self.overnight:
+            raise InvalidWindow(
+                "window.end",
+                self.end,
+                f"start {self.start:%H:%M} is after end {self.end:%H:%M}: pass overnight=True for a range "
+                "that wraps past midnight"
+                if self.start > self.end
+                else "overnight=True needs a range that wraps past midnight (start after end)",
+            )
 
     @classmethod
     def business_days(cls, start: time | None = None, end: time | None = None) -> SendWindow:
@@ -583,13 +596,17 @@ class SendWindow:
 
     @classmethod
     def parse(cls, text: str, *, outside: WindowAction = WindowAction.MOVE) -> SendWindow:
-        """Parse ``"business days"``, ``"tue-thu 09:00-10:00"``, ``"mon,wed 9am-5pm"``, ``"22:00-06:00"``."""
+        """Parse ``"business days"``, ``"tue-thu 09:00-10:00"``, ``"mon,wed 9am-5pm"``, ``"22:00-06:00 overnight"``."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidWindow("window", text, "expected e.g. 'tue-thu 09:00-10:00' or 'business days'")
         cleaned = " ".join(text.strip().lower().split())
         days: set[int] = set()
         rest = cleaned
-        for prefix, chosen in (("business days", _BUSINESS_DAYS), ("weekdays", _BUSINESS_DAYS), ("every day", _ALL_DAYS)):
+        for prefix, chosen in (
+            ("business days", _BUSINESS_DAYS),
+            ("weekdays", _BUSINESS_DAYS),
+            ("every day", _ALL_DAYS),
+        ):
             if rest.startswith(prefix):
                 days, rest = set(chosen), rest[len(prefix) :].strip()
                 break
@@ -612,18 +629,16 @@ class SendWindow:
             else:
                 days = set(_ALL_DAYS)
         start = end = None
+        overnight = rest.endswith("overnight")
+        if overnight:
+            rest = rest[: -len("overnight")].strip()
         if rest:
             low, sep, high = rest.partition("-")
             if not sep:
                 raise InvalidWindow("window", text, "expected a time range such as '09:00-17:00'")
             start = _parse_clock(low, "window.start", InvalidWindow)
             end = _parse_clock(high, "window.end", InvalidWindow)
-        return cls(days=frozenset(days), start=start, end=end, outside=outside)
-
-    @property
-    def wraps(self) -> bool:
-        """True when the time range runs past midnight."""
-        return self.start is not None and self.end is not None and self.start > self.end
+        return cls(days=frozenset(days), start=start, end=end, overnight=overnight, outside=outside)
 
     def contains(self, local: datetime) -> bool:
         """Whether the local wall-clock time ``local`` (naive or aware; its fields are read) is inside."""

@@ -96,6 +96,7 @@ from .model import (
 __all__ = [
     "Action",
     "Advance",
+    "PlannedStep",
     "TRANSITIONS",
     "add_delay",
     "advance",
@@ -107,6 +108,7 @@ __all__ = [
     "matches",
     "next_opening",
     "pause",
+    "preview",
     "replan",
     "resolve_zone",
     "resume",
@@ -524,6 +526,75 @@ def _completed_event(enrollment: Enrollment, at: datetime) -> Completed:
         contact_id=enrollment.contact_id,
         at=at,
     )
+
+
+# --------------------------------------------------------------------------- preview
+
+
+@attrs.frozen(kw_only=True)
+class PlannedStep:
+    """One line of a :func:`preview`: when a step would go (or why it would not)."""
+
+    position: int
+    name: str
+    subject: str | None
+    at: datetime
+    local: datetime
+    skipped: SkipReason | None = None
+
+
+def preview(
+    sequence: Sequence, contact: Contact | None, start: datetime, *, limit: int = 1000
+) -> tuple[PlannedStep, ...]:
+    """When each step of ``sequence`` would go for ``contact`` if enrolled at ``start``.
+
+    Pure: it runs :func:`advance` on a simulated clock, so delays, zones,
+    daylight-saving changes and windows are applied exactly as they will be.
+    Engagement is assumed absent (nothing opened or clicked), so conditions
+    resolve as for a contact who ignores every email. Works on draft sequences
+    too. ``local`` is the instant in the contact's zone (fallback chain: the
+    contact's, the sequence's, UTC).
+
+    >>> from datetime import datetime, timezone
+    >>> from dripcore.prefabs import welcome_series
+    >>> plan = preview(welcome_series(), None, datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    >>> [(p.position, f"{p.at:%a %H:%M}") for p in plan]
+    [(1, 'Mon 09:00'), (2, 'Tue 09:00'), (3, 'Mon 09:00')]
+    """
+    start = _now(start)
+    runnable = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None)
+    enrollment = enroll(
+        runnable, None, start, enrollment_id="preview", contact_id="preview" if contact is None else contact.id
+    ).enrollment
+    if contact is not None and contact.suppressed is not None:
+        contact = attrs.evolve(contact, suppressed=None)
+    zone: tzinfo = resolve_zone(runnable, contact) or UTC
+    steps = {step.position: step for step in runnable.steps}
+    planned: list[PlannedStep] = []
+    for _ in range(limit):
+        if enrollment.is_terminal:
+            break
+        assert enrollment.next_step_due_at is not None
+        now = enrollment.next_step_due_at
+        result = advance(enrollment, now, sequence=runnable, contact=contact)
+        for event in result.events:
+            if isinstance(event, StepSkipped):
+                step = steps[event.position]
+                planned.append(
+                    PlannedStep(
+                        position=step.position, name=step.name, subject=step.subject, at=now,
+                        local=now.astimezone(zone), skipped=event.reason,
+                    )
+                )  # fmt: skip
+        if result.send is not None:
+            step = result.send
+            planned.append(
+                PlannedStep(position=step.position, name=step.name, subject=step.subject, at=now,
+                            local=now.astimezone(zone))
+            )  # fmt: skip
+        enrollment = result.enrollment
+    planned.sort(key=lambda p: (p.at, p.position))
+    return tuple(planned)
 
 
 # --------------------------------------------------------------------------- other transitions
