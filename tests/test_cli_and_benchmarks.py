@@ -22,6 +22,9 @@ def test_demo_prints_a_two_week_timeline() -> None:
     assert "left Welcome series (bounced)" in out
     assert "Happy birthday Eve!" in out
     assert "8 emails delivered, 0 duplicates." in out
+    # the DST preview: 24 hours is elapsed time, a calendar day keeps the local time
+    assert "step 2 (   24 hours)  Sun 03-08 10:00 EDT local" in out
+    assert "step 3 (      1 day)  Mon 03-09 10:00 EDT local" in out
     # the paused sequence's overdue step goes once, at resume
     resumed = out.index("resumed it")
     assert out.index("Post-purchase thank-you step 2 sent") > resumed

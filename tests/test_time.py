@@ -232,7 +232,7 @@ class TestBadWindows:
             SendWindow(days=frozenset({7}))
 
     def test_a_window_must_be_a_send_window(self) -> None:
-        with pytest.raises(InvalidWindow, match="SendWindow.parse"):
+        with pytest.raises(InvalidWindow, match=r"SendWindow\.parse"):
             step(1, window="business days")
 
 

@@ -14,12 +14,15 @@ from collections.abc import Sequence as Seq
 from datetime import date, datetime, time, timedelta
 from typing import TextIO
 
+import attrs
+
 from .engine import Drip
 from .model import (
     UTC,
     Cancelled,
     Completed,
     Contact,
+    Delay,
     Event,
     SequenceStatus,
     StepFailed,
@@ -29,6 +32,7 @@ from .model import (
 )
 from .ports import EventSink, Store
 from .prefabs import birthday_email, post_purchase, welcome_series
+from .scheduler import preview
 from .testing.fakes import FakeClock, FlakySender, MemoryContacts, RecordingSender
 
 __all__ = ["run_demo"]
@@ -155,4 +159,28 @@ def run_demo(store: Store, *, out: TextIO | None = None, store_label: str = "mem
     inner = sender.inner
     assert isinstance(inner, RecordingSender)
     print(f"{len(inner.sent)} emails delivered, {inner.duplicate_attempts} duplicates.", file=out)
+    _dst_preview(out)
     return drip
+
+
+def _dst_preview(out: TextIO) -> None:
+    """Show how delays behave across a daylight-saving change, with preview()."""
+    sequence = attrs.evolve(
+        welcome_series(),
+        steps=(
+            *welcome_series().steps[:2],
+            attrs.evolve(welcome_series().steps[1], position=3, delay=Delay.days(1), subject="A calendar day later"),
+        ),
+    )
+    contact = Contact(id="bo", email="bo@example.com", timezone="America/New_York")
+    enrolled = datetime(2026, 3, 7, 14, 0, tzinfo=UTC)  # Saturday 09:00 in New York
+    print("\nPreview for a contact in America/New_York enrolled Sat 03-07 09:00 local;", file=out)
+    print("clocks spring forward at 02:00 on Sun 03-08 (a 23-hour day):", file=out)
+    for planned in preview(sequence, contact, enrolled):
+        step = sequence.step(planned.position)
+        assert step is not None
+        print(
+            f"  step {planned.position} ({step.delay!s:>11})  {planned.local:%a %m-%d %H:%M %Z} local"
+            f"  = {planned.at:%a %m-%d %H:%M} UTC",
+            file=out,
+        )
