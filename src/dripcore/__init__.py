@@ -8,7 +8,7 @@ bounce or complain. The heart is the pure function :func:`advance`.
 """
 
 from ._version import __version__
-from .engine import Drip, TickError, TickReport
+from .engine import CapAction, Drip, FrequencyCap, TickError, TickReport
 from .errors import (
     ConcurrencyConflict,
     ContactNotFound,
@@ -93,6 +93,7 @@ from .serialization import event_from_json, event_to_json, make_converter
 __all__ = [
     "Advance",
     "Cancelled",
+    "CapAction",
     "Completed",
     "ConcurrencyConflict",
     "Condition",
@@ -112,6 +113,7 @@ __all__ = [
     "EnrollmentStatus",
     "Event",
     "ExitReason",
+    "FrequencyCap",
     "InvalidCondition",
     "InvalidContact",
     "InvalidDelay",

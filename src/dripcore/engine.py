@@ -25,6 +25,7 @@ and set aside; it never stops the tick for the others.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 from typing import Any
 
@@ -50,6 +51,7 @@ from .errors import (
     SequenceNotFound,
     SequenceStateError,
     TransientSendError,
+    ValidationError,
 )
 from .model import (
     UTC,
@@ -63,6 +65,7 @@ from .model import (
     ReentryPolicy,
     Sequence,
     SequenceStatus,
+    SkipReason,
     StepFailed,
     StepSent,
     StepSkipped,
@@ -91,7 +94,7 @@ from .ports import (
 )
 from .render import LiquidRenderer
 
-__all__ = ["Drip", "TickError", "TickReport", "new_id"]
+__all__ = ["CapAction", "Drip", "FrequencyCap", "TickError", "TickReport", "new_id"]
 
 log = logging.getLogger("dripcore")
 
@@ -155,6 +158,48 @@ class TickReport:
         if self.errors:
             parts.append(f"errors={len(self.errors)}")
         return " ".join(parts)
+
+
+class CapAction(enum.Enum):
+    """What happens to a step that would go over a :class:`FrequencyCap`."""
+
+    WAIT = "wait"
+    SKIP = "skip"
+
+
+@attrs.frozen(kw_only=True)
+class FrequencyCap:
+    """At most ``per_day`` sequence emails per contact per calendar day in the
+    contact's zone, and/or at most ``per_window`` within any rolling ``window``.
+
+    Counted across all sequences. A step over the cap waits (``over=WAIT``:
+    until the next local midnight, or for a rolling window a fraction of it,
+    then into the step's send window) or is skipped (``over=SKIP``:
+    ``StepSkipped(reason="frequency cap")``).
+
+    >>> from datetime import timedelta
+    >>> FrequencyCap(per_day=2, per_window=3, window=timedelta(days=7))
+    FrequencyCap(per_day=2, per_window=3, window=datetime.timedelta(days=7), over=<CapAction.WAIT: 'wait'>)
+    """
+
+    per_day: int | None = None
+    per_window: int | None = None
+    window: timedelta | None = None
+    over: CapAction = CapAction.WAIT
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("per_day", "per_window"):
+            value = getattr(self, name)
+            if value is not None and (value.__class__ is not int or value < 1):
+                raise ValidationError(f"frequency_cap.{name}", value, "must be a positive integer")
+        if (self.per_window is None) is not (self.window is None):
+            raise ValidationError("frequency_cap.window", self.window, "per_window and window go together")
+        if self.window is not None and (not isinstance(self.window, timedelta) or self.window <= timedelta(0)):
+            raise ValidationError("frequency_cap.window", self.window, "must be a positive timedelta")
+        if self.per_day is None and self.per_window is None:
+            raise ValidationError("frequency_cap", None, "give per_day and/or per_window")
+        if not isinstance(self.over, CapAction):
+            raise ValidationError("frequency_cap.over", self.over, "must be CapAction.WAIT or CapAction.SKIP")
 
 
 @attrs.define
@@ -238,6 +283,7 @@ class Drip:
         retry_cap: timedelta = timedelta(hours=6),
         worker_id: str | None = None,
         id_factory: Callable[[], str] | None = None,
+        frequency_cap: FrequencyCap | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be at least 1")
@@ -258,6 +304,12 @@ class Drip:
         self.retry_cap = retry_cap
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
         self._new_id = id_factory or new_id
+        if frequency_cap is not None and "frequency_cap" not in store.capabilities:
+            raise DripcoreError(
+                f"{type(store).__name__} does not declare the 'frequency_cap' capability, so frequency_cap "
+                "can't be enforced with it"
+            )
+        self.frequency_cap = frequency_cap
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -729,6 +781,7 @@ class Drip:
 
         changes: list[Change] = []
         idle: list[str] = []
+        by_id = {e.id: e for e in enrollments}
         for before in enrollments:
             try:
                 sequence = sequences[before.sequence_id]
@@ -746,6 +799,9 @@ class Drip:
                 log.exception("enrollment %s set aside", before.id)
                 tally.errors.append(TickError(kind="enrollment", id=before.id, error=repr(exc)))
                 set_aside.append(before.id)
+
+        if self.frequency_cap is not None and changes:
+            changes = self._apply_frequency_cap(changes, by_id, sequences, contacts, now, tally)
 
         if self.rate_limiter is not None:
             sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
@@ -831,6 +887,88 @@ class Drip:
         )
         message = attrs.evolve(base, email=email, next_attempt_at=now)
         return self._change(before, result, outbox=(message,))
+
+    def _apply_frequency_cap(
+        self,
+        changes: list[Change],
+        befores: Mapping[str, Enrollment],
+        sequences: Mapping[str, Sequence | None],
+        contacts: Mapping[str, Contact],
+        now: datetime,
+        tally: _Tally,
+    ) -> list[Change]:
+        """Hold back (or skip) sends that would take a contact over the cap.
+
+        Counts what the store already queued for the contact plus what this
+        batch queues, in the contact's local day and/or rolling window.
+        """
+        cap = self.frequency_cap
+        assert cap is not None
+        queued: dict[tuple[str, object], int] = {}
+
+        def verdict(contact: Contact, sequence: Sequence) -> tuple[bool, datetime, list[tuple[str, object]]]:
+            zone: tzinfo = scheduler.resolve_zone(sequence, contact) or UTC
+            keys: list[tuple[str, object]] = []
+            reopen = now
+            over = False
+            if cap.per_day is not None:
+                today = now.astimezone(zone).date()
+                start = datetime.combine(today, dtime(0), tzinfo=zone).astimezone(UTC)
+                end = datetime.combine(today + timedelta(days=1), dtime(0), tzinfo=zone).astimezone(UTC)
+                key: tuple[str, object] = (contact.id, today)
+                if key not in queued:
+                    queued[key] = self.store.count_messages(contact.id, start, end)
+                keys.append(key)
+                if queued[key] >= cap.per_day:
+                    over, reopen = True, max(reopen, end)
+            if cap.per_window is not None and cap.window is not None:
+                key = (contact.id, "rolling")
+                if key not in queued:
+                    queued[key] = self.store.count_messages(contact.id, now - cap.window, now + timedelta(seconds=1))
+                keys.append(key)
+                if queued[key] >= cap.per_window:
+                    over, reopen = True, max(reopen, now + cap.window / cap.per_window)
+            return over, reopen, keys
+
+        result: list[Change] = []
+        for change in changes:
+            if not any(m.status is OutboxStatus.PENDING for m in change.outbox):
+                result.append(change)
+                continue
+            before = befores[change.enrollment.id]
+            sequence = sequences[before.sequence_id]
+            contact = contacts[before.contact_id]
+            assert sequence is not None
+            over, reopen, keys = verdict(contact, sequence)
+            if not over:
+                for key in keys:
+                    queued[key] += 1
+                result.append(change)
+                continue
+            if cap.over is CapAction.WAIT:
+                tally.deferred += 1
+                result.append(self._change(before, scheduler.defer(before, reopen, sequence=sequence, contact=contact)))
+                continue
+            # SKIP: pass over every step that would go now, until one may go or none is due.
+            current, capped = before, []
+            while True:
+                advanced = scheduler.advance(current, now, sequence=sequence, contact=contact)
+                if advanced.send is None:
+                    break
+                over, _, keys = verdict(contact, sequence)
+                if not over:
+                    for key in keys:
+                        queued[key] += 1
+                    break
+                position = advanced.send.position
+                capped.append(
+                    StepSkipped(enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id, at=now,
+                                position=position, reason=SkipReason.FREQUENCY_CAP)
+                )  # fmt: skip
+                current = attrs.evolve(current, skipped=current.skipped | {position})
+            final = attrs.evolve(advanced, events=(*capped, *advanced.events))
+            result.append(self._dispatch_change(before, final, sequence, contact, now))
+        return result
 
     def _backoff(self, attempts: int) -> timedelta:
         delay: timedelta = self.retry_base * (2 ** max(attempts - 1, 0))

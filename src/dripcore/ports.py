@@ -511,6 +511,12 @@ class Store(ABC):
     ) -> list[OutboxMessage]:
         """Outbox messages matching the filters, ordered by ``(created_at, key)``."""
 
+    def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
+        """How many emails were queued for the contact (PENDING or DELIVERED outbox
+        messages) with ``since <= created_at < until``. Used by frequency caps;
+        stores that declare the ``"frequency_cap"`` capability implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support frequency caps (count_messages)")
+
     @abstractmethod
     def next_message_at(self) -> datetime | None:
         """The earliest next attempt of a PENDING message."""

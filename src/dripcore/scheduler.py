@@ -101,6 +101,7 @@ __all__ = [
     "add_delay",
     "advance",
     "anniversary_date",
+    "defer",
     "enroll",
     "exit",
     "exits_on",
@@ -127,6 +128,7 @@ class Action(enum.Enum):
     RESUME = "resume"
     EXIT = "exit"
     REPLAN = "replan"
+    DEFER = "defer"
 
 
 _A = EnrollmentStatus.ACTIVE
@@ -147,6 +149,7 @@ TRANSITIONS: Mapping[EnrollmentStatus, Mapping[Action, EnrollmentStatus]] = Mapp
                 Action.PAUSE: _P,
                 Action.EXIT: _X,
                 Action.REPLAN: _A,
+                Action.DEFER: _A,
             }
         ),
         _P: MappingProxyType({Action.RESUME: _A, Action.EXIT: _X, Action.REPLAN: _P}),
@@ -744,6 +747,25 @@ def replan(
     if due == enrollment.next_step_due_at:
         return Advance(enrollment)
     return Advance(attrs.evolve(enrollment, next_step_due_at=due))
+
+
+def defer(enrollment: Enrollment, until: datetime, *, sequence: Sequence, contact: Contact | None = None) -> Advance:
+    """Hold an ACTIVE enrollment's next step until ``until`` (moved into the step's window).
+
+    Used when something outside the schedule says "not now" (a frequency cap);
+    the step is not skipped, only made to wait.
+    """
+    _target(enrollment, Action.DEFER)
+    until = _now(until)
+    step = _next_step(sequence, enrollment.last_step_sent, enrollment.skipped)
+    if step is not None:
+        window = window_of(step, sequence)
+        if window is not None and window.outside is WindowAction.MOVE:
+            until = next_opening(until, window, resolve_zone(sequence, contact))
+    due = enrollment.next_step_due_at
+    if due is not None and due >= until:
+        return Advance(enrollment)
+    return Advance(attrs.evolve(enrollment, next_step_due_at=until))
 
 
 # --------------------------------------------------------------------------- triggers

@@ -34,6 +34,8 @@ class _Lease:
 class MemoryStore(Store):
     """An in-memory :class:`~dripcore.ports.Store`; the reference implementation."""
 
+    capabilities = frozenset({"frequency_cap"})
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._sequences: dict[str, Sequence] = {}
@@ -298,6 +300,16 @@ class MemoryStore(Store):
             ]
         found.sort(key=lambda m: (m.created_at, m.key))
         return found[offset : offset + limit]
+
+    def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
+        """Emails queued for the contact in ``[since, until)`` (pending or delivered)."""
+        since, until = to_utc(since, "since"), to_utc(until, "until")
+        with self._lock:
+            return sum(
+                1
+                for m in self._outbox.values()
+                if m.contact_id == contact_id and m.status is not OutboxStatus.FAILED and since <= m.created_at < until
+            )
 
     def next_message_at(self) -> datetime | None:
         """The earliest next attempt of a pending message (or its lease's end, if later)."""
