@@ -136,7 +136,9 @@ def test_no_contact_ever_exceeds_the_cap(
         drip.save_sequence(sequence(f"s{i}", *hours))
     pending = sorted((T0 + timedelta(hours=h), c.id) for c, (_, h) in zip(contacts, people, strict=True))
     per_contact = sum(len(p) for p in plans)
-    end = T0 + timedelta(days=per_contact // per_day + 4)  # long enough for every step to get its slot
+    longest = max(h for _, h in people) + max(sum(p) for p in plans)
+    # long enough for every step to get its slot
+    end = T0 + timedelta(hours=longest) + timedelta(days=per_contact // per_day + 3)
     while clock.now() < end:
         while pending and pending[0][0] <= clock.now():
             _, contact_id = pending.pop(0)
