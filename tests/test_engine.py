@@ -21,6 +21,7 @@ from dripcore import (
     EnrollmentNotFound,
     EnrollmentStatus,
     ExitReason,
+    InvalidEngagement,
     InvalidTransition,
     InvalidTriggerEvent,
     OutboxStatus,
@@ -519,6 +520,35 @@ class TestEngagementAndQueries:
         assert world.drip.record_click(a.id, 1, "https://shop.example/other")
         assert [e.sequence_id for e in world.store.find_enrollments(contact_id="ana")] == ["welcome", "clicked"]
         assert world.drip.stats("welcome").steps[0].clicked == 1
+
+    def test_engagement_for_a_step_never_sent_is_refused(self, world: World) -> None:
+        a, _ = world.drip.enroll("welcome", "ana")
+        with pytest.raises(InvalidEngagement, match="no email of step 1 was sent") as info:
+            world.drip.record_open(a.id, 1)
+        assert info.value.field == "open.position"
+        world.drip.tick()
+        assert world.drip.record_open(a.id, 1)
+        with pytest.raises(InvalidEngagement, match="step 2"):
+            world.drip.record_click(a.id, 2, "https://x.example")
+        with pytest.raises(InvalidEngagement, match=r"click\.link"):
+            world.drip.record_click(a.id, 1, "")
+        with pytest.raises(EnrollmentNotFound):
+            world.drip.record_open("nope", 1)
+
+    def test_open_and_click_rates_and_the_overview(self, world: World) -> None:
+        a, _ = world.drip.enroll("welcome", "ana")
+        b, _ = world.drip.enroll("welcome", "bo")
+        world.drip.tick()
+        world.drip.record_open(a.id, 1)
+        world.drip.record_click(b.id, 1, "https://shop.example")
+        stats = world.drip.stats("welcome")
+        assert (stats.steps[0].sent, stats.steps[0].delivered) == (2, 2)
+        assert stats.open_rate == 1.0  # a opened; b's click counts as an open too
+        assert stats.click_rate == 0.5
+        [row] = world.drip.overview()
+        assert (row.id, row.steps, row.active_steps, row.active_enrollments, row.recipients) == (
+            "welcome", 3, 3, 2, 2,
+        )  # fmt: skip
 
     def test_enrollments_are_paginated_and_filtered(self, world: World) -> None:
         ids = [world.drip.enroll("welcome", c)[0].id for c in ("ana", "bo", "cy")]

@@ -20,6 +20,7 @@ from .errors import (
     InvalidCondition,
     InvalidContact,
     InvalidDelay,
+    InvalidEngagement,
     InvalidEnrollment,
     InvalidSequence,
     InvalidStep,
@@ -71,7 +72,7 @@ from .model import (
     WindowAction,
     parse_wait,
 )
-from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, StepStats
+from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, SequenceSummary, StepStats
 from .render import LiquidRenderer, MemoryTemplateStore, RenderError, Template, TemplateStore
 from .scheduler import (
     Advance,
@@ -117,6 +118,7 @@ __all__ = [
     "InvalidCondition",
     "InvalidContact",
     "InvalidDelay",
+    "InvalidEngagement",
     "InvalidEnrollment",
     "InvalidSequence",
     "InvalidStep",
@@ -144,6 +146,7 @@ __all__ = [
     "SequenceStateError",
     "SequenceStats",
     "SequenceStatus",
+    "SequenceSummary",
     "SkipReason",
     "Step",
     "StepFailed",

@@ -46,6 +46,7 @@ from .errors import (
     DripcoreError,
     EnrollmentConflict,
     EnrollmentNotFound,
+    InvalidEngagement,
     InvalidTriggerEvent,
     PermanentSendError,
     SequenceNotFound,
@@ -88,6 +89,7 @@ from .ports import (
     RateLimiter,
     Renderer,
     SequenceStats,
+    SequenceSummary,
     Store,
     SystemClock,
     idempotency_key,
@@ -652,9 +654,24 @@ class Drip:
 
     # ------------------------------------------------------------------ engagement
 
-    def record_open(self, enrollment_id: str, position: int) -> bool:
-        """Record that the contact opened a step's email. Idempotent; returns True the first time."""
+    def _engaged(self, enrollment_id: str, position: int, what: str) -> Enrollment:
+        """The enrollment, after checking that the step's email was actually sent."""
         enrollment = self._enrollment(enrollment_id)
+        if position.__class__ is not int or position < 1:
+            raise InvalidEngagement(f"{what}.position", position, "must be a step position (>= 1)")
+        message = self.store.get_message(idempotency_key(enrollment_id, position))
+        if message is None or message.email is None:
+            raise InvalidEngagement(
+                f"{what}.position", position, f"no email of step {position} was sent for enrollment {enrollment_id!r}"
+            )
+        return enrollment
+
+    def record_open(self, enrollment_id: str, position: int) -> bool:
+        """Record that the contact opened a step's email. Idempotent; returns True the first time.
+
+        Raises :class:`~dripcore.errors.InvalidEngagement` for a step whose email was never sent.
+        """
+        enrollment = self._engaged(enrollment_id, position, "open")
         if position in enrollment.opened:
             return False
         counters = [(enrollment.sequence_id, position, "opened", 1)]
@@ -665,8 +682,12 @@ class Drip:
 
         The first click in a step also counts as an open, and fires the
         AFTER_FIRST_CLICK trigger with the mailing id ``"{sequence_id}:{position}"``.
+        Raises :class:`~dripcore.errors.InvalidEngagement` for a step whose
+        email was never sent (a click for an unknown mailing).
         """
-        enrollment = self._enrollment(enrollment_id)
+        enrollment = self._engaged(enrollment_id, position, "click")
+        if link is not None and (not isinstance(link, str) or not link.strip() or len(link) > 2048):
+            raise InvalidEngagement("click.link", link, "must be a non-empty URL of at most 2048 characters")
         item = (position, link or "")
         if item in enrollment.clicked:
             return False
@@ -886,7 +907,7 @@ class Drip:
             headers=rendered.headers,
         )
         message = attrs.evolve(base, email=email, next_attempt_at=now)
-        return self._change(before, result, outbox=(message,))
+        return self._change(before, result, outbox=(message,), counters=[(sequence.id, step.position, "sent", 1)])
 
     def _apply_frequency_cap(
         self,
@@ -1040,7 +1061,7 @@ class Drip:
                 continue
             deliveries.append(
                 Delivery(key=message.key, status=OutboxStatus.DELIVERED, at=now, provider_id=provider_id,
-                         counters=((*where, "sent", 1),))
+                         counters=((*where, "delivered", 1),))
             )  # fmt: skip
             events.append(
                 StepSent(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
@@ -1139,6 +1160,26 @@ class Drip:
     def get_enrollment(self, enrollment_id: str) -> Enrollment:
         """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""
         return self._enrollment(enrollment_id)
+
+    def overview(self) -> list[SequenceSummary]:
+        """Every sequence with its trigger, step counts and enrollment counts (for a list page)."""
+        summaries = []
+        for sequence in self.store.list_sequences():
+            stats = SequenceStats.from_counters(sequence.id, self.store.counters(sequence.id))
+            summaries.append(
+                SequenceSummary(
+                    id=sequence.id,
+                    name=sequence.name,
+                    status=sequence.status,
+                    trigger=sequence.trigger,
+                    steps=len(sequence.steps),
+                    active_steps=len(sequence.active_steps()),
+                    active_enrollments=stats.active,
+                    paused_enrollments=stats.paused,
+                    recipients=stats.recipients,
+                )
+            )
+        return summaries
 
     def stats(self, sequence_id: str) -> SequenceStats:
         """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""

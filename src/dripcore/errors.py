@@ -21,7 +21,8 @@ The tree::
     │   ├── InvalidWindow
     │   ├── InvalidSequence
     │   ├── InvalidEnrollment
-    │   └── InvalidContact
+    │   ├── InvalidContact
+    │   └── InvalidEngagement
     ├── InvalidTransition                      an action the state machine forbids
     ├── NotFound (also LookupError)
     │   ├── SequenceNotFound
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidCondition",
     "InvalidContact",
     "InvalidDelay",
+    "InvalidEngagement",
     "InvalidEnrollment",
     "InvalidSequence",
     "InvalidStep",
@@ -141,6 +143,10 @@ class InvalidEnrollment(ValidationError):
 
 class InvalidContact(ValidationError):
     """A contact with a malformed field."""
+
+
+class InvalidEngagement(ValidationError):
+    """An open or click for a step whose email was never sent, or a malformed link."""
 
 
 class InvalidTransition(DripcoreError):

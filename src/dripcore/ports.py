@@ -62,6 +62,7 @@ __all__ = [
     "Rendered",
     "Renderer",
     "SequenceStats",
+    "SequenceSummary",
     "StepStats",
     "Store",
     "SystemClock",
@@ -194,10 +195,18 @@ class BrokenRecord:
 
 @attrs.frozen(kw_only=True)
 class StepStats:
-    """Per-step counters of a sequence."""
+    """Per-step counters of a sequence.
+
+    ``sent``: emails dripcore committed for sending; ``delivered``: accepted by
+    the mail sender; ``failed``: given up on (``bounced`` counts the hard
+    bounces among them); ``opened``/``clicked``: unique per enrollment;
+    ``skipped``: by reason (inactive, condition, outside window, expired,
+    frequency cap, suppressed, cancelled).
+    """
 
     position: int
     sent: int = 0
+    delivered: int = 0
     failed: int = 0
     bounced: int = 0
     opened: int = 0
@@ -223,6 +232,23 @@ class SequenceStats:
         """Completed over recipients (0.0 with no recipients)."""
         return self.completed / self.recipients if self.recipients else 0.0
 
+    @property
+    def delivered(self) -> int:
+        """Emails of every step accepted by the mail sender."""
+        return sum(step.delivered for step in self.steps)
+
+    @property
+    def open_rate(self) -> float:
+        """Unique opens over delivered emails, all steps together (0.0 when nothing was delivered)."""
+        delivered = self.delivered
+        return sum(step.opened for step in self.steps) / delivered if delivered else 0.0
+
+    @property
+    def click_rate(self) -> float:
+        """Unique clicks over delivered emails, all steps together."""
+        delivered = self.delivered
+        return sum(step.clicked for step in self.steps) / delivered if delivered else 0.0
+
     @classmethod
     def from_counters(cls, sequence_id: str, counters: Mapping[tuple[int, str], int]) -> SequenceStats:
         """Build the figures from a store's raw counters ``{(position, name): value}``."""
@@ -235,6 +261,7 @@ class SequenceStats:
             StepStats(
                 position=position,
                 sent=names.get("sent", 0),
+                delivered=names.get("delivered", 0),
                 failed=names.get("failed", 0),
                 bounced=names.get("bounced", 0),
                 opened=names.get("opened", 0),
@@ -253,6 +280,21 @@ class SequenceStats:
             exited_by_reason={n.split(":", 1)[1]: v for n, v in seq_level.items() if n.startswith("exited:") and v},
             steps=steps,
         )
+
+
+@attrs.frozen(kw_only=True)
+class SequenceSummary:
+    """One row of the sequences overview: what it is and how many are in it."""
+
+    id: str
+    name: str
+    status: SequenceStatus
+    trigger: Trigger
+    steps: int
+    active_steps: int
+    active_enrollments: int
+    paused_enrollments: int
+    recipients: int
 
 
 @attrs.frozen(kw_only=True)
