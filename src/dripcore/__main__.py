@@ -1,23 +1,154 @@
-"""Command line: ``python -m dripcore demo | run | status``."""
+"""Command line: ``python -m dripcore demo | run | status``.
+
+- ``demo [--db PATH]``: the prefab sequences for a few contacts over two
+  simulated weeks, on the embedded SQLite store (a fresh file unless ``--db``).
+- ``run MODULE:ATTR [--once] [--idle SECONDS]``: the worker. Loads the host's
+  configured :class:`~dripcore.Drip` (an instance, or a callable returning one)
+  and runs it until SIGINT or SIGTERM, which stop it cleanly after the
+  current batch. ``--once`` runs a single tick.
+- ``status --db PATH``: each sequence's active, paused, completed and exited
+  counts and its next due time.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import tempfile
 from collections.abc import Sequence as Seq
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
 
-from .adapters.memory import MemoryStore
+from .adapters.sqlite import SQLiteStore
 from .demo import run_demo
+from .engine import Drip, TickReport
+from .errors import DripcoreError
+from .ports import SequenceStats
+
+log = logging.getLogger("dripcore.worker")
 
 
-def main(argv: Seq[str] | None = None) -> int:
+def _demo(db: str | None, out: TextIO) -> int:
+    if db is None:
+        path = Path(tempfile.mkdtemp(prefix="dripcore-demo-")) / "demo.db"
+    else:
+        path = Path(db)
+        if path.exists() and path.stat().st_size > 0:
+            print(f"error: {path} already exists; the demo starts from an empty database", file=sys.stderr)
+            return 2
+    with SQLiteStore(str(path)) as store:
+        run_demo(store, out=out, store_label=f"SQLite {path}")
+    print(f"\nThe database is kept at {path}; try: python -m dripcore status --db {path}", file=out)
+    return 0
+
+
+def load_drip(target: str) -> Drip:
+    """Import ``MODULE:ATTR`` and return the :class:`Drip` it names (or builds, if callable)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise DripcoreError(f"{target!r}: expected MODULE:ATTR, such as myapp.drip:engine")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    value: object = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            raise DripcoreError(f"{target!r}: module {module_name!r} has no attribute {attr!r}")
+        value = getattr(value, part)
+    if not isinstance(value, Drip) and callable(value):
+        value = value()
+    if not isinstance(value, Drip):
+        raise DripcoreError(
+            f"{target!r} is a {type(value).__name__}, not a dripcore Drip (or a callable returning one)"
+        )
+    return value
+
+
+def _run(target: str, *, once: bool, idle: float, out: TextIO) -> int:
+    drip = load_drip(target)
+    interactive = out.isatty()
+
+    def on_tick(report: TickReport) -> None:
+        line = f"{datetime.now():%H:%M:%S} {report.summary()}"
+        if interactive:
+            print(line, file=out, flush=True)
+        elif report.claimed or report.messages or report.errors:
+            log.info(line)
+        for error in report.errors:
+            log.warning("set aside %s %s: %s", error.kind, error.id, error.error)
+
+    if once:
+        on_tick(drip.tick())
+        return 0
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping after the current batch", signal.Signals(signum).name)
+        drip.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log.info("worker %s started", drip.worker_id)
+        drip.run(idle=idle, on_tick=on_tick)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        drip.sender.close()
+        drip.store.close()
+    log.info("worker %s stopped", drip.worker_id)
+    return 0
+
+
+def _status(db: str, out: TextIO) -> int:
+    path = Path(db)
+    if not path.exists():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        return 2
+    with SQLiteStore(str(path)) as store:
+        sequences = store.list_sequences()
+        print(f"{path}: {len(sequences)} sequences, next step due {store.next_due_at() or '-'}", file=out)
+        header = f"{'sequence':<24} {'status':<9} {'active':>8} {'paused':>8} {'completed':>10} {'exited':>8}  next due"
+        print(header, file=out)
+        for sequence in sequences:
+            stats = SequenceStats.from_counters(sequence.id, store.counters(sequence.id))
+            due = store.next_due_for(sequence.id) if hasattr(store, "next_due_for") else None
+            print(
+                f"{sequence.id:<24} {sequence.status.value:<9} {stats.active:>8} {stats.paused:>8} "
+                f"{stats.completed:>10} {stats.exited:>8}  {due or '-'}",
+                file=out,
+            )
+    return 0
+
+
+def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of ``python -m dripcore``."""
+    out = sys.stdout if out is None else out
     parser = argparse.ArgumentParser(prog="python -m dripcore", description="dripcore command line")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run the prefab sequences for a few contacts on a simulated clock")
+    demo = commands.add_parser("demo", help="run the prefab sequences for a few contacts on a simulated clock")
+    demo.add_argument("--db", help="SQLite file to use (default: a fresh file in a temporary directory)")
+    run = commands.add_parser("run", help="run a worker for your configured Drip until SIGINT/SIGTERM")
+    run.add_argument("target", metavar="MODULE:ATTR", help="where your Drip is, e.g. myapp.drip:engine")
+    run.add_argument("--once", action="store_true", help="run a single tick and exit")
+    run.add_argument("--idle", type=float, default=30.0, help="longest sleep between ticks, in seconds")
+    status = commands.add_parser("status", help="sequences of a SQLite database with their counts")
+    status.add_argument("--db", required=True, help="the SQLite file")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        run_demo(MemoryStore())
-    return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "demo":
+            return _demo(args.db, out)
+        if args.command == "run":
+            return _run(args.target, once=args.once, idle=args.idle, out=out)
+        return _status(args.db, out)
+    except DripcoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""The operator commands: demo on SQLite, the worker entry point, and status."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dripcore.__main__ import load_drip, main
+from dripcore.errors import DripcoreError
+
+HOST_APP = """
+from dripcore import Contact, Drip, Sequence, SequenceStatus, Step
+from dripcore.adapters.sqlite import SQLiteStore
+from dripcore.testing import MemoryContacts, RecordingSender
+
+sender = RecordingSender()
+
+
+def make():
+    store = SQLiteStore({db!r})
+    drip = Drip(store=store, sender=sender, contacts=MemoryContacts([Contact(id="ana", email="ana@example.com")]))
+    if store.get_sequence("hello") is None:
+        drip.save_sequence(
+            Sequence(id="hello", name="Hello", status=SequenceStatus.ACTIVE,
+                     steps=(Step(position=1, subject="Hi", text="Welcome"),))
+        )
+        drip.enroll("hello", "ana")
+    return drip
+
+
+not_a_drip = 42
+"""
+
+
+@pytest.fixture
+def host_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "app.db"
+    (tmp_path / "hostapp.py").write_text(HOST_APP.format(db=str(db)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("hostapp", None)
+    return db
+
+
+def test_demo_writes_a_sqlite_database_that_status_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "demo.db"
+    assert main(["demo", "--db", str(db)]) == 0
+    assert "store: SQLite" in capsys.readouterr().out
+    assert main(["status", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "welcome" in out
+    assert "3 sequences" in out
+
+
+def test_demo_refuses_to_reuse_a_database(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    assert main(["demo", "--db", str(db)]) == 0
+    assert main(["demo", "--db", str(db)]) == 2
+
+
+def test_run_once_sends_what_is_due(host_app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "hostapp:make", "--once"]) == 0
+    import hostapp
+
+    assert [e.subject for e in hostapp.sender.sent] == ["Hi"]
+
+
+def test_load_drip_explains_bad_targets(host_app: Path) -> None:
+    with pytest.raises(DripcoreError, match="expected MODULE:ATTR"):
+        load_drip("hostapp")
+    with pytest.raises(DripcoreError, match="no attribute 'nope'"):
+        load_drip("hostapp:nope")
+    with pytest.raises(DripcoreError, match="not a dripcore Drip"):
+        load_drip("hostapp:not_a_drip")
+    assert main(["run", "hostapp:nope"]) == 1
+
+
+def test_sigterm_stops_the_worker_cleanly(host_app: Path) -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dripcore", "run", "hostapp:make", "--idle", "0.2"],
+        cwd=host_app.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # wait until the worker has sent the step
+        status = subprocess.run(
+            [sys.executable, "-m", "dripcore", "status", "--db", str(host_app)],
+            capture_output=True, text=True, cwd=host_app.parent,
+        )  # fmt: skip
+        row = status.stdout.splitlines()[-1].split() if status.returncode == 0 else []
+        if row[:1] == ["hello"] and row[4] == "1":  # completed
+            break
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=20)
+    assert worker.returncode == 0, err
+    assert "stopping after the current batch" in err
+    assert "stopped" in err
+
+
+def test_status_of_a_missing_file(tmp_path: Path) -> None:
+    assert main(["status", "--db", str(tmp_path / "nope.db")]) == 2
+
+
+def test_run_help_names_the_target_form() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dripcore", "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "MODULE:ATTR" in out
+    assert "--once" in out
