@@ -69,12 +69,24 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import cattrs
+
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
-from ..model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, Sequence, SequenceStatus, to_utc
+from ..model import (
+    UTC,
+    Delay,
+    Enrollment,
+    EnrollmentStatus,
+    SenderIdentity,
+    Sequence,
+    SequenceStatus,
+    WaitUntil,
+    to_utc,
+)
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
 
@@ -485,6 +497,35 @@ _UPSERT_COUNTER = (
     "ON CONFLICT (sequence_id, position, name) DO UPDATE SET value = value + excluded.value"
 )
 
+
+def _sequence_converter() -> cattrs.Converter:
+    """make_converter(), plus explicit rules it lacks for sequence bodies.
+
+    - A step's ``Delay | WaitUntil`` delay: cattrs' default disambiguation of that
+      union depends on the process's hash seed (one process in eight structured a
+      ``Delay`` dict as ``WaitUntil`` and failed), so the store decides by the
+      keys itself: a ``Delay`` has ``amount``.
+    - ``datetime.time`` (``WaitUntil.at``, ``SendWindow.start``/``end``):
+      make_converter leaves it as a ``time`` object, which JSON can't hold; it is
+      stored as ISO 8601 (``"09:30:00"``).
+    """
+    converter = make_converter()
+    wait = Delay | WaitUntil
+
+    def structure_wait(value: Any, _type: Any) -> Delay | WaitUntil:
+        if isinstance(value, Mapping) and "amount" in value:
+            return converter.structure(value, Delay)
+        return converter.structure(value, WaitUntil)
+
+    def structure_time(value: Any, _type: Any) -> time:
+        return value if isinstance(value, time) else time.fromisoformat(value)
+
+    converter.register_structure_hook_func(lambda t: t == wait, structure_wait)
+    converter.register_unstructure_hook(time, time.isoformat)
+    converter.register_structure_hook(time, structure_time)
+    return converter
+
+
 # Connections inherited across a fork are kept referenced, never closed: closing
 # one in the child could release locks or checkpoint under the parent's feet.
 _ABANDONED: list[sqlite3.Connection] = []
@@ -545,7 +586,7 @@ class SQLiteStore(Store):
         if self._memory:
             self.capabilities = frozenset()
         self._lock = threading.RLock()
-        self._converter = make_converter()
+        self._converter = _sequence_converter()
         self._sequence_cache: dict[str, Sequence] = {}
         self._closed = False
         self._check_path()

@@ -87,12 +87,15 @@ from ..model import (
     PausePolicy,
     ReentryPolicy,
     SenderIdentity,
+    SendWindow,
     Sequence,
     SequenceStatus,
     Step,
     Trigger,
     TriggerType,
     UnknownVariables,
+    WaitUntil,
+    WindowAction,
 )
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 
@@ -164,9 +167,18 @@ def rich_sequence(id: str = "rich") -> Sequence:
         pause_policy=PausePolicy.EXTEND,
         unknown_variables=UnknownVariables.ERROR,
         version=7,
+        window=SendWindow.parse("22:00-06:00 overnight"),
         steps=(
             Step(position=1, subject="Welcome {{ firstName }}", html="<p>Hello</p>", text="Hello", name="hello"),
             Step(position=2, delay=Delay.hours(36), template_id="tpl-2", active=False),
+            Step(
+                position=3,
+                delay=WaitUntil.parse("next tuesday 09:30"),
+                subject="Tuesday news",
+                text="News",
+                window=SendWindow.parse("tue-thu 09:00-17:30", outside=WindowAction.SKIP),
+                expires_after=Delay.days(2),
+            ),
             Step(
                 position=5,
                 delay=Delay.weeks(1),
