@@ -1,0 +1,585 @@
+"""SQLiteStore beyond the contract: files, schema versions, bad input, faults, and O(due) claims."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from dripcore import Contact, Delay, Drip, EnrollmentStatus, OutboxStatus, Sequence, SequenceStatus, Step
+from dripcore.adapters.sqlite import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    CorruptRecord,
+    DatabaseLocked,
+    InvalidStorePath,
+    NotADripcoreDatabase,
+    SchemaTooNew,
+    SQLiteStore,
+    SQLiteStoreError,
+    StoreFull,
+    StoreReadOnly,
+)
+from dripcore.model import UTC
+from dripcore.ports import Change
+from dripcore.serialization import make_converter
+from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+from dripcore.testing.contract import sample_enrollment, sample_sequence
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "drip.db"
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+# --------------------------------------------------------------------------- a new file
+
+
+def test_a_new_file_gets_the_current_schema_in_wal_mode(db: Path) -> None:
+    """The file is created, marked as dripcore's, journaled in WAL, and its migrations recorded."""
+    with SQLiteStore(db) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+    conn = _raw(db)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        versions = [r[0] for r in conn.execute("SELECT version FROM dripcore_migrations ORDER BY version")]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        conn.close()
+
+
+def test_data_survives_closing_and_reopening(db: Path) -> None:
+    """What one store committed, the next one opened on the file reads back."""
+    e = sample_enrollment("e1", variables={"plan": "pro"})
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        store.add_enrollment(e, allow_reentry=False, counters=[("seq", 0, "recipients", 1)])
+    with SQLiteStore(db) as store:
+        assert store.get_enrollment("e1") == e
+        assert store.counters("seq") == {(0, "recipients"): 1}
+
+
+# --------------------------------------------------------------------------- schema versions
+
+# Schema version 1, exactly as dripcore wrote it: the upgrade path from a real old file.
+SCHEMA_V1 = """
+CREATE TABLE dripcore_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL);
+CREATE TABLE sequences (id TEXT PRIMARY KEY, status TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE enrollments (
+    rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sequence_id TEXT NOT NULL, contact_id TEXT NOT NULL,
+    dedupe_key TEXT, status TEXT NOT NULL, enrolled_at INTEGER NOT NULL, next_due INTEGER,
+    last_step_sent INTEGER NOT NULL, last_step_sent_at INTEGER, exit_reason TEXT, paused_at INTEGER,
+    ended_at INTEGER, variables TEXT, opened TEXT, clicked TEXT, skipped TEXT, version INTEGER NOT NULL,
+    lease_owner TEXT, lease_until INTEGER);
+CREATE INDEX enrollments_by_sequence ON enrollments (sequence_id, id);
+CREATE INDEX enrollments_by_contact ON enrollments (contact_id, sequence_id);
+CREATE INDEX enrollments_active_due ON enrollments (next_due) WHERE status = 'active';
+CREATE TABLE outbox (
+    key TEXT PRIMARY KEY, enrollment_id TEXT NOT NULL, sequence_id TEXT NOT NULL, contact_id TEXT NOT NULL,
+    position INTEGER NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL, next_attempt_at INTEGER,
+    attempts INTEGER NOT NULL, last_error TEXT, settled_at INTEGER, provider_id TEXT, email_to TEXT,
+    email_subject TEXT, email_html TEXT, email_text TEXT, email_sender TEXT, email_headers TEXT,
+    email_identity TEXT, lease_owner TEXT, lease_until INTEGER) WITHOUT ROWID;
+CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, key) WHERE status = 'pending';
+CREATE INDEX outbox_by_enrollment ON outbox (enrollment_id, status);
+CREATE TABLE counters (sequence_id TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL,
+    value INTEGER NOT NULL, PRIMARY KEY (sequence_id, position, name)) WITHOUT ROWID;
+INSERT INTO dripcore_migrations VALUES (1, 'sequences, enrollments, outbox and counters', '2026-01-01T00:00:00+00:00');
+"""
+
+
+def _micros(instant: datetime) -> int:
+    return (instant - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _write_v1_database(path: Path) -> None:
+    converter = make_converter()
+    conn = _raw(path)
+    try:
+        conn.executescript(SCHEMA_V1)
+        for sequence in (sample_sequence("live"), sample_sequence("held", status=SequenceStatus.PAUSED)):
+            conn.execute(
+                "INSERT INTO sequences VALUES (?, ?, ?, ?)",
+                (sequence.id, sequence.status.value, sequence.version, json.dumps(converter.unstructure(sequence))),
+            )
+        for enrollment_id, sequence_id in (("e-live", "live"), ("e-held", "held")):
+            conn.execute(
+                "INSERT INTO enrollments (id, sequence_id, contact_id, status, enrolled_at, next_due, "
+                "last_step_sent, version) VALUES (?, ?, 'ana', 'active', ?, ?, 0, 0)",
+                (enrollment_id, sequence_id, _micros(T0 - 2 * HOUR), _micros(T0)),
+            )
+        conn.execute("INSERT INTO counters VALUES ('live', 0, 'recipients', 1)")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+    finally:
+        conn.close()
+
+
+def test_a_file_from_an_older_version_is_upgraded_in_place(db: Path) -> None:
+    """A schema-1 file opens, migrates to the current version keeping its data, and works."""
+    _write_v1_database(db)
+    with SQLiteStore(db) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.get_enrollment("e-live") == sample_enrollment("e-live", sequence_id="live", contact_id="ana")
+        assert store.counters("live") == {(0, "recipients"): 1}
+        assert store.count_due(T0) == 1, "the paused sequence's enrollment is not due"
+        assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w1")] == ["e-live"]
+        store.save_sequence(sample_sequence("held", version=2), expected_version=1)
+        assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w1")] == ["e-held"]
+    conn = _raw(db)
+    try:
+        versions = [r[0] for r in conn.execute("SELECT version FROM dripcore_migrations ORDER BY version")]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        conn.close()
+
+
+def test_a_schema_from_the_future_is_refused_untouched(db: Path) -> None:
+    """A file written by a newer dripcore raises SchemaTooNew naming the path and both versions."""
+    SQLiteStore(db).close()
+    conn = _raw(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(SchemaTooNew) as caught:
+        SQLiteStore(db)
+    assert (caught.value.found, caught.value.supported) == (SCHEMA_VERSION + 3, SCHEMA_VERSION)
+    assert str(db) in str(caught.value)
+    assert f"schema version {SCHEMA_VERSION + 3}" in str(caught.value)
+    assert "Upgrade dripcore" in str(caught.value)
+    assert db.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- bad paths and files
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(db: Path) -> None:
+    """A text file is not overwritten: NotADripcoreDatabase names it."""
+    db.write_text("name,email\nana,ana@example.com\n" * 100)
+    before = db.read_bytes()
+    with pytest.raises(NotADripcoreDatabase, match="not a SQLite database") as caught:
+        SQLiteStore(db)
+    assert caught.value.path == str(db)
+    assert db.read_bytes() == before
+
+
+def test_another_applications_database_is_refused_untouched(db: Path) -> None:
+    """A SQLite file with someone else's tables is never written into."""
+    conn = _raw(db)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(NotADripcoreDatabase, match=r"another application.*users"):
+        SQLiteStore(db)
+    assert db.read_bytes() == before
+
+
+def test_a_directory_is_not_a_database_path(tmp_path: Path) -> None:
+    """Giving a directory raises InvalidStorePath, saying to name a file inside it."""
+    with pytest.raises(InvalidStorePath, match="is a directory") as caught:
+        SQLiteStore(tmp_path)
+    assert caught.value.path == str(tmp_path)
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    """The parent directory must exist; dripcore creates the file, not directories."""
+    with pytest.raises(InvalidStorePath, match="does not exist; create it first"):
+        SQLiteStore(tmp_path / "nope" / "drip.db")
+
+
+def _as_nobody(check: Callable[[], str], queue: Any) -> None:
+    """In a forked child: drop root (if we are root), run ``check``, report what it returned or raised."""
+    try:
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        queue.put(check())
+    except BaseException as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def _unprivileged(check: Callable[[], str]) -> str:
+    """Run ``check`` in a process without root's power to write anything (permissions then mean something)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_as_nobody, args=(check, queue))
+    process.start()
+    result: str = queue.get(timeout=30)
+    process.join(10)
+    return result
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory an unprivileged user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="dripcore-perm-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _open_and_write(path: Path) -> Callable[[], str]:
+    def check() -> str:
+        with SQLiteStore(path) as store:
+            store.save_sequence(sample_sequence("new"))
+        return "wrote"
+
+    return check
+
+
+def test_a_read_only_file_is_refused_with_what_to_do(shared_dir: Path) -> None:
+    """An unwritable database file: StoreReadOnly naming the path and the fix."""
+    path = shared_dir / "drip.db"
+    SQLiteStore(path).close()
+    path.chmod(0o444)
+    outcome = _unprivileged(_open_and_write(path))
+    assert outcome.startswith("StoreReadOnly"), outcome
+    assert str(path) in outcome
+    assert "permissions" in outcome
+
+
+def test_a_read_only_directory_is_refused_with_what_to_do(shared_dir: Path) -> None:
+    """SQLite needs to create -wal and -shm files next to the database: the directory must be writable."""
+    path = shared_dir / "drip.db"
+    SQLiteStore(path).close()
+    path.chmod(0o666)
+    shared_dir.chmod(0o555)
+    outcome = _unprivileged(_open_and_write(path))
+    assert outcome.startswith("StoreReadOnly"), outcome
+    assert "directory" in outcome
+    assert str(path) in outcome
+
+
+def test_a_write_refused_by_sqlite_becomes_store_read_only(db: Path) -> None:
+    """A database that turns read-only under the store (here: query_only) raises StoreReadOnly, applies nothing."""
+    SQLiteStore(db).close()
+    with SQLiteStore(db, pragmas={"query_only": 1}) as store:
+        with pytest.raises(StoreReadOnly, match=str(db)):
+            store.save_sequence(sample_sequence())
+        assert store.list_sequences() == []
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def test_a_writer_waiting_too_long_gets_a_clear_error(db: Path) -> None:
+    """Another process holding the write lock past busy_timeout: DatabaseLocked, and nothing written."""
+    with SQLiteStore(db) as setup:
+        setup.save_sequence(sample_sequence())
+        setup.add_enrollment(sample_enrollment("e1"), allow_reentry=False)
+    blocker = _raw(db)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with SQLiteStore(db, busy_timeout=0.2) as store:
+            with pytest.raises(DatabaseLocked) as caught:
+                store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+            assert caught.value.timeout == 0.2
+            assert str(db) in str(caught.value)
+            assert "busy_timeout" in str(caught.value)
+            assert store.count_due(T0) == 1, "readers are not blocked by the writer (WAL)"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with SQLiteStore(db) as store:
+        assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w2")] == ["e1"]
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def _engine(store: SQLiteStore, sender: RecordingSender, clock: FakeClock, contacts: int) -> Drip:
+    directory = MemoryContacts([Contact(id=f"c{i}", email=f"c{i}@example.com") for i in range(contacts)])
+    return Drip(store=store, sender=sender, clock=clock, contacts=directory, lease=timedelta(minutes=5))
+
+
+def _three_step_sequence() -> Sequence:
+    return Sequence(
+        id="seq",
+        name="Three",
+        status=SequenceStatus.ACTIVE,
+        steps=tuple(Step(position=p, delay=Delay.hours(p - 1), subject=f"S{p}", text="Hi") for p in (1, 2, 3)),
+    )
+
+
+def _fill(store_path: Path, store: SQLiteStore) -> None:
+    """Use every page the store's max_page_count allows, from another connection (another process filling the disk)."""
+    limit = store._conn.execute("PRAGMA max_page_count").fetchone()[0]
+    page_size = store._conn.execute("PRAGMA page_size").fetchone()[0]
+    conn = _raw(store_path)
+    conn.execute("CREATE TABLE IF NOT EXISTS ballast (data BLOB)")
+    while conn.execute("PRAGMA page_count").fetchone()[0] < limit:
+        conn.execute("INSERT INTO ballast VALUES (zeroblob(?))", (page_size // 2,))
+    conn.close()
+
+
+def test_a_full_disk_fails_the_commit_whole_and_nothing_is_marked_sent(db: Path) -> None:
+    """The disk fills before the commit: StoreFull, no state advanced, no message queued, nothing sent;
+    with space again, every step goes exactly once."""
+    clock, sender = FakeClock(T0), RecordingSender()
+    with SQLiteStore(db) as store:
+        store.save_sequence(_three_step_sequence())
+        for i in range(40):
+            store.add_enrollment(sample_enrollment(f"e{i:02d}", contact_id=f"c{i}"), allow_reentry=False)
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    with SQLiteStore(db, pragmas={"max_page_count": pages + 2}) as store:
+        _fill(db, store)
+        with pytest.raises(StoreFull, match="disk") as caught:
+            _engine(store, sender, clock, 40).tick()
+        assert str(db) in str(caught.value)
+        assert sender.sent == []
+        assert store.find_messages() == []
+        assert all(e.version == 0 and e.last_step_sent == 0 for e in store.find_enrollments(limit=100))
+    conn = _raw(db)
+    conn.execute("DROP TABLE ballast")
+    conn.close()
+    clock.advance(timedelta(minutes=5))  # the failed tick's leases run out
+    with SQLiteStore(db) as store:
+        drip = _engine(store, sender, clock, 40)
+        for _ in range(5):
+            drip.tick()
+            clock.advance(HOUR)
+        assert len(sender.sent) == 120
+        assert sender.duplicate_attempts == 0
+
+
+def test_a_disk_turning_read_only_mid_delivery_marks_nothing_sent(db: Path) -> None:
+    """The file system goes read-only while emails go out (as after an I/O error): the settle fails whole
+    with StoreReadOnly, no message is marked DELIVERED; later they are offered again and a key-honouring
+    sender sends each exactly once."""
+    clock = FakeClock(T0)
+    failing = SQLiteStore(db)
+    failing.save_sequence(_three_step_sequence())
+    for i in range(30):
+        failing.add_enrollment(sample_enrollment(f"e{i:02d}", contact_id=f"c{i}"), allow_reentry=False)
+
+    class SenderOnAFailingDisk(RecordingSender):
+        broken: SQLiteStore | None = failing
+
+        def send(self, email: Any) -> str | None:
+            if self.broken is not None:
+                self.broken._conn.execute("PRAGMA query_only = 1")
+            return super().send(email)
+
+    sender = SenderOnAFailingDisk()
+    try:
+        with pytest.raises(StoreReadOnly, match=str(db)):
+            _engine(failing, sender, clock, 30).tick()
+        assert len(sender.sent) == 30
+        pending = failing.find_messages(limit=100)
+        assert len(pending) == 30
+        assert {m.status for m in pending} == {OutboxStatus.PENDING}, "nothing may be marked sent by a failed settle"
+        assert all(m.attempts == 0 for m in pending)
+    finally:
+        failing.close()
+    sender.broken = None
+    clock.advance(timedelta(minutes=5))  # the dead tick's message leases run out
+    with SQLiteStore(db) as store:
+        report = _engine(store, sender, clock, 30).tick()
+        assert report.messages == 30
+        assert {m.status for m in store.find_messages(limit=100)} == {OutboxStatus.DELIVERED}
+        assert all(m.attempts == 1 for m in store.find_messages(limit=100))
+    assert len(sender.sent) == 30
+    assert sender.duplicate_attempts == 30, "each was offered again, and the sender honoured its key"
+
+
+# --------------------------------------------------------------------------- corrupt rows
+
+
+def _corrupt(path: Path, sql: str, *params: Any) -> None:
+    conn = _raw(path)
+    conn.execute(sql, params)
+    conn.close()
+
+
+def test_a_tick_reports_corrupt_rows_and_goes_on_with_the_others(db: Path) -> None:
+    """Broken JSON, an unknown enum value, a garbled time: each is reported by id; the others are sent."""
+    clock, sender = FakeClock(T0), RecordingSender()
+    with SQLiteStore(db) as store:
+        store.save_sequence(_three_step_sequence())
+        for i in range(6):
+            store.add_enrollment(sample_enrollment(f"e{i}", contact_id=f"c{i}"), allow_reentry=False)
+    _corrupt(db, "UPDATE enrollments SET variables = '{\"plan\": ' WHERE id = 'e1'")
+    _corrupt(db, "UPDATE enrollments SET exit_reason = 'teleported' WHERE id = 'e3'")
+    _corrupt(db, "UPDATE enrollments SET enrolled_at = 'yesterday' WHERE id = 'e4'")
+    with SQLiteStore(db) as store:
+        report = _engine(store, sender, clock, 6).tick()
+        assert sorted(error.id for error in report.errors) == ["e1", "e3", "e4"]
+        assert {error.kind for error in report.errors} == {"enrollment"}
+        assert any("teleported" in error.error for error in report.errors)
+        assert sorted(email.enrollment_id for email in sender.sent) == ["e0", "e2", "e5"]
+        with pytest.raises(CorruptRecord, match="e1"):
+            store.get_enrollment("e1")
+        assert [e.id for e in store.find_enrollments(limit=10)] == ["e0", "e2", "e5"], "listings skip them"
+        clock.advance(timedelta(minutes=30))
+        assert _engine(store, sender, clock, 6).tick().errors == (), "set aside for a while, not retried at once"
+
+
+def test_a_corrupt_sequence_row_is_named(db: Path) -> None:
+    """A sequence whose JSON is broken raises CorruptRecord on get, and is left out of listings."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence("good"))
+        store.save_sequence(sample_sequence("bad"))
+    _corrupt(db, 'UPDATE sequences SET body = \'{"id": "bad", "steps": [\' WHERE id = \'bad\'')
+    with SQLiteStore(db) as store:
+        with pytest.raises(CorruptRecord, match="sequences row 'bad'") as caught:
+            store.get_sequence("bad")
+        assert caught.value.table == "sequences"
+        assert [s.id for s in store.list_sequences()] == ["good"]
+
+
+# --------------------------------------------------------------------------- O(due)
+
+
+def _claim_cost(store: SQLiteStore, now: datetime) -> int:
+    """SQLite virtual-machine steps one claim takes (a measure of work, not of time)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._conn.set_progress_handler(count, 10)
+    try:
+        claimed = store.claim_due(now, limit=1_000, lease=HOUR, owner="w1")
+    finally:
+        store._conn.set_progress_handler(None, 0)
+    assert len(claimed) == 50
+    return steps
+
+
+def _population(store: SQLiteStore, total: int) -> None:
+    sequence = sample_sequence()
+    store.save_sequence(sequence)
+    store.add_enrollments(
+        (
+            sample_enrollment(f"e{i:07d}", due=T0 - HOUR if i < 50 else T0 + timedelta(days=1 + i % 7))
+            for i in range(total)
+        ),
+        allow_reentry=False,
+    )
+
+
+def test_claiming_costs_the_due_rows_not_the_table(tmp_path: Path) -> None:
+    """Claiming 50 due enrollments does the same work among 1,000 or 20,000 rows (the partial due index)."""
+    with SQLiteStore(tmp_path / "small.db") as small, SQLiteStore(tmp_path / "large.db") as large:
+        _population(small, 1_000)
+        _population(large, 20_000)
+        small_cost, large_cost = _claim_cost(small, T0), _claim_cost(large, T0)
+        assert large_cost < small_cost * 1.5, (small_cost, large_cost)
+        plan = " ".join(
+            str(row[-1])
+            for row in large._conn.execute(
+                "EXPLAIN QUERY PLAN SELECT rid FROM enrollments WHERE status = 'active' AND seq_live = 1 "
+                "AND next_due <= 0 ORDER BY next_due, id LIMIT 5"
+            )
+        )
+        assert "enrollments_due" in plan, plan
+
+
+# --------------------------------------------------------------------------- processes and threads
+
+
+def _child_claims(store: SQLiteStore, queue: Any) -> None:
+    queue.put([e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="child")])
+
+
+def test_a_store_opened_before_fork_reconnects_in_the_child(db: Path) -> None:
+    """A forked child using the parent's store gets its own connection; both keep working."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        store.add_enrollment(sample_enrollment("e1"), allow_reentry=False)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_child_claims, args=(store, queue))
+        child.start()
+        assert queue.get(timeout=30) == ["e1"]
+        child.join(10)
+        assert child.exitcode == 0
+        assert store.claim_due(T0, limit=10, lease=HOUR, owner="parent") == []
+        store.add_enrollment(sample_enrollment("e2"), allow_reentry=False)
+        assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="parent")] == ["e2"]
+
+
+def test_threads_sharing_a_store_take_turns(db: Path) -> None:
+    """Eight threads claiming from one store: every due enrollment goes to exactly one of them."""
+    with SQLiteStore(db) as store:
+        _population(store, 400)
+        claimed: list[str] = []
+        lock = threading.Lock()
+
+        def claim(owner: str) -> None:
+            while batch := store.claim_due(T0, limit=3, lease=HOUR, owner=owner):
+                with lock:
+                    claimed.extend(e.id for e in batch)
+
+        threads = [threading.Thread(target=claim, args=(f"t{i}",)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(claimed) == [f"e{i:07d}" for i in range(50)]
+
+
+def test_a_closed_store_says_so(db: Path) -> None:
+    """Using a closed store raises a clear error naming the file; closing twice is fine."""
+    store = SQLiteStore(db)
+    store.close()
+    store.close()
+    with pytest.raises(SQLiteStoreError, match="closed"):
+        store.list_sequences()
+
+
+# --------------------------------------------------------------------------- bulk import
+
+
+def test_bulk_add_follows_the_add_enrollment_rules(db: Path) -> None:
+    """add_enrollments: the same dedupe as add_enrollment, counters per created enrollment."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        store.add_enrollment(sample_enrollment("old", contact_id="ana"), allow_reentry=False)
+        batch = [
+            sample_enrollment("e1", contact_id="ana"),
+            sample_enrollment("e2", contact_id="bob"),
+            sample_enrollment("e3", contact_id="bob"),
+            sample_enrollment("e4", contact_id="bob", key="order-1"),
+        ]
+        created = store.add_enrollments(
+            batch, allow_reentry=False, counters=lambda e: [(e.sequence_id, 0, "recipients", 1)], batch_size=2
+        )
+        assert created == 2
+        assert [e.id for e in store.find_enrollments(limit=10)] == ["e2", "e4", "old"]
+        assert store.counters("seq") == {(0, "recipients"): 2}
+        finished = attrs.evolve(
+            sample_enrollment("old", contact_id="ana"),
+            status=EnrollmentStatus.COMPLETED,
+            next_step_due_at=None,
+            ended_at=T0,
+        )
+        assert store.commit([Change(enrollment=finished)]) == []
+        assert store.add_enrollments([sample_enrollment("e5", contact_id="ana")], allow_reentry=True) == 1

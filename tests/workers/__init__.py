@@ -1,0 +1,1 @@
+"""Worker processes the crash and multi-process tests start (and kill)."""
