@@ -583,3 +583,19 @@ def test_bulk_add_follows_the_add_enrollment_rules(db: Path) -> None:
         )
         assert store.commit([Change(enrollment=finished)]) == []
         assert store.add_enrollments([sample_enrollment("e5", contact_id="ana")], allow_reentry=True) == 1
+
+
+def test_next_due_for_gives_a_sequences_earliest_active_due_time(db: Path) -> None:
+    """For operators' overviews: per sequence, the earliest due ACTIVE enrollment (None without one)."""
+    with SQLiteStore(db) as store:
+        _setup_two_sequences(store)
+        assert store.next_due_for("s1") == T0 - HOUR
+        assert store.next_due_for("s2") == T0 + HOUR
+        assert store.next_due_for("missing") is None
+
+
+def _setup_two_sequences(store: SQLiteStore) -> None:
+    store.save_sequence(sample_sequence("s1"))
+    store.save_sequence(sample_sequence("s2", status=SequenceStatus.PAUSED))
+    for enrollment_id, sequence_id, due in (("a", "s1", T0), ("b", "s1", T0 - HOUR), ("c", "s2", T0 + HOUR)):
+        store.add_enrollment(sample_enrollment(enrollment_id, sequence_id=sequence_id, due=due), allow_reentry=False)

@@ -259,6 +259,11 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX enrollments_due ON enrollments (next_due, id) WHERE status = 'active' AND seq_live = 1",
         ),
     ),
+    (
+        3,
+        "frequency caps count a contact's recent messages through an index",
+        ("CREATE INDEX outbox_by_contact ON outbox (contact_id, created_at)",),
+    ),
 )
 
 #: The schema version this code writes; older files are migrated up to it.
@@ -561,7 +566,7 @@ class SQLiteStore(Store):
     lease ends).
     """
 
-    capabilities = frozenset({"multiprocess"})
+    capabilities = frozenset({"multiprocess", "frequency_cap"})
 
     def __init__(
         self,
@@ -584,7 +589,7 @@ class SQLiteStore(Store):
                 raise ValueError(f"pragmas: {name!r} is not a pragma name")
         self._memory = self.path == ":memory:"
         if self._memory:
-            self.capabilities = frozenset()
+            self.capabilities = frozenset({"frequency_cap"})
         self._lock = threading.RLock()
         self._converter = _sequence_converter()
         self._sequence_cache: dict[str, Sequence] = {}
@@ -1133,6 +1138,15 @@ class SQLiteStore(Store):
                 f"AND {_NOTHING_PENDING} ORDER BY next_due",
             )
 
+    def next_due_for(self, sequence_id: str) -> datetime | None:
+        """The earliest due time of the sequence's ACTIVE enrollments (whatever the sequence's status),
+        for operators' overviews; reads that sequence's rows."""
+        with self._read("find a sequence's next due time") as conn:
+            row = conn.execute(
+                "SELECT min(next_due) FROM enrollments WHERE sequence_id = ? AND status = 'active'", (sequence_id,)
+            ).fetchone()
+        return None if row[0] is None else _from_instant(row[0])
+
     def count_due(self, now: datetime) -> int:
         """How many ACTIVE enrollments of ACTIVE sequences are due at ``now``, leased or not."""
         at = _instant(to_utc(now, "now"))
@@ -1243,6 +1257,19 @@ class SQLiteStore(Store):
             except Exception as exc:
                 log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), _describe(exc)))
         return found
+
+    def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
+        """Emails queued for the contact (PENDING or DELIVERED) with ``since <= created_at < until``;
+        one range read of an index on (contact, created_at)."""
+        start, end = _instant(to_utc(since, "since")), _instant(to_utc(until, "until"))
+        with self._read("count a contact's messages") as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM outbox WHERE contact_id = ? AND created_at >= ? AND created_at < ? "
+                    "AND status != 'failed'",
+                    (contact_id, start, end),
+                ).fetchone()[0]
+            )
 
     def next_message_at(self) -> datetime | None:
         """The earliest next attempt of a pending message (or its lease's end, if later)."""

@@ -49,6 +49,10 @@ lists them), never passed silently:
             def store_factory(self, tmp_path):
                 return functools.partial(MyStore, tmp_path / "drip.db")
 
+``"frequency_cap"``
+    The store implements :meth:`~dripcore.ports.Store.count_messages`, which
+    the engine's frequency caps need.
+
 Broken rows
     If your store can be made to hold an unreadable enrollment, provide the
     ``break_enrollment`` fixture: a callable ``(store, enrollment_id) -> None``
@@ -105,6 +109,7 @@ __all__ = [
     "CommitContract",
     "CounterContract",
     "EnrollmentContract",
+    "FrequencyCapContract",
     "InstantContract",
     "MultiprocessContract",
     "OutboxContract",
@@ -971,6 +976,37 @@ class CounterContract(_Fixtures):
         assert dict(counters) == {(0, "recipients"): 2, (0, "status:completed"): 1, (1, "skipped:inactive"): 1}
 
 
+# --------------------------------------------------------------------------- frequency caps
+
+
+class FrequencyCapContract(_Fixtures):
+    """Capability ``"frequency_cap"``: count_messages counts a contact's queued emails in a window."""
+
+    def test_count_messages_counts_pending_and_delivered_in_the_window(self, store: Store) -> None:
+        """PENDING and DELIVERED messages of that contact with since <= created_at < until; FAILED ones don't count."""
+        require_capability(store, "frequency_cap")
+        ana = [sample_enrollment(f"a{i}", contact_id="ana") for i in range(4)]
+        bob = sample_enrollment("b0", contact_id="bob")
+        _setup(store, *(attrs.evolve(e, key=e.id) for e in ana), bob)
+        ana = [attrs.evolve(e, key=e.id) for e in ana]
+        messages = [message(e, 1, at=T0 + i * HOUR) for i, e in enumerate(ana)]
+        messages[3] = message(ana[3], 1, at=T0 + 3 * HOUR, status=OutboxStatus.FAILED)
+        changes = [
+            Change(enrollment=sent(e, 1, m.created_at, None), outbox=(m,)) for e, m in zip(ana, messages, strict=True)
+        ]
+        changes.append(Change(enrollment=sent(bob, 1, T0, None), outbox=(message(bob, 1, at=T0),)))
+        assert store.commit(changes) == []
+        store.settle([Delivery(key="a1:1", status=OutboxStatus.DELIVERED, at=T0 + HOUR)])
+        store.settle([Delivery(key="a2:1", status=OutboxStatus.FAILED, at=T0 + 2 * HOUR, error="bounced")])
+        assert store.count_messages("ana", T0, T0 + 4 * HOUR) == 2, "a0 pending, a1 delivered; a2 and a3 failed"
+        assert store.count_messages("ana", T0 + MINUTE, T0 + 4 * HOUR) == 1
+        assert store.count_messages("ana", T0, T0 + HOUR) == 1, "until is excluded"
+        assert store.count_messages("bob", T0 - HOUR, T0 + HOUR) == 1
+        assert store.count_messages("cy", T0 - HOUR, T0 + HOUR) == 0
+        east = timezone(timedelta(hours=3))
+        assert store.count_messages("ana", T0.astimezone(east), (T0 + 2 * HOUR).astimezone(east)) == 2
+
+
 # --------------------------------------------------------------------------- instants
 
 
@@ -1173,6 +1209,7 @@ class StoreContract(
     CommitContract,
     OutboxContract,
     CounterContract,
+    FrequencyCapContract,
     InstantContract,
     BrokenRecordContract,
     MultiprocessContract,
@@ -1484,6 +1521,14 @@ class StoreStateMachine(RuleBasedStateMachine):
     def find_messages(self, status: OutboxStatus | None, pick: int | None, limit: int, offset: int) -> None:
         enrollment_id = None if pick is None or not self.enrollment_ids else self._pick(self.enrollment_ids, pick)
         self.both(lambda s: s.find_messages(status=status, enrollment_id=enrollment_id, limit=limit, offset=offset))
+
+    @rule(contact_id=st.sampled_from(_CONTACTS), start=st.integers(-60, 600), length=st.integers(0, 600))
+    def count_messages(self, contact_id: str, start: int, length: int) -> None:
+        if "frequency_cap" not in self.store.capabilities:
+            return
+        since = T0 + timedelta(minutes=start)
+        until = since + timedelta(minutes=length)
+        self.both(lambda s: s.count_messages(contact_id, since, until))
 
     @rule()
     def reopen(self) -> None:
