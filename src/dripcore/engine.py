@@ -873,20 +873,15 @@ class Drip:
         if step is None:
             return self._change(before, result)
         key = idempotency_key(before.id, step.position)
-        base = OutboxMessage(
-            key=key,
-            enrollment_id=before.id,
-            sequence_id=sequence.id,
-            contact_id=contact.id,
-            position=step.position,
-            email=None,
-            created_at=now,
-        )
         try:
             rendered = self.renderer.render(step, sequence=sequence, contact=contact, enrollment=result.enrollment)
         except DripcoreError as exc:
             # Set this one message aside (FAILED, with the error); the enrollment goes on.
-            message = attrs.evolve(base, status=OutboxStatus.FAILED, last_error=str(exc), settled_at=now)
+            message = OutboxMessage(
+                key=key, enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id,
+                position=step.position, email=None, created_at=now, status=OutboxStatus.FAILED,
+                last_error=str(exc), settled_at=now,
+            )  # fmt: skip
             failed = StepFailed(
                 enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id, at=now,
                 position=step.position, error=str(exc), reason="render",
@@ -906,7 +901,10 @@ class Drip:
             sender=step.sender or sequence.sender,
             headers=rendered.headers,
         )
-        message = attrs.evolve(base, email=email, next_attempt_at=now)
+        message = OutboxMessage(
+            key=key, enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id,
+            position=step.position, email=email, created_at=now, next_attempt_at=now,
+        )  # fmt: skip
         return self._change(before, result, outbox=(message,), counters=[(sequence.id, step.position, "sent", 1)])
 
     def _apply_frequency_cap(
@@ -1063,11 +1061,12 @@ class Drip:
                 Delivery(key=message.key, status=OutboxStatus.DELIVERED, at=now, provider_id=provider_id,
                          counters=((*where, "delivered", 1),))
             )  # fmt: skip
-            events.append(
-                StepSent(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
-                         contact_id=message.contact_id, at=now, position=message.position,
-                         idempotency_key=message.key)
-            )  # fmt: skip
+            if self.events is not None:
+                events.append(
+                    StepSent(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
+                             contact_id=message.contact_id, at=now, position=message.position,
+                             idempotency_key=message.key)
+                )  # fmt: skip
             tally.sent += 1
         self.store.settle(deliveries, owner=self.worker_id)
         self._publish(events, tally.errors)

@@ -87,6 +87,8 @@ def _readonly_int(value: Mapping[str, int]) -> Mapping[str, int]:
 
 
 def _created_at(value: datetime) -> datetime:
+    if value.__class__ is datetime and value.tzinfo is UTC:
+        return value
     return to_utc(value, "outbox.created_at")
 
 

@@ -88,7 +88,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NoReturn
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import attrs
 from liquid import BoundTemplate, Environment
@@ -140,6 +140,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _SUBJECT_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _URL_SCHEMES = frozenset({"https", "http", "mailto"})
+_BAD_URL_CHARACTER = re.compile(r"[\s<>\"'\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- errors
@@ -376,6 +377,53 @@ class _Broken:
     line: int | None
 
 
+_SIMPLE_OUTPUT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_MARKUP = re.compile(r"\{[{%#]|[}%]\}")
+_MISSING = object()
+
+
+@attrs.frozen
+class _Simple:
+    """A template made only of text and plain ``{{ name }}`` outputs.
+
+    Most drip emails look like this, and rendering them by substitution is an
+    order of magnitude cheaper than a Liquid render. The result is the same as
+    Liquid's for string, integer and missing values (checked by a property
+    test); anything else (a list, a float, a strict-mode miss, which must name
+    its line) falls back to Liquid.
+    """
+
+    parts: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, source: str) -> _Simple | None:
+        parts = _SIMPLE_OUTPUT.split(source)
+        if any(_MARKUP.search(parts[i]) for i in range(0, len(parts), 2)):
+            return None  # tags, filters, whitespace control, comments: Liquid's job
+        return cls(tuple(parts))
+
+    def render(self, values: Mapping[str, Any], *, html: bool, strict: bool) -> str | None:
+        parts = self.parts
+        if len(parts) == 1:
+            return parts[0]
+        out = []
+        for i, part in enumerate(parts):
+            if not i % 2:
+                out.append(part)
+                continue
+            value = values.get(part, _MISSING)
+            if value.__class__ is str:
+                text = value
+            elif value.__class__ is int:
+                text = str(value)
+            elif value is None or (value is _MISSING and not strict):
+                text = ""
+            else:
+                return None
+            out.append(str(escape(text)) if html else text)
+        return "".join(out)
+
+
 @attrs.frozen
 class CacheInfo:
     """Compiled-template cache figures: ``misses`` counts compilations."""
@@ -474,12 +522,15 @@ class LiquidRenderer(Renderer):
             for html in (False, True)
             for strict in (False, True)
         }
-        self._cache: OrderedDict[tuple[bool, bool, str], BoundTemplate | _Broken] = OrderedDict()
+        self._cache: OrderedDict[tuple[bool, bool, str], tuple[BoundTemplate | _Broken, _Simple | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._checked: set[object] = set()  # sources already found clean: checked once, not per email
         self._hits = 0
         self._misses = 0
         self._footer_html = self._footer(footer_html, html=True)
         self._footer_text = self._footer(footer_text, html=False)
+        self._simple_footer_html = _Simple.parse(footer_html)
+        self._simple_footer_text = _Simple.parse(footer_text)
 
     def _footer(self, source: str, *, html: bool) -> BoundTemplate:
         probe = "https://probe.invalid/?a=1&b=2"
@@ -503,8 +554,9 @@ class LiquidRenderer(Renderer):
         """Forget every compiled template."""
         with self._lock:
             self._cache.clear()
+            self._checked.clear()
 
-    def _compile(self, source: str, *, html: bool, strict: bool) -> BoundTemplate | _Broken:
+    def _compile(self, source: str, *, html: bool, strict: bool) -> tuple[BoundTemplate | _Broken, _Simple | None]:
         key = (html, strict, source)
         with self._lock:
             found = self._cache.get(key)
@@ -513,13 +565,14 @@ class LiquidRenderer(Renderer):
                 self._hits += 1
                 return found
             self._misses += 1
-        compiled: BoundTemplate | _Broken
+        template: BoundTemplate | _Broken
         try:
-            compiled = self._envs[html, strict].from_string(source)
+            template = self._envs[html, strict].from_string(source)
         except LiquidError as exc:
-            compiled = _Broken(_reason(exc), _line(exc))
+            template = _Broken(_reason(exc), _line(exc))
         except Exception as exc:  # the template is untrusted input: report, never crash the tick
-            compiled = _Broken(_reason(exc), None)
+            template = _Broken(_reason(exc), None)
+        compiled = (template, None if isinstance(template, _Broken) else _Simple.parse(source))
         with self._lock:
             self._cache[key] = compiled
             self._cache.move_to_end(key)
@@ -545,21 +598,26 @@ class LiquidRenderer(Renderer):
         if html_source is not None:
             html = self._render("html", html_source, values, html=True, strict=strict, where=where)
             if url not in html and str(escape(url)) not in html:
-                html = _insert_html_footer(html, self._footer_html.render(values))
+                html = _insert_html_footer(html, self._render_footer(values, html=True))
             self._check_output("html", html, where)
         if text_source is not None:
             text = self._render("text", text_source, values, html=False, strict=strict, where=where)
             if url not in text:
-                text = (
-                    f"{text.rstrip()}\n\n{self._footer_text.render(values)}\n"
-                    if text.strip()
-                    else (f"{self._footer_text.render(values)}\n")
-                )
+                footer = self._render_footer(values, html=False)
+                text = f"{text.rstrip()}\n\n{footer}\n" if text.strip() else f"{footer}\n"
             self._check_output("text", text, where)
         headers = {"List-Unsubscribe": f"<{url}>"}
-        if urlsplit(url).scheme.lower() == "https":
+        if url[:6].lower() == "https:":
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return Rendered(subject=subject, html=html, text=text, headers=headers)
+
+    def _render_footer(self, values: Mapping[str, Any], *, html: bool) -> str:
+        simple = self._simple_footer_html if html else self._simple_footer_text
+        if simple is not None:
+            rendered = simple.render(values, html=html, strict=False)
+            if rendered is not None:
+                return rendered
+        return (self._footer_html if html else self._footer_text).render(values)
 
     def _sources(self, step: Step, where: _Where) -> tuple[str, str | None, str | None]:
         subject, html, text = step.subject, step.html, step.text
@@ -577,8 +635,10 @@ class LiquidRenderer(Renderer):
         if html is None and text is None:
             raise RenderError(reason="no body: the step and its template set neither html nor text", **where.kw())
         for field, value in (("subject", subject), ("html", html), ("text", text)):
-            if value is not None:
+            if value is not None and value not in self._checked:
                 self._check_source(field, value, where)
+                if len(self._checked) < self.cache_size:
+                    self._checked.add(value)
         return subject, html, text
 
     def _check_source(self, field: str, value: object, where: _Where) -> None:
@@ -609,9 +669,9 @@ class LiquidRenderer(Renderer):
         problem = None
         if not isinstance(url, str) or not url:
             problem = "must be a non-empty string"
-        elif any(c.isspace() or c in "<>\"'" or ord(c) < 32 or ord(c) == 127 for c in url):
+        elif _BAD_URL_CHARACTER.search(url):
             problem = "must not contain whitespace, quotes, angle brackets or control characters"
-        elif urlsplit(url).scheme.lower() not in _URL_SCHEMES:
+        elif url.partition(":")[0].lower() not in _URL_SCHEMES:
             problem = "must be an https, http or mailto URL"
         if problem is not None:
             raise RenderError(reason=f"unsubscribe_url {url!r} {problem}", **where.kw("unsubscribe_url"))
@@ -620,9 +680,13 @@ class LiquidRenderer(Renderer):
     def _render(
         self, field: str, source: str, values: Mapping[str, Any], *, html: bool, strict: bool, where: _Where
     ) -> str:
-        compiled = self._compile(source, html=html, strict=strict)
+        compiled, simple = self._compile(source, html=html, strict=strict)
         if isinstance(compiled, _Broken):
             raise RenderError(reason=compiled.reason, **where.kw(field, compiled.line))
+        if simple is not None:
+            rendered = simple.render(values, html=html, strict=strict)
+            if rendered is not None and len(rendered) <= self.max_body:
+                return rendered
         try:
             return compiled.render(values)
         except _UnknownVariableError as exc:
