@@ -18,10 +18,11 @@ import argparse
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from datetime import time as clock_time
 
 import attrs
 
-from dripcore import Contact, Delay, Enrollment, Sequence, SequenceStatus, Step, advance, enroll
+from dripcore import Contact, Delay, Enrollment, SendWindow, Sequence, SequenceStatus, Step, advance, enroll
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -53,6 +54,13 @@ def calendar_sequence() -> Sequence:
             Step(position=2, delay=Delay.days(1), subject="Tips", text="Tips"),
             Step(position=3, delay=Delay.days(6), subject="Offer", text="Offer"),
         ),
+    )
+
+
+def windowed_sequence() -> Sequence:
+    """Exact delays, but every step only on business days 08:00-20:00 in the contact's zone."""
+    return attrs.evolve(
+        exact_sequence(), timezone="America/New_York", window=SendWindow.business_days(clock_time(8), clock_time(20))
     )
 
 
@@ -97,11 +105,13 @@ def best_of(repeats: int, fn: Callable[[], int]) -> tuple[float, int]:
 def measure(n: int, repeats: int) -> dict[str, float]:
     exact = exact_sequence()
     calendar = calendar_sequence()
+    windowed = windowed_sequence()
     exact_batch = batch(exact, n)
     calendar_batch = batch(calendar, n)
+    windowed_batch = batch(windowed, n)
     not_due = [advance(e, NOW, sequence=exact).enrollment for e in exact_batch[: max(1, n // 10)]]
 
-    floor_times, exact_times, calendar_times, idle_times = [], [], [], []
+    floor_times, exact_times, calendar_times, window_times, idle_times = [], [], [], [], []
     for _ in range(repeats):  # interleaved, so drift on the machine hits every contender
         floor_times.append(best_of(1, lambda: floor_loop(exact_batch, NOW))[0])
         t, sent = best_of(1, lambda: advance_loop(exact_batch, NOW, exact))
@@ -110,14 +120,19 @@ def measure(n: int, repeats: int) -> dict[str, float]:
         t, sent = best_of(1, lambda: advance_loop(calendar_batch, NOW, calendar))
         assert sent == n
         calendar_times.append(t)
+        t, sent = best_of(1, lambda: advance_loop(windowed_batch, NOW, windowed))
+        assert sent == n
+        window_times.append(t)
         idle_times.append(best_of(1, lambda: advance_loop(not_due, NOW, exact))[0] * n / len(not_due))
 
     floor, exact_t, calendar_t, idle = min(floor_times), min(exact_times), min(calendar_times), min(idle_times)
+    window_t = min(window_times)
     return {
         "n": n,
         "floor_rate": n / floor,
         "advance_rate": n / exact_t,
         "calendar_rate": n / calendar_t,
+        "window_rate": n / window_t,
         "idle_rate": n / idle,
     }
 
@@ -131,6 +146,8 @@ def report(figures: dict[str, float]) -> list[str]:
         f"{figures['advance_rate'] / floor:.0%} of floor (target >= 40%)",
         f"advance() calendar-day steps in Europe/Paris: {figures['calendar_rate']:,.0f} calls/s = "
         f"{figures['calendar_rate'] / floor:.0%} of floor",
+        f"advance() exact steps in a business-days window (America/New_York): {figures['window_rate']:,.0f} "
+        f"calls/s = {figures['window_rate'] / floor:.0%} of floor",
         f"advance() not yet due (identity): {figures['idle_rate']:,.0f} calls/s = "
         f"{figures['idle_rate'] / floor:.1f}x floor",
     ]

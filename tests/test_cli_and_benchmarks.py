@@ -47,6 +47,6 @@ def test_bench_core_smoke(capsys: pytest.CaptureFixture[str]) -> None:
         sys.path.remove(str(ROOT / "benchmarks"))
     figures = bench_core.main(["--n", "300", "--repeats", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert "of floor" in lines[1]
     assert figures["advance_rate"] > 0
