@@ -119,6 +119,7 @@ def main() -> list[dict[str, Any]]:
         drip.tick()
     finally:
         server.shutdown()
+        server.server_close()
     for payload in received:
         print(f"{payload['type']:<22} {payload['contact_id']} {payload['at']}")
     return received
