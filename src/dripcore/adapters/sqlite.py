@@ -15,8 +15,8 @@ How it keeps its promises
   rolls all of it back, so a batch is never partly applied.
 - **Several processes, one file.** The database runs in WAL mode: readers never
   block the writer. Claims take the write lock (``BEGIN IMMEDIATE``), choose
-  the due rows and lease them in one statement, so two worker processes never
-  hold the same enrollment. A writer waits up to ``busy_timeout`` seconds for
+  the due rows and record their leases (in a small table of their own) in one
+  transaction, so two worker processes never hold the same enrollment. A writer waits up to ``busy_timeout`` seconds for
   the lock, then raises :class:`DatabaseLocked` naming the file.
 - **O(due), not O(total).** A partial index holds only ACTIVE enrollments of
   ACTIVE sequences, ordered by due time: a claim, :meth:`SQLiteStore.count_due`
@@ -71,6 +71,7 @@ from collections.abc import Sequence as Seq
 from contextlib import contextmanager
 from datetime import datetime, time, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import cattrs
@@ -264,6 +265,17 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "frequency caps count a contact's recent messages through an index",
         ("CREATE INDEX outbox_by_contact ON outbox (contact_id, created_at)",),
     ),
+    (
+        4,
+        "enrollment leases move to their own small table (a claim no longer rewrites enrollment pages)",
+        (
+            "CREATE TABLE leases (rid INTEGER PRIMARY KEY, owner TEXT NOT NULL, until INTEGER NOT NULL)",
+            "INSERT INTO leases (rid, owner, until) SELECT rid, lease_owner, lease_until FROM enrollments "
+            "WHERE lease_owner IS NOT NULL",
+            # enrollments.lease_owner and lease_until stay, unused, so old rows need no rewrite.
+            "UPDATE enrollments SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL",
+        ),
+    ),
 )
 
 #: The schema version this code writes; older files are migrated up to it.
@@ -284,6 +296,7 @@ _SQLITE_NOTADB = 26
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _EMPTY: frozenset[Any] = frozenset()
+_NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})  # read-only, so every enrollment may share it
 _LIVE_STATUSES = ("active", "paused")
 
 
@@ -310,8 +323,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+# One encoder for the module: json.dumps with options builds a new encoder per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return _ENCODE(value)
 
 
 def _map_text(value: Mapping[str, Any]) -> str | None:
@@ -349,7 +366,7 @@ def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
         exit_reason=reason,
         paused_at=None if paused_at is None else _EPOCH + timedelta(microseconds=paused_at),
         ended_at=None if ended_at is None else _EPOCH + timedelta(microseconds=ended_at),
-        variables=json.loads(variables) if variables else {},
+        variables=json.loads(variables) if variables else _NO_VARIABLES,
         opened=json.loads(opened) if opened else _EMPTY,
         clicked=json.loads(clicked) if clicked else _EMPTY,
         skipped=json.loads(skipped) if skipped else _EMPTY,
@@ -381,11 +398,13 @@ def _enrollment_state(e: Enrollment) -> tuple[Any, ...]:
 _NOTHING_PENDING = (
     "NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.enrollment_id = enrollments.id AND o.status = 'pending')"
 )
+# Not under another unexpired lease (an expired one is as good as none).
+_NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases AS l WHERE l.rid = enrollments.rid AND l.until > ?)"
 
 _UPDATE_STATE = (
     "UPDATE enrollments SET status = ?, next_due = ?, last_step_sent = ?, last_step_sent_at = ?, "
     "exit_reason = ?, paused_at = ?, ended_at = ?, variables = ?, opened = ?, clicked = ?, skipped = ?, "
-    "version = ?, lease_owner = NULL, lease_until = NULL WHERE rid = ?"
+    "version = ? WHERE rid = ?"
 )
 _UPDATE_IDENTITY = (
     "UPDATE enrollments SET sequence_id = ?, contact_id = ?, dedupe_key = ?, enrolled_at = ?, "
@@ -468,7 +487,7 @@ def _message_from_row(row: Seq[Any]) -> OutboxMessage:
             html=html,
             text=text,
             sender=None if sender is None else SenderIdentity(**json.loads(sender)),
-            headers=json.loads(headers) if headers else {},
+            headers=json.loads(headers) if headers else _NO_VARIABLES,
         )
     return OutboxMessage(
         key=key,
@@ -884,6 +903,9 @@ class SQLiteStore(Store):
                     sequence_id=sequence_id, status=row[0], action="delete",
                     hint=f"it has {live} active or paused enrollments; archive it first",
                 )  # fmt: skip
+            conn.execute(
+                "DELETE FROM leases WHERE rid IN (SELECT rid FROM enrollments WHERE sequence_id = ?)", (sequence_id,)
+            )
             conn.execute("DELETE FROM enrollments WHERE sequence_id = ?", (sequence_id,))
             conn.execute("DELETE FROM outbox WHERE sequence_id = ?", (sequence_id,))
             conn.execute("DELETE FROM counters WHERE sequence_id = ?", (sequence_id,))
@@ -1040,22 +1062,24 @@ class SQLiteStore(Store):
 
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
         """Lease the earliest due enrollments of active sequences, with no PENDING message, to
-        ``owner``, in one statement."""
+        ``owner``: one write transaction reads them through the due index and records the leases."""
         at = _instant(to_utc(now, "now"))
         until = _instant(to_utc(now, "now") + lease)
         with self._write("claim due enrollments") as conn:
             rows = conn.execute(
-                f"UPDATE enrollments SET lease_owner = ?, lease_until = ? WHERE rid IN ("
-                "SELECT rid FROM enrollments WHERE status = 'active' AND seq_live = 1 AND next_due <= ? "
-                f"AND (lease_until IS NULL OR lease_until <= ?) AND {_NOTHING_PENDING} ORDER BY next_due, id LIMIT ?"
-                f") RETURNING {_ENROLLMENT_COLUMNS}",
-                (owner, until, at, at, limit),
+                f"SELECT {_ENROLLMENT_COLUMNS}, rid FROM enrollments WHERE status = 'active' AND seq_live = 1 "
+                f"AND next_due <= ? AND {_NOT_LEASED} AND {_NOTHING_PENDING} ORDER BY next_due, id LIMIT ?",
+                (at, at, limit),
             ).fetchall()
-        rows.sort(key=_due_order)
+            if rows:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO leases (rid, owner, until) VALUES (?, ?, ?)",
+                    [(row[-1], owner, until) for row in rows],
+                )
         claimed: list[Enrollment | BrokenRecord] = []
         for row in rows:
             try:
-                claimed.append(_enrollment_from_row(row))
+                claimed.append(_enrollment_from_row(row[:-1]))
             except Exception as exc:
                 claimed.append(BrokenRecord(id=str(row[0]), error=_describe(exc)))
         return claimed
@@ -1065,17 +1089,14 @@ class SQLiteStore(Store):
         ids = [(i, owner) for i in enrollment_ids]
         if not ids:
             return
+        rid = "(SELECT rid FROM enrollments WHERE id = ?)"
         with self._write("release leases") as conn:
             if until is None:
-                conn.executemany(
-                    "UPDATE enrollments SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-                    ids,
-                )
+                conn.executemany(f"DELETE FROM leases WHERE rid = {rid} AND owner = ?", ids)
             else:
                 end = _instant(to_utc(until, "until"))
                 conn.executemany(
-                    "UPDATE enrollments SET lease_until = ? WHERE id = ? AND lease_owner = ?",
-                    [(end, i, o) for i, o in ids],
+                    f"UPDATE leases SET until = ? WHERE rid = {rid} AND owner = ?", [(end, i, o) for i, o in ids]
                 )
 
     def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
@@ -1088,12 +1109,14 @@ class SQLiteStore(Store):
             stored = {
                 row[1]: list(row)
                 for row in conn.execute(
-                    "SELECT rid, id, version, lease_owner, lease_until, sequence_id, contact_id, dedupe_key, "
-                    "enrolled_at FROM enrollments WHERE id IN (SELECT value FROM json_each(?))",
+                    "SELECT e.rid, e.id, e.version, l.owner, l.until, e.sequence_id, e.contact_id, e.dedupe_key, "
+                    "e.enrolled_at FROM enrollments AS e LEFT JOIN leases AS l ON l.rid = e.rid "
+                    "WHERE e.id IN (SELECT value FROM json_each(?))",
                     (ids,),
                 )
             }
             updates: list[tuple[Any, ...]] = []
+            ended_leases: list[tuple[int]] = []
             identity_updates: list[tuple[Any, ...]] = []
             messages: list[tuple[Any, ...]] = []
             totals: dict[tuple[str, int, str], int] = {}
@@ -1104,6 +1127,8 @@ class SQLiteStore(Store):
                     refused.append(new.id)
                     continue
                 rid, lease_owner, lease_until = row[0], row[3], row[4]
+                if lease_owner is not None:
+                    ended_leases.append((rid,))
                 row[2] = new.version + 1
                 row[3] = row[4] = None
                 updates.append((*_enrollment_state(new), new.version + 1, rid))
@@ -1120,6 +1145,8 @@ class SQLiteStore(Store):
                 _sum_counters(change.counters, totals)
             if updates:
                 conn.executemany(_UPDATE_STATE, updates)
+            if ended_leases:
+                conn.executemany("DELETE FROM leases WHERE rid = ?", ended_leases)
             if identity_updates:
                 conn.executemany(_UPDATE_IDENTITY, identity_updates)
             if messages:
@@ -1134,8 +1161,9 @@ class SQLiteStore(Store):
         with self._read("find the next due time") as conn:
             return _earliest(
                 conn,
-                "SELECT next_due, lease_until FROM enrollments WHERE status = 'active' AND seq_live = 1 "
-                f"AND {_NOTHING_PENDING} ORDER BY next_due",
+                "SELECT e.next_due, l.until FROM enrollments AS e LEFT JOIN leases AS l ON l.rid = e.rid "
+                "WHERE e.status = 'active' AND e.seq_live = 1 AND NOT EXISTS (SELECT 1 FROM outbox AS o "
+                "WHERE o.enrollment_id = e.id AND o.status = 'pending') ORDER BY e.next_due",
             )
 
     def next_due_for(self, sequence_id: str) -> datetime | None:
@@ -1166,13 +1194,15 @@ class SQLiteStore(Store):
         until = _instant(to_utc(now, "now") + lease)
         with self._write("claim outbox messages") as conn:
             rows = conn.execute(
-                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key IN ("
-                "SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
-                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, key LIMIT ?"
-                f") RETURNING {_OUTBOX_COLUMNS}",
-                (owner, until, at, at, limit),
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
+                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, key LIMIT ?",
+                (at, at, limit),
             ).fetchall()
-        rows.sort(key=lambda r: (r[7], r[0]))
+            if rows:
+                conn.executemany(
+                    "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key = ?",
+                    [(owner, until, row[0]) for row in rows],
+                )
         claimed = []
         for row in rows:
             try:
@@ -1303,12 +1333,6 @@ class SQLiteStore(Store):
 def _code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF
-
-
-def _due_order(row: Seq[Any]) -> tuple[int, str]:
-    # A corrupt due time (text where an integer belongs) must not break the sort.
-    due = row[5]
-    return (due if isinstance(due, int) else 0, str(row[0]))
 
 
 def _write_counters(conn: sqlite3.Connection, totals: Mapping[tuple[str, int, str], int]) -> None:
