@@ -120,5 +120,5 @@ def post_purchase(
     )
 
 
-#: The prefabs by short name.
 PREFABS = {"birthday": birthday_email, "welcome": welcome_series, "post-purchase": post_purchase}
+"""The prefab factories by short name: ``PREFABS["welcome"]()`` is :func:`welcome_series`."""

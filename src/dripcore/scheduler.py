@@ -157,6 +157,16 @@ TRANSITIONS: Mapping[EnrollmentStatus, Mapping[Action, EnrollmentStatus]] = Mapp
         _X: MappingProxyType({}),
     }
 )
+"""The enrollment state machine: status -> action -> the status it leads to.
+
+A missing entry is an illegal transition (:class:`~dripcore.errors.InvalidTransition`).
+COMPLETED and EXITED have empty rows: terminal states are absorbing.
+
+>>> TRANSITIONS[EnrollmentStatus.PAUSED][Action.RESUME]
+<EnrollmentStatus.ACTIVE: 'active'>
+>>> Action.SEND in TRANSITIONS[EnrollmentStatus.COMPLETED]
+False
+"""
 
 
 def _target(enrollment: Enrollment, action: Action) -> EnrollmentStatus:
