@@ -20,12 +20,15 @@ from dripcore import (
     PausePolicy,
     ReentryPolicy,
     SenderIdentity,
+    SendWindow,
     Sequence,
     SequenceStatus,
     Step,
     Trigger,
     TriggerEvent,
     TriggerType,
+    WaitUntil,
+    WindowAction,
 )
 
 UTC = timezone.utc
@@ -55,6 +58,29 @@ def delays(draw: st.DrawFn) -> Delay:
 
 
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=12)
+
+clock_times = st.times().map(lambda t: t.replace(microsecond=0))
+
+
+@st.composite
+def waits(draw: st.DrawFn) -> WaitUntil:
+    days = draw(st.integers(0, 3))
+    weekday = draw(st.none() | st.integers(0, 6))
+    at = draw(st.none() | clock_times)
+    if (days, weekday, at) == (0, None, None):
+        days = 1
+    return WaitUntil(days=days, weekday=weekday, at=at)
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> SendWindow:
+    days = draw(st.frozensets(st.integers(0, 6), min_size=1))
+    if draw(st.booleans()):
+        return SendWindow(days=days, outside=draw(st.sampled_from(list(WindowAction))))
+    start, end = draw(st.tuples(clock_times, clock_times).filter(lambda pair: pair[0] != pair[1]))
+    return SendWindow(
+        days=days, start=start, end=end, overnight=start > end, outside=draw(st.sampled_from(list(WindowAction)))
+    )
 
 
 @st.composite

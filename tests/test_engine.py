@@ -480,6 +480,22 @@ class TestAnniversaries:
         w.clock.set(datetime(2027, 3, 3, 0, 5, tzinfo=UTC))
         assert len(w.drip.sweep_anniversaries(date(2027, 3, 3))) == 1  # next year again
 
+    def test_birthday_email_waits_for_local_midnight(self) -> None:
+        w = World()
+        w.contacts.add(
+            Contact(id="la", email="la@example.com", birthday=date(1990, 7, 14), timezone="America/Los_Angeles")
+        )
+        w.contacts.add(Contact(id="tk", email="tk@example.com", birthday=date(1990, 7, 14), timezone="Asia/Tokyo"))
+        w.drip.save_sequence(
+            Sequence(id="bday", name="Birthday", status=SequenceStatus.ACTIVE,
+                     trigger=Trigger(type="anniversary", value="birthday"),
+                     steps=(Step(position=1, subject="Happy birthday", text="!"),))
+        )  # fmt: skip
+        w.clock.set(datetime(2026, 7, 14, 0, 0, tzinfo=UTC))  # the daily sweep at 00:00 UTC
+        due = {e.contact_id: e.next_step_due_at for e in w.drip.sweep_anniversaries(date(2026, 7, 14))}
+        assert due["la"] == datetime(2026, 7, 14, 7, 0, tzinfo=UTC)  # 00:00 PDT: not the evening before
+        assert due["tk"] == datetime(2026, 7, 13, 15, 0, tzinfo=UTC)  # Tokyo's midnight has passed: at once
+
     def test_feb_29_birthdays_are_swept_on_feb_28_in_common_years(self) -> None:
         w = World()
         w.drip.save_sequence(
@@ -555,6 +571,7 @@ class TestEngagementAndQueries:
         world.drip.pause_enrollment(ids[1])
         assert [e.id for e in world.drip.enrollments("welcome", limit=2)] == ids[:2]
         assert [e.id for e in world.drip.enrollments("welcome", limit=2, offset=2)] == ids[2:]
+        assert [e.id for e in world.drip.enrollments("welcome", contact_id="bo")] == [ids[1]]
         paused = world.drip.enrollments("welcome", status=EnrollmentStatus.PAUSED)
         assert [e.id for e in paused] == [ids[1]]
         with pytest.raises(SequenceNotFound):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,9 +14,11 @@ from dripcore import (
     Cancelled,
     Completed,
     Contact,
+    Delay,
     Enrollment,
     Event,
     ExitReason,
+    SendWindow,
     Sequence,
     SkipReason,
     StepFailed,
@@ -24,13 +27,14 @@ from dripcore import (
     Subscribed,
     TriggerEvent,
     ValidationError,
+    WaitUntil,
     event_from_json,
     event_to_json,
     make_converter,
 )
 from dripcore.serialization import format_instant, parse_instant
 
-from .strategies import contacts, enrollments, instants, sequences, trigger_events
+from .strategies import contacts, enrollments, instants, sequences, trigger_events, waits, windows
 
 conv = make_converter()
 
@@ -43,6 +47,24 @@ def round_trip(value: object, cls: type) -> object:
 @given(sequences(status=None))
 def test_sequences_round_trip(sequence: Sequence) -> None:
     assert round_trip(sequence, Sequence) == sequence
+
+
+@given(sequences(status=None), windows(), waits(), st.data())
+def test_sequences_with_windows_and_waits_round_trip(
+    sequence: Sequence, window: SendWindow, wait: WaitUntil, data: st.DataObject
+) -> None:
+    """Send windows, WaitUntil delays and expiries survive JSON, however the hash seed falls."""
+    steps = tuple(
+        attrs.evolve(
+            step,
+            delay=wait if data.draw(st.booleans()) else step.delay,
+            window=window if data.draw(st.booleans()) else None,
+            expires_after=data.draw(st.none() | st.just(Delay.hours(6))),
+        )
+        for step in sequence.steps
+    )
+    edited = attrs.evolve(sequence, steps=steps, window=data.draw(st.none() | windows()))
+    assert round_trip(edited, Sequence) == edited
 
 
 @given(enrollments())

@@ -724,10 +724,13 @@ class Drip:
         into the ACTIVE anniversary sequences, once per contact per year.
 
         Feb 29 anniversaries are swept on Feb 28 in common years. The first step
-        counts its delay from 00:00 UTC of ``day``.
+        counts its delay from 00:00 of ``day`` in the contact's zone (fallback:
+        the sequence's, then UTC), so a birthday email arrives on the birthday
+        where the contact lives: sweep early (at 00:00 UTC, as the reference
+        products do, or a little before the first zone's midnight) and the
+        enrollments wait for their local midnight.
         """
         created: list[Enrollment] = []
-        start = datetime.combine(day, dtime(0), tzinfo=UTC)
         leap_day_today = day.month == 2 and day.day == 28 and not _is_leap(day.year)
         for sequence in self.store.list_sequences(SequenceStatus.ACTIVE):
             if sequence.trigger.type is not TriggerType.ANNIVERSARY:
@@ -742,6 +745,8 @@ class Drip:
                 )  # fmt: skip
                 if origin is None or contact.suppressed is not None or not scheduler.is_anniversary(origin, day):
                     continue
+                zone = scheduler.resolve_zone(sequence, contact) or UTC
+                start = datetime.combine(day, dtime(0), tzinfo=zone)
                 enrollment, was_created = self._enroll(sequence, contact, started_at=start, key=str(day.year))
                 if was_created:
                     created.append(enrollment)
@@ -1146,15 +1151,21 @@ class Drip:
         sequence_id: str,
         *,
         status: EnrollmentStatus | None = None,
+        contact_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Enrollment]:
-        """Who is in a sequence: which step they are on and when the next is due."""
+        """Who is in a sequence: which step they are on and when the next is due.
+
+        ``contact_id`` narrows it to one contact's enrollments (oldest first).
+        """
         self._sequence(sequence_id)
         if limit < 0 or offset < 0:
             raise ValueError(f"limit={limit!r}, offset={offset!r}: must not be negative")
         statuses = None if status is None else (status,)
-        return self.store.find_enrollments(sequence_id=sequence_id, statuses=statuses, limit=limit, offset=offset)
+        return self.store.find_enrollments(
+            sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
+        )
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment:
         """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""

@@ -6,7 +6,7 @@ model values into plain JSON-safe structures and back:
 - instants become ISO 8601 strings in UTC (``"2026-03-01T09:00:00Z"``); on the
   way in, a string without an offset is rejected, never guessed;
 - enums become their wire values (``"tag_added"``);
-- dates become ``"YYYY-MM-DD"``, sets become sorted lists;
+- dates become ``"YYYY-MM-DD"``, times of day ``"HH:MM:SS"``, sets become sorted lists;
 - lifecycle events carry their wire name in ``"type"``, so the :data:`Event`
   union round-trips.
 
@@ -21,14 +21,14 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any, get_origin
 
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn
 
 from .errors import DripcoreError, NaiveDatetimeError, ValidationError
-from .model import EVENT_TYPES, Event, to_utc
+from .model import EVENT_TYPES, Delay, Event, WaitUntil, to_utc
 
 __all__ = ["event_from_json", "event_to_json", "format_instant", "make_converter", "parse_instant"]
 
@@ -76,6 +76,18 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _structure_time(value: Any, _type: Any) -> time:
+    if isinstance(value, time):
+        return value
+    try:
+        parsed = time.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValidationError("time", value, "expected HH:MM[:SS]") from None
+    if parsed.tzinfo is not None:
+        raise ValidationError("time", value, "a local time of day has no offset")
+    return parsed
+
+
 def make_converter() -> cattrs.Converter:
     """A new cattrs converter for every dripcore model type, JSON-safe both ways."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
@@ -87,6 +99,17 @@ def make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook_func(_is_tuple_type, lambda value: [_plain(conv.unstructure(v)) for v in value])
     conv.register_unstructure_hook(Mapping, lambda value: {k: conv.unstructure(v) for k, v in value.items()})
     conv.register_structure_hook(Any, lambda value, _t: value)
+    conv.register_unstructure_hook(time, lambda value: value.isoformat())
+    conv.register_structure_hook(time, _structure_time)
+
+    def structure_wait(value: Any, _type: Any) -> Delay | WaitUntil:
+        # A Delay always has "unit"; a WaitUntil never does. Deciding by key keeps
+        # the choice independent of cattrs' union heuristics.
+        if isinstance(value, Mapping) and "unit" in value:
+            return conv.structure(value, Delay)
+        return conv.structure(value, WaitUntil)
+
+    conv.register_structure_hook_func(lambda t: t == Delay | WaitUntil, structure_wait)
 
     for cls in EVENT_TYPES.values():
         base = make_dict_unstructure_fn(cls, conv)
