@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +47,11 @@ def forked_worker(db: Path, logs: Path, worker: str, *extra: str) -> multiproces
     """A worker in a forked child: a real process, started in milliseconds."""
     argv = ["--db", str(db), "--log-dir", str(logs), "--worker", worker, *extra]
     process = FORK.Process(target=_run, args=(argv,))
-    process.start()
+    # Python 3.12+ warns about forking a process that has threads (a store's checkpointer, say);
+    # SQLiteStore makes its own threads safe to fork (see dripcore.adapters.sqlite), so the warning is moot here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        process.start()
     return process
 
 

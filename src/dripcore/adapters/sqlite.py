@@ -281,6 +281,10 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 #: The schema version this code writes; older files are migrated up to it.
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
+# With background checkpoints, the writer's own automatic checkpoint only kicks
+# in if the WAL grows this large (the checkpointer fell behind or is stopped).
+_SAFETY_NET_CHECKPOINT_PAGES = 16_384
+
 _SQLITE_PERM = 3
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -550,6 +554,81 @@ def _sequence_converter() -> cattrs.Converter:
     return converter
 
 
+# A fork must not happen in the middle of a background checkpoint: the child
+# would inherit SQLite's internal locks held by a thread that does not exist
+# there. Checkpoints hold the gate; os.fork() takes it first.
+_FORK_GATE = threading.Lock()
+
+
+def _fork_gate() -> threading.Lock:
+    return _FORK_GATE
+
+
+def _before_fork() -> None:
+    _FORK_GATE.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _FORK_GATE.release()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_GATE
+    _FORK_GATE = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database file on a thread of its own.
+
+    SQLite checkpoints automatically inside the COMMIT that crosses
+    ``wal_autocheckpoint`` pages, so the writer pays for copying pages back and,
+    with ``synchronous=NORMAL``, for the fsyncs: on a large file that was most
+    of a dispatch's time. Here a PASSIVE checkpoint (it never blocks readers or
+    writers) runs on its own connection shortly after each commit, with the GIL
+    released, while the writer goes on. The writer's own automatic checkpoint
+    stays as a safety net at a much larger WAL size.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dripcore-checkpoint:{path}", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                # Let a burst of commits land, then copy them back at once.
+                if self._halt.is_set() or self._halt.wait(0.02):
+                    return
+                try:
+                    with _fork_gate():
+                        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy, or the file went away: the next commit tries again
+                    log.debug("background checkpoint skipped: %s", exc)
+        finally:
+            self._conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+        self._thread.join(5)
+
+    def abandon(self) -> None:
+        """In a forked child: the thread did not come along; keep its connection unclosed."""
+        _ABANDONED.append(self._conn)
+
+
 # Connections inherited across a fork are kept referenced, never closed: closing
 # one in the child could release locks or checkpoint under the parent's feet.
 _ABANDONED: list[sqlite3.Connection] = []
@@ -575,6 +654,9 @@ class SQLiteStore(Store):
     (``"NORMAL"``: committed work survives a killed process; ``"FULL"``: also a
     power cut). ``cache_size_kib`` bounds SQLite's page cache. ``pragmas``
     adds any other per-connection ``PRAGMA`` (``{"max_page_count": 1000}``).
+    ``background_checkpoints`` copies the WAL back into the file on a thread
+    of the store's own rather than inside a writer's COMMIT (see
+    :class:`_Checkpointer`); pass False to leave it to SQLite.
 
     Reading a row that can't be decoded: :meth:`claim_due` returns it as a
     :class:`~dripcore.ports.BrokenRecord`; :meth:`get_enrollment`,
@@ -595,6 +677,7 @@ class SQLiteStore(Store):
         synchronous: str = "NORMAL",
         cache_size_kib: int = 65536,
         pragmas: Mapping[str, str | int] | None = None,
+        background_checkpoints: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = float(busy_timeout)
@@ -613,9 +696,11 @@ class SQLiteStore(Store):
         self._converter = _sequence_converter()
         self._sequence_cache: dict[str, Sequence] = {}
         self._closed = False
+        self._background_checkpoints = background_checkpoints and not self._memory
         self._check_path()
         self._conn = self._open()
         self._pid = os.getpid()
+        self._checkpointer = _Checkpointer(self.path) if self._background_checkpoints else None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -680,6 +765,9 @@ class SQLiteStore(Store):
                     raise SQLiteStoreError(self.path, f"could not switch to WAL journaling (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA cache_size = -{self._cache_size_kib}")
+            if self._background_checkpoints:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_SAFETY_NET_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {64 * 2**20}")  # a WAL that grew is cut back after use
             conn.execute("PRAGMA temp_store = MEMORY")
             for name, value in self._pragmas.items():
                 conn.execute(f"PRAGMA {name} = {int(value) if isinstance(value, int) else repr(str(value))}")
@@ -772,8 +860,11 @@ class SQLiteStore(Store):
             raise SQLiteStoreError(self.path, "the store is closed")
         if os.getpid() != self._pid:
             _ABANDONED.append(self._conn)
+            if self._checkpointer is not None:
+                self._checkpointer.abandon()
             self._conn = self._open()
             self._pid = os.getpid()
+            self._checkpointer = _Checkpointer(self.path) if self._background_checkpoints else None
         return self._conn
 
     @contextmanager
@@ -788,6 +879,8 @@ class SQLiteStore(Store):
             try:
                 yield conn
                 conn.execute("COMMIT")
+                if self._checkpointer is not None:
+                    self._checkpointer.poke()
             except BaseException as exc:
                 if conn.in_transaction:
                     try:
@@ -814,9 +907,13 @@ class SQLiteStore(Store):
                 return
             self._closed = True
             if os.getpid() == self._pid:
+                if self._checkpointer is not None:
+                    self._checkpointer.stop()
                 self._conn.close()
             else:
                 _ABANDONED.append(self._conn)
+                if self._checkpointer is not None:
+                    self._checkpointer.abandon()
 
     def schema_version(self) -> int:
         """The schema version of the open file (:data:`SCHEMA_VERSION` once opened)."""

@@ -82,26 +82,25 @@ from ..adapters.memory import MemoryStore
 from ..errors import ConcurrencyConflict, DripcoreError, SequenceNotFound, SequenceStateError
 from ..model import (
     UTC,
-    Condition,
-    ConditionType,
-    Delay,
     Enrollment,
     EnrollmentStatus,
-    ExitReason,
-    PausePolicy,
-    ReentryPolicy,
-    SenderIdentity,
-    SendWindow,
     Sequence,
     SequenceStatus,
-    Step,
-    Trigger,
-    TriggerType,
-    UnknownVariables,
-    WaitUntil,
-    WindowAction,
 )
-from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
+from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
+from . import _contract_workers as _workers
+from ._samples import (
+    HOUR,
+    MINUTE,
+    T0,
+    finished,
+    message,
+    paused,
+    rich_sequence,
+    sample_enrollment,
+    sample_sequence,
+    sent,
+)
 
 __all__ = [
     "BrokenRecordContract",
@@ -123,9 +122,6 @@ __all__ = [
 #: A picklable zero-argument callable that opens (another handle on) the store under test.
 StoreFactory = Callable[[], Store]
 
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-HOUR = timedelta(hours=1)
-MINUTE = timedelta(minutes=1)
 _T = TypeVar("_T")
 
 
@@ -133,143 +129,6 @@ def require_capability(store: Store, capability: str) -> None:
     """Skip the calling test, visibly, unless ``store`` declares ``capability``."""
     if capability not in store.capabilities:
         pytest.skip(f"store does not declare capability {capability!r}")
-
-
-# --------------------------------------------------------------------------- sample values
-
-
-def sample_sequence(
-    id: str = "seq", *, status: SequenceStatus = SequenceStatus.ACTIVE, version: int = 1, steps: int = 3
-) -> Sequence:
-    """A plain sequence of ``steps`` text steps (a day apart), ready to save."""
-    return Sequence(
-        id=id,
-        name=f"Sequence {id}",
-        status=status,
-        version=version,
-        paused_at=T0 if status is SequenceStatus.PAUSED else None,
-        steps=tuple(
-            Step(position=p, delay=Delay.days(1) if p > 1 else Delay.immediately(), subject=f"Step {p}", text="Hi")
-            for p in range(1, steps + 1)
-        ),
-    )
-
-
-def rich_sequence(id: str = "rich") -> Sequence:
-    """A sequence using every field, to prove a store keeps all of it."""
-    return Sequence(
-        id=id,
-        name="Everything — ünïcode too",
-        description="A sequence with every field set",
-        status=SequenceStatus.PAUSED,
-        paused_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
-        trigger=Trigger(type=TriggerType.TAG_ADDED, value="VIP"),
-        sender=SenderIdentity(from_email="team@example.com", from_name="The Team", reply_to="help@example.com"),
-        enroll_existing=True,
-        reentry=ReentryPolicy.AFTER_EXIT,
-        exit_on=(Trigger(type=TriggerType.AFTER_PURCHASE, value=None),),
-        timezone="Europe/Paris",
-        pause_policy=PausePolicy.EXTEND,
-        unknown_variables=UnknownVariables.ERROR,
-        version=7,
-        window=SendWindow.parse("22:00-06:00 overnight"),
-        steps=(
-            Step(position=1, subject="Welcome {{ firstName }}", html="<p>Hello</p>", text="Hello", name="hello"),
-            Step(position=2, delay=Delay.hours(36), template_id="tpl-2", active=False),
-            Step(
-                position=3,
-                delay=WaitUntil.parse("next tuesday 09:30"),
-                subject="Tuesday news",
-                text="News",
-                window=SendWindow.parse("tue-thu 09:00-17:30", outside=WindowAction.SKIP),
-                expires_after=Delay.days(2),
-            ),
-            Step(
-                position=5,
-                delay=Delay.weeks(1),
-                subject="Did you see?",
-                text="Reminder",
-                condition=Condition(type=ConditionType.NOT_CLICKED, step=1, link="https://example.com/a"),
-                sender=SenderIdentity(from_email="ceo@example.com"),
-            ),
-        ),
-    )
-
-
-def sample_enrollment(
-    id: str,
-    *,
-    sequence_id: str = "seq",
-    contact_id: str | None = None,
-    due: datetime = T0,
-    key: str | None = None,
-    version: int = 0,
-    **fields: Any,
-) -> Enrollment:
-    """An ACTIVE enrollment due at ``due`` (other fields may be given)."""
-    return Enrollment(
-        id=id,
-        sequence_id=sequence_id,
-        contact_id=contact_id or f"contact-{id}",
-        status=EnrollmentStatus.ACTIVE,
-        enrolled_at=T0 - 2 * HOUR,
-        next_step_due_at=due,
-        key=key,
-        version=version,
-        **fields,
-    )
-
-
-def finished(e: Enrollment, status: EnrollmentStatus = EnrollmentStatus.COMPLETED, at: datetime = T0) -> Enrollment:
-    """``e`` completed (or exited, with reason MANUAL) at ``at``."""
-    reason = ExitReason.MANUAL if status is EnrollmentStatus.EXITED else None
-    return attrs.evolve(e, status=status, exit_reason=reason, next_step_due_at=None, paused_at=None, ended_at=at)
-
-
-def paused(e: Enrollment, at: datetime = T0) -> Enrollment:
-    """``e`` paused at ``at``."""
-    return attrs.evolve(e, status=EnrollmentStatus.PAUSED, paused_at=at)
-
-
-def sent(e: Enrollment, position: int, at: datetime, next_due: datetime | None) -> Enrollment:
-    """``e`` after sending step ``position`` at ``at`` (completed when ``next_due`` is None)."""
-    if next_due is None:
-        return attrs.evolve(
-            e, last_step_sent=position, last_step_sent_at=at, status=EnrollmentStatus.COMPLETED,
-            next_step_due_at=None, ended_at=at,
-        )  # fmt: skip
-    return attrs.evolve(e, last_step_sent=position, last_step_sent_at=at, next_step_due_at=next_due)
-
-
-def message(
-    e: Enrollment,
-    position: int,
-    *,
-    at: datetime = T0,
-    status: OutboxStatus = OutboxStatus.PENDING,
-    key: str | None = None,
-) -> OutboxMessage:
-    """The outbox message for step ``position`` of ``e``, created (and first due) at ``at``."""
-    key = key or f"{e.id}:{position}"
-    email = None
-    if status is OutboxStatus.PENDING:
-        email = Email(
-            idempotency_key=key, enrollment_id=e.id, sequence_id=e.sequence_id, contact_id=e.contact_id,
-            position=position, to=f"{e.contact_id}@example.com", subject=f"Step {position}", text="Hi",
-        )  # fmt: skip
-    return OutboxMessage(
-        key=key,
-        enrollment_id=e.id,
-        sequence_id=e.sequence_id,
-        contact_id=e.contact_id,
-        position=position,
-        email=email,
-        status=status,
-        created_at=at,
-        next_attempt_at=at if status is OutboxStatus.PENDING else None,
-        last_error=None if status is OutboxStatus.PENDING else "render failed",
-        settled_at=None if status is OutboxStatus.PENDING else at,
-    )
 
 
 def _ids(items: list[Any]) -> list[str]:
@@ -1080,51 +939,10 @@ class BrokenRecordContract(_Fixtures):
 # --------------------------------------------------------------------------- several processes
 
 
-def _context() -> Any:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
-def _claim_worker(factory: StoreFactory, owner: str, barrier: Any, results: Any) -> None:
-    store = factory()
-    try:
-        barrier.wait(30)
-        mine: list[str] = []
-        while batch := store.claim_due(T0, limit=3, lease=HOUR, owner=owner):
-            mine.extend(item.id for item in batch)
-        results.put((owner, mine))
-    finally:
-        store.close()
-
-
-def _add_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
-    store = factory()
-    try:
-        barrier.wait(30)
-        e = sample_enrollment(f"race-{index}", contact_id="ana")
-        stored, created = store.add_enrollment(e, allow_reentry=True, counters=[("seq", 0, "recipients", 1)])
-        results.put((index, stored.id, created))
-    finally:
-        store.close()
-
-
-def _commit_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
-    store = factory()
-    try:
-        barrier.wait(30)
-        e = sample_enrollment("e1")
-        change = Change(
-            enrollment=sent(e, 1, T0, T0 + HOUR),
-            outbox=(message(e, 1, key=f"e1:1:{index}"),),
-            counters=(("seq", 1, "sent", 1),),
-        )
-        results.put((index, store.commit([change], owner=f"w{index}")))
-    finally:
-        store.close()
-
-
 def _run_processes(target: Callable[..., None], factory: StoreFactory, count: int) -> list[Any]:
-    ctx = _context()
+    # spawn, not fork: a forked child would inherit the parent's threads' locks (a store's
+    # background threads, say), and spawn proves the factory is picklable, as documented.
+    ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(count)
     results = ctx.Queue()
     processes = [ctx.Process(target=target, args=(factory, i, barrier, results)) for i in range(count)]
@@ -1163,7 +981,7 @@ class MultiprocessContract(_Fixtures):
         """Four processes claim in small batches at once: every due enrollment goes to exactly one."""
         factory = self._factory(store, store_factory)
         _setup(store, *(sample_enrollment(f"e{i:03d}", due=T0 - i * MINUTE) for i in range(120)))
-        results = _run_processes(_claim_worker_indexed, factory, 4)
+        results = _run_processes(_workers.claim_worker_indexed, factory, 4)
         claimed = [i for _, ids in results for i in ids]
         assert len(claimed) == len(set(claimed)), "an enrollment was claimed by two processes"
         assert sorted(claimed) == [f"e{i:03d}" for i in range(120)]
@@ -1174,7 +992,7 @@ class MultiprocessContract(_Fixtures):
         """add_enrollment is atomic across processes: one creates, the others get it back."""
         factory = self._factory(store, store_factory)
         _setup(store)
-        results = _run_processes(_add_worker, factory, 4)
+        results = _run_processes(_workers.add_worker, factory, 4)
         assert sum(created for _, _, created in results) == 1
         assert len({stored_id for _, stored_id, _ in results}) == 1
         assert len(store.find_enrollments(contact_id="ana")) == 1
@@ -1186,17 +1004,13 @@ class MultiprocessContract(_Fixtures):
         """Four processes commit the same version: one wins, three are refused, one message exists."""
         factory = self._factory(store, store_factory)
         _setup(store, sample_enrollment("e1"))
-        results = _run_processes(_commit_worker, factory, 4)
+        results = _run_processes(_workers.commit_worker, factory, 4)
         assert sorted(len(refused) for _, refused in results) == [0, 1, 1, 1]
         assert len(store.find_messages()) == 1
         assert store.counters("seq") == {(1, "sent"): 1}
         stored = store.get_enrollment("e1")
         assert stored is not None
         assert stored.version == 1
-
-
-def _claim_worker_indexed(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
-    _claim_worker(factory, f"w{index}", barrier, results)
 
 
 # --------------------------------------------------------------------------- the whole contract
