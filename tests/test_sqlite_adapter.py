@@ -33,10 +33,10 @@ from dripcore.adapters.sqlite import (
     StoreReadOnly,
 )
 from dripcore.model import UTC
-from dripcore.ports import Change
+from dripcore.ports import Change, Delivery
 from dripcore.serialization import make_converter
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
-from dripcore.testing.contract import sample_enrollment, sample_sequence
+from dripcore.testing.contract import message, sample_enrollment, sample_sequence, sent
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -623,3 +623,19 @@ def test_background_checkpoints_run_on_their_own_thread_and_stop_with_the_store(
         plain.add_enrollment(sample_enrollment("e1"), allow_reentry=False)
         assert _checkpoint_threads(db) == []
         assert plain.count_due(T0) == 1
+
+
+def test_prune_messages_deletes_old_settled_messages_only(db: Path) -> None:
+    """Settled (delivered or failed) messages older than the cutoff go, in batches; pending ones stay."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        changes = []
+        for i in range(7):
+            e = sample_enrollment(f"e{i}", contact_id=f"c{i}")
+            store.add_enrollment(e, allow_reentry=False)
+            changes.append(Change(enrollment=sent(e, 1, T0, T0 + HOUR), outbox=(message(e, 1),)))
+        store.commit(changes)
+        store.settle([Delivery(key=f"e{i}:1", status=OutboxStatus.DELIVERED, at=T0 + i * HOUR) for i in range(5)])
+        store.settle([Delivery(key="e5:1", status=OutboxStatus.FAILED, at=T0, error="bounced")])
+        assert store.prune_messages(T0 + 3 * HOUR, batch_size=2) == 4
+        assert sorted(m.key for m in store.find_messages(limit=10)) == ["e3:1", "e4:1", "e6:1"]

@@ -1407,6 +1407,27 @@ class SQLiteStore(Store):
                 "AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at",
             )
 
+    def prune_messages(self, settled_before: datetime, *, batch_size: int = 10_000) -> int:
+        """Delete DELIVERED and FAILED outbox messages settled before ``settled_before``; return how many.
+
+        The outbox otherwise grows by one row per email. Keep at least as much
+        history as the longest frequency-cap window (:meth:`count_messages`
+        counts what is left). Deletes in batches, one short transaction each,
+        so workers sharing the file are never held up for long.
+        """
+        cutoff = _instant(to_utc(settled_before, "settled_before"))
+        total = 0
+        while True:
+            with self._write("prune outbox messages") as conn:
+                deleted = conn.execute(
+                    "DELETE FROM outbox WHERE key IN (SELECT key FROM outbox WHERE status != 'pending' "
+                    "AND settled_at < ? LIMIT ?)",
+                    (cutoff, batch_size),
+                ).rowcount
+            total += max(deleted, 0)
+            if deleted < batch_size:
+                return total
+
     # ------------------------------------------------------------------ counters
 
     def bump(self, counters: Seq[Counter]) -> None:
