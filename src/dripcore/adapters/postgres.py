@@ -1420,6 +1420,9 @@ class PostgresStore(Store):
         if not deliveries:
             return
         keys = sorted({d.key for d in deliveries})
+        if len(keys) == len(deliveries):
+            self._settle_once(deliveries)
+            return
 
         def work(cur: psycopg.Cursor[Any]) -> None:
             attempts = dict(
@@ -1454,6 +1457,38 @@ class PostgresStore(Store):
             self._notify(cur, wake_at)
 
         # Replaying a settle is a no-op: finished messages are left as they are.
+        self._run("settle deliveries", work, replay_safe=True)
+
+    def _settle_once(self, deliveries: Seq[Delivery]) -> None:
+        """:meth:`settle` when each key comes once: one statement settles what is still pending."""
+        ordered = sorted(deliveries, key=lambda d: d.key)  # lock order
+        rows = _dumps(
+            [
+                [
+                    d.key,
+                    d.status.value,
+                    None if d.status is not OutboxStatus.PENDING else _iso(d.next_attempt_at),
+                    d.error,
+                    to_utc(d.at, "delivery.at").isoformat() if d.status is not OutboxStatus.PENDING else None,
+                    d.provider_id,
+                ]
+                for d in ordered
+            ]
+        )
+
+        def work(cur: psycopg.Cursor[Any]) -> None:
+            row = cur.execute(_SETTLE_ONCE.format(s=self._s), (rows,)).fetchone()
+            settled = set(row[0] or ()) if row else set()
+            wake_at: datetime | None = row[1] if row else None
+            totals: dict[tuple[str, int, str], int] = {}
+            for d in ordered:
+                if d.key in settled:
+                    _sum_counters(d.counters, totals)
+                    if d.status is OutboxStatus.PENDING:
+                        wake_at = _earliest(wake_at, d.next_attempt_at)
+            self._write_counters(cur, totals)
+            self._notify(cur, wake_at)
+
         self._run("settle deliveries", work, replay_safe=True)
 
     def get_message(self, key: str) -> OutboxMessage | None:
@@ -1584,15 +1619,18 @@ class PostgresStore(Store):
 
 # --------------------------------------------------------------------------- statements and helpers
 
-_UPDATE_ENROLLMENTS = (
-    "UPDATE {s}.enrollments AS e SET sequence_id = r->>1, contact_id = r->>2, dedupe_key = r->>3, status = r->>4, "
+_SET_ENROLLMENT = (
+    "sequence_id = r->>1, contact_id = r->>2, dedupe_key = r->>3, status = r->>4, "
     "enrolled_at = (r->>5)::timestamptz, next_due = (r->>6)::timestamptz, last_step_sent = (r->>7)::int, "
     "last_step_sent_at = (r->>8)::timestamptz, exit_reason = r->>9, paused_at = (r->>10)::timestamptz, "
     "ended_at = (r->>11)::timestamptz, variables = nullif(r->12, 'null'), opened = nullif(r->13, 'null'), "
     "clicked = nullif(r->14, 'null'), skipped = nullif(r->15, 'null'), version = (r->>16)::int, "
     "lease_owner = NULL, lease_until = NULL, seq_live = CASE WHEN r->>1 = e.sequence_id THEN e.seq_live ELSE "
-    "coalesce((SELECT s.status = 'active' FROM {s}.sequences AS s WHERE s.id = r->>1), false) END "
-    "FROM jsonb_array_elements(%s::jsonb) AS r WHERE e.id = r->>0"
+    "coalesce((SELECT s.status = 'active' FROM {s}.sequences AS s WHERE s.id = r->>1), false) END"
+)
+
+_UPDATE_ENROLLMENTS = (
+    f"UPDATE {{s}}.enrollments AS e SET {_SET_ENROLLMENT} FROM jsonb_array_elements(%s::jsonb) AS r WHERE e.id = r->>0"
 )
 
 _INSERT_MESSAGES = (
@@ -1603,7 +1641,19 @@ _INSERT_MESSAGES = (
     "FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (key) DO NOTHING"
 )
 
-# Settle a batch, and say when the enrollments it unblocks are due (to wake idle workers).
+# The usual settle (each message once): finish what is still pending; return the keys
+# settled and when the enrollments it unblocks are due (to wake idle workers).
+_SETTLE_ONCE = (
+    "WITH settled AS (UPDATE {s}.outbox AS o SET status = r->>1, attempts = o.attempts + 1, "
+    "next_attempt_at = (r->>2)::timestamptz, last_error = r->>3, settled_at = (r->>4)::timestamptz, "
+    "provider_id = r->>5, lease_owner = NULL, lease_until = NULL FROM jsonb_array_elements(%s::jsonb) AS r "
+    "WHERE o.key = r->>0 AND o.status = 'pending' RETURNING o.key, o.enrollment_id, o.status) "
+    "SELECT (SELECT array_agg(key) FROM settled), (SELECT min(e.next_due) FROM {s}.enrollments AS e "
+    "WHERE e.id IN (SELECT enrollment_id FROM settled WHERE status <> 'pending') AND e.status = 'active' "
+    "AND e.seq_live)"
+)
+
+# Settle a batch (one key may come several times; attempts are computed by the caller).
 _SETTLE = (
     "WITH settled AS (UPDATE {s}.outbox AS o SET status = r->>1, attempts = (r->>2)::int, "
     "next_attempt_at = (r->>3)::timestamptz, last_error = r->>4, settled_at = (r->>5)::timestamptz, "
