@@ -1,6 +1,8 @@
 """Pytest plugin: a real PostgreSQL for the Postgres store's tests.
 
 Load it from a test module with ``pytest_plugins = ["tests.conftest_postgres"]``.
+(PYTEST_DONT_REWRITE: it holds no asserts, and ``--doctest-modules`` may import
+it before the first test module registers it.)
 
 - ``DRIPCORE_TEST_POSTGRES_DSN`` set: the tests use that database (they create
   and drop their own schemas in it, nothing else).

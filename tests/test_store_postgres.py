@@ -505,6 +505,21 @@ class TestPoolAndProcesses:
                 assert claimed[0].next_step_due_at.utcoffset() == timedelta(0)
             assert not pool.closed
 
+    def test_the_dsns_own_options_are_kept(self, postgres_dsn: str, schema: str) -> None:
+        """Session options given in the DSN survive the store's own (time zone, statement timeout)."""
+        dsn = f"{postgres_dsn} options='-c work_mem=7MB' application_name=my-worker"
+        with PostgresStore(dsn, schema=schema, statement_timeout=30) as store:
+            settings = store._run(
+                "show settings",
+                lambda cur: cur.execute(
+                    "SELECT current_setting('work_mem'), current_setting('TimeZone'), "
+                    "current_setting('statement_timeout'), current_setting('application_name')"
+                ).fetchone(),
+                replay_safe=True,
+                single=True,
+            )
+        assert settings == ("7MB", "UTC", "30s", "my-worker")
+
     def test_bulk_import_applies_the_dedupe_rules(self, store: PostgresStore) -> None:
         """add_enrollments skips live duplicates (and, without re-entry, finished ones), first wins."""
         store.save_sequence(sample_sequence())

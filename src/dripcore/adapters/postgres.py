@@ -593,14 +593,16 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ connections
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        options = "-c TimeZone=UTC"
+        """Connection parameters added to the DSN's (whose own ``options`` are kept)."""
+        given = conninfo_to_dict(self._conninfo)
+        options = [str(given["options"])] if given.get("options") else []
+        options.append("-c TimeZone=UTC")
         if self.statement_timeout is not None:
-            options += f" -c statement_timeout={max(1, round(self.statement_timeout * 1000))}"
-        return {
-            "connect_timeout": max(1, round(self.connect_timeout)),
-            "application_name": self._application_name,
-            "options": options,
-        }
+            options.append(f"-c statement_timeout={max(1, round(self.statement_timeout * 1000))}")
+        kwargs: dict[str, Any] = {"connect_timeout": max(1, round(self.connect_timeout)), "options": " ".join(options)}
+        if not given.get("application_name"):
+            kwargs["application_name"] = self._application_name
+        return kwargs
 
     @contextlib.contextmanager
     def _direct_connection(self, action: str) -> Iterator[psycopg.Connection[Any]]:
@@ -650,15 +652,8 @@ class PostgresStore(Store):
     def _connect_error(self, exc: psycopg.Error, action: str) -> PostgresStoreError:
         text = str(exc).strip()
         lowered = text.lower()
-        if (
-            "password authentication failed" in lowered
-            or "no password supplied" in lowered
-            or exc.sqlstate
-            in (
-                "28P01",
-                "28000",
-            )
-        ):
+        rejected = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
+        if exc.sqlstate in ("28P01", "28000") or any(marker in lowered for marker in rejected):
             return AuthenticationFailed(
                 self.server,
                 f"{action}: the server rejected the credentials ({text}). Check the user and password in the "
@@ -889,7 +884,8 @@ class PostgresStore(Store):
         due instant, so work due after the timeout does not wake the caller (it
         will see it when it next looks). If the listening connection fails, this
         degrades to a plain timed wait and reconnects on the next call: it never
-        raises for a database problem. Uses the system clock.
+        raises for a database problem. Uses the system clock. One thread per
+        store should wait at a time (a notification wakes one waiter).
         """
         deadline = time.monotonic() + max(0.0, timeout)
         woken_at: float | None = None  # when signalled work falls due
