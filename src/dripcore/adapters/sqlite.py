@@ -69,7 +69,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -79,13 +79,11 @@ import cattrs
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
 from ..model import (
     UTC,
-    Delay,
     Enrollment,
     EnrollmentStatus,
     SenderIdentity,
     Sequence,
     SequenceStatus,
-    WaitUntil,
     to_utc,
 )
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
@@ -527,31 +525,13 @@ _UPSERT_COUNTER = (
 
 
 def _sequence_converter() -> cattrs.Converter:
-    """make_converter(), plus explicit rules it lacks for sequence bodies.
+    """The converter sequence bodies are stored with: :func:`~dripcore.serialization.make_converter`.
 
-    - A step's ``Delay | WaitUntil`` delay: cattrs' default disambiguation of that
-      union depends on the process's hash seed (one process in eight structured a
-      ``Delay`` dict as ``WaitUntil`` and failed), so the store decides by the
-      keys itself: a ``Delay`` has ``amount``.
-    - ``datetime.time`` (``WaitUntil.at``, ``SendWindow.start``/``end``):
-      make_converter leaves it as a ``time`` object, which JSON can't hold; it is
-      stored as ISO 8601 (``"09:30:00"``).
+    (It once added rules make_converter lacked for ``Delay | WaitUntil`` and
+    ``datetime.time``; make_converter has them now. The name stays because
+    :mod:`dripcore.adapters.postgres` imports it.)
     """
-    converter = make_converter()
-    wait = Delay | WaitUntil
-
-    def structure_wait(value: Any, _type: Any) -> Delay | WaitUntil:
-        if isinstance(value, Mapping) and "amount" in value:
-            return converter.structure(value, Delay)
-        return converter.structure(value, WaitUntil)
-
-    def structure_time(value: Any, _type: Any) -> time:
-        return value if isinstance(value, time) else time.fromisoformat(value)
-
-    converter.register_structure_hook_func(lambda t: t == wait, structure_wait)
-    converter.register_unstructure_hook(time, time.isoformat)
-    converter.register_structure_hook(time, structure_time)
-    return converter
+    return make_converter()
 
 
 # A fork must not happen in the middle of a background checkpoint: the child
