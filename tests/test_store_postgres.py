@@ -412,6 +412,43 @@ class TestServerOutage:
         store.close()
 
 
+class TestWorkerThroughAnOutage:
+    """The engine on this store: a tick during an outage raises a StoreError; once the server is back,
+    ticking again delivers everything once."""
+
+    def test_ticks_fail_clearly_while_the_server_is_down_then_deliver_once(
+        self, private_cluster: PostgresCluster
+    ) -> None:
+        from dripcore import Drip
+        from dripcore.model import Contact, Sequence, SequenceStatus, Step
+        from dripcore.testing.fakes import FakeClock, MemoryContacts, RecordingSender
+
+        store = PostgresStore(private_cluster.dsn(), schema="worker", retry_for=1, connect_timeout=2)
+        sender = RecordingSender()
+        clock = FakeClock(T0)
+        contacts = MemoryContacts([Contact(id=f"c{i}", email=f"c{i}@example.com") for i in range(30)])
+        drip = Drip(store=store, sender=sender, contacts=contacts, clock=clock, batch_size=10)
+        drip.save_sequence(
+            Sequence(id="s", name="S", status=SequenceStatus.ACTIVE,
+                     steps=(Step(position=1, subject="Hi", text="Hello"),))
+        )  # fmt: skip
+        for i in range(30):
+            drip.enroll("s", f"c{i}")
+        assert drip.tick().sent == 10
+        private_cluster.kill()
+        with pytest.raises(StoreError):
+            drip.tick()
+        private_cluster.start()
+        while drip.tick().claimed:
+            pass
+        clock.advance(timedelta(hours=1))  # past any lease taken before the outage
+        while (report := drip.tick()).claimed or report.messages:
+            pass
+        assert sorted(e.to for e in sender.sent) == sorted(f"c{i}@example.com" for i in range(30))
+        assert sender.duplicate_attempts == 0
+        store.close()
+
+
 class TestWakeUps:
     """LISTEN/NOTIFY: an idle worker wakes when another process makes work due."""
 
@@ -442,7 +479,8 @@ class TestWakeUps:
         now = datetime.now(UTC)
         writer.add_enrollment(sample_enrollment("later", due=now + timedelta(minutes=2)), allow_reentry=False)
         assert waiter.wait_for_work(0.5) is False
-        writer.add_enrollment(sample_enrollment("soon", due=now + timedelta(seconds=1)), allow_reentry=False)
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        writer.add_enrollment(sample_enrollment("soon", due=soon), allow_reentry=False)
         started = time.monotonic()
         assert waiter.wait_for_work(10) is True
         assert 0.3 < time.monotonic() - started < 5
