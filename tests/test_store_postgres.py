@@ -29,7 +29,7 @@ from dripcore.adapters.postgres import (
     StatementTimeout,
 )
 from dripcore.errors import StoreError
-from dripcore.model import UTC
+from dripcore.model import UTC, EnrollmentStatus
 from dripcore.ports import Change, OutboxStatus, Store
 from dripcore.testing.contract import (
     HOUR,
@@ -630,3 +630,25 @@ def test_changes_in_a_batch_keep_the_claims_lease_for_their_messages(store: Post
     assert store.claim_messages(T0 + lease - timedelta(microseconds=1), limit=10, lease=HOUR, owner="w2") == []
     assert len(store.claim_messages(T0 + lease, limit=10, lease=HOUR, owner="w2")) == 2
     assert attrs.evolve(changes[0].enrollment, version=1) == store.get_enrollment("e0")
+
+
+def test_ids_and_keys_with_quotes_braces_and_backslashes_round_trip(store: PostgresStore) -> None:
+    """Batch statements carry ids as array literals and JSON: any text survives them."""
+    from dripcore.ports import Delivery
+
+    store.save_sequence(sample_sequence())
+    weird = ['a"b', "c\\d", "{e,f}", "g h", "ünï'cødé", "NULL"]
+    enrollments = [sample_enrollment(i, contact_id=f"contact {i}") for i in weird]
+    for e in enrollments:
+        store.add_enrollment(e, allow_reentry=False)
+    claimed = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+    assert sorted(e.id for e in claimed) == sorted(weird)
+    store.release(weird[:2], owner="w1")
+    assert sorted(e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w2")) == sorted(weird[:2])
+    changes = [Change(enrollment=sent(e, 1, T0, None), outbox=(message(e, 1),)) for e in enrollments]
+    assert store.commit(changes) == []
+    assert store.find_enrollments(statuses=[EnrollmentStatus.COMPLETED], limit=10) == sorted(
+        (attrs.evolve(sent(e, 1, T0, None), version=1) for e in enrollments), key=lambda e: e.id
+    )
+    store.settle([Delivery(key=f"{i}:1", status=OutboxStatus.DELIVERED, at=T0) for i in weird])
+    assert {m.key for m in store.find_messages(status=OutboxStatus.DELIVERED, limit=10)} == {f"{i}:1" for i in weird}

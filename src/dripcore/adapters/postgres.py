@@ -42,9 +42,20 @@ How it keeps its promises
 - **Idle workers wake on work.** Writes that make work due soon (within
   ``notify_within``) send a ``NOTIFY`` on the store's channel, carrying the due
   instant; :meth:`PostgresStore.wait_for_work` blocks on ``LISTEN`` until one
-  arrives that is due before its timeout.
+  arrives that is due before its timeout. A worker loop of its own can use it
+  between ticks::
+
+      while not stopping:
+          report = drip.tick()
+          if not report.busy:
+              wake_at = drip.next_wake_at()
+              wait = 30.0 if wake_at is None else (wake_at - datetime.now(UTC)).total_seconds()
+              store.wait_for_work(min(max(wait, 0.0), 30.0))
 - **Counters do not serialise workers.** Each counter is split over a few
   shard rows, summed when read, so concurrent commits rarely touch the same row.
+- **Bulk and housekeeping.** :meth:`~PostgresStore.add_enrollments` imports
+  through ``COPY`` with :meth:`~PostgresStore.add_enrollment`'s rules;
+  :meth:`~PostgresStore.prune_messages` deletes old settled outbox rows.
 - **Versioned schema.** Tables live in their own PostgreSQL schema (``dripcore``
   by default); ``<schema>.dripcore_migrations`` records each migration applied.
   An older schema is upgraded when a store opens it (under an advisory lock, so
