@@ -16,8 +16,9 @@ How it keeps its promises
 - **Several processes, one file.** The database runs in WAL mode: readers never
   block the writer. Claims take the write lock (``BEGIN IMMEDIATE``), choose
   the due rows and record their leases (in a small table of their own) in one
-  transaction, so two worker processes never hold the same enrollment. A writer waits up to ``busy_timeout`` seconds for
-  the lock, then raises :class:`DatabaseLocked` naming the file.
+  transaction, so two worker processes never hold the same enrollment. A
+  writer waits up to ``busy_timeout`` seconds for the lock, then raises
+  :class:`DatabaseLocked` naming the file.
 - **O(due), not O(total).** A partial index holds only ACTIVE enrollments of
   ACTIVE sequences, ordered by due time: a claim, :meth:`SQLiteStore.count_due`
   and :meth:`SQLiteStore.next_due_at` read the due rows and nothing else,
@@ -27,7 +28,8 @@ How it keeps its promises
   survives the process being killed; a power cut may lose the last few
   commits, which is safe because keys are deterministic: a lost step is
   advanced again with the same idempotency key (pass ``synchronous="FULL"``
-  to fsync every commit).
+  to fsync every commit). The WAL is copied back into the file by a
+  background thread of the store, not inside a writer's COMMIT.
 - **Versioned schema.** ``PRAGMA user_version`` holds the schema version and
   the ``dripcore_migrations`` table records each migration applied. A file
   written by an older dripcore is upgraded in place when opened; one written
@@ -46,7 +48,9 @@ One :class:`SQLiteStore` owns one connection, and a lock serialises its
 calls: several threads may share a store safely (they take turns). For
 parallel work run several *processes*, each with its own store on the same
 file. A store opened before :func:`os.fork` notices it is in a child and opens
-a fresh connection there (SQLite connections must not cross a fork).
+a fresh connection there (SQLite connections must not cross a fork); its
+background checkpoints pause while a fork happens. Close a store
+(:meth:`SQLiteStore.close`, or ``with``) to stop its checkpoint thread.
 
 Errors
 ------
