@@ -34,6 +34,7 @@ from dripcore import (
     Step,
     StepFailed,
     StepSent,
+    StoreError,
     Subscribed,
     Trigger,
     TriggerEvent,
@@ -318,6 +319,54 @@ class TestTickAndDelivery:
         assert [(e.kind, e.id) for e in report.errors] == [("enrollment", broken.id)]
         assert "ContactNotFound" in report.errors[0].error
         assert world.drip.tick().errors == ()  # set aside, not retried in a hot loop
+
+    def test_an_unreadable_sequence_only_holds_back_its_own_enrollments(self) -> None:
+        class CorruptibleStore(MemoryStore):
+            corrupt: frozenset[str] = frozenset()
+
+            def get_sequence(self, sequence_id: str) -> Sequence | None:
+                if sequence_id in self.corrupt:
+                    raise StoreError(f"sequence {sequence_id!r}: unreadable JSON")
+                return super().get_sequence(sequence_id)
+
+        w = World()
+        store = CorruptibleStore()
+        w.store = w.drip.store = store
+        w.drip.save_sequence(welcome())
+        w.drip.save_sequence(welcome(id="broken", name="Broken", trigger=Trigger(type="manual")))
+        bad, _ = w.drip.enroll("broken", "ana")
+        w.drip.enroll("welcome", "bo")
+        store.corrupt = frozenset({"broken"})
+        report = w.drip.tick()
+        assert report.sent == 1
+        assert [(e.id, "unreadable JSON" in e.error) for e in report.errors] == [(bad.id, True)]
+
+    def test_an_unreadable_enrollment_does_not_stop_retries(self) -> None:
+        flaky = FlakySender()
+        w = World(sender=flaky, retry_base=timedelta(minutes=1))
+        w.drip.save_sequence(welcome())
+        flaky.fail_next(2)
+        a, _ = w.drip.enroll("welcome", "ana")
+        b, _ = w.drip.enroll("welcome", "bo")
+        assert w.drip.tick().retried == 2
+
+        original = w.store.get_enrollment
+
+        def corrupt(enrollment_id: str):  # type: ignore[no-untyped-def]
+            if enrollment_id == a.id:
+                raise StoreError(f"enrollment {a.id!r}: unknown status 'zombie'")
+            return original(enrollment_id)
+
+        w.store.get_enrollment = corrupt  # type: ignore[method-assign]
+        w.clock.advance(timedelta(minutes=1))
+        report = w.drip.tick()
+        assert report.sent == 1
+        assert [e.id for e in report.errors] == [a.id]
+        message = w.store.get_message(f"{a.id}:1")
+        assert message is not None
+        assert message.status is OutboxStatus.PENDING  # set aside, not lost
+        assert message.next_attempt_at == w.clock.now() + timedelta(hours=1)
+        assert w.store.get_message(f"{b.id}:1").status is OutboxStatus.DELIVERED  # type: ignore[union-attr]
 
     def test_suppressed_contact_is_caught_at_send_time(self, world: World) -> None:
         world.drip.enroll("welcome", "ana")

@@ -314,6 +314,7 @@ class Drip:
         self.frequency_cap = frequency_cap
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._batch_contacts: Mapping[str, Contact] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -800,15 +801,24 @@ class Drip:
             else:
                 enrollments.append(item)
         sequences: dict[str, Sequence | None] = {}
+        unreadable: dict[str, str] = {}  # sequence id -> why it can't be read
         for e in enrollments:
-            if e.sequence_id not in sequences:
-                sequences[e.sequence_id] = self.store.get_sequence(e.sequence_id)
+            if e.sequence_id not in sequences and e.sequence_id not in unreadable:
+                try:
+                    sequences[e.sequence_id] = self.store.get_sequence(e.sequence_id)
+                except DripcoreError as exc:  # a corrupt sequence row: its enrollments wait, the others go
+                    unreadable[e.sequence_id] = repr(exc)
         contacts = self.contacts.get_many({e.contact_id for e in enrollments})
+        self._batch_contacts = contacts
 
         changes: list[Change] = []
         idle: list[str] = []
         by_id = {e.id: e for e in enrollments}
         for before in enrollments:
+            if before.sequence_id in unreadable:
+                tally.errors.append(TickError(kind="enrollment", id=before.id, error=unreadable[before.sequence_id]))
+                set_aside.append(before.id)
+                continue
             try:
                 sequence = sequences[before.sequence_id]
                 if sequence is None:
@@ -1006,15 +1016,32 @@ class Drip:
         """
         if not messages:
             return
-        contacts = self.contacts.get_many({m.contact_id for m in messages})
+        deliveries: list[Delivery] = []
         exited: dict[str, str] = {}
         if recheck:
+            contacts = self.contacts.get_many({m.contact_id for m in messages})
+            unreadable: dict[str, str] = {}
             for enrollment_id in {m.enrollment_id for m in messages}:
-                enrollment = self.store.get_enrollment(enrollment_id)
+                try:
+                    enrollment = self.store.get_enrollment(enrollment_id)
+                except DripcoreError as exc:  # a corrupt row: set its message aside, deliver the others
+                    unreadable[enrollment_id] = repr(exc)
+                    tally.errors.append(TickError(kind="enrollment", id=enrollment_id, error=repr(exc)))
+                    continue
                 if enrollment is None or enrollment.status is EnrollmentStatus.EXITED:
                     reason = enrollment.exit_reason.value if enrollment and enrollment.exit_reason else "deleted"
                     exited[enrollment_id] = reason
-        deliveries: list[Delivery] = []
+            if unreadable:
+                deliveries.extend(
+                    Delivery(key=m.key, status=OutboxStatus.PENDING, at=now, error=unreadable[m.enrollment_id],
+                             next_attempt_at=now + self.set_aside_for)
+                    for m in messages
+                    if m.enrollment_id in unreadable
+                )  # fmt: skip
+                messages = [m for m in messages if m.enrollment_id not in unreadable]
+        else:
+            # Just committed in this tick: the contacts advance() saw are current.
+            contacts = self._batch_contacts
         events: list[Event] = []
         suppressed_after: list[tuple[str, ExitReason]] = []
         for message in messages:
