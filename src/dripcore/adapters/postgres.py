@@ -115,10 +115,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
 from ..model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
+from ..serialization import make_converter
 
-# Codec helpers shared with the SQLite store: sequence bodies (a converter that
-# round-trips every Sequence through JSON), JSON text, counter sums, error text.
-from .sqlite import _describe, _dumps, _sequence_converter, _sum_counters
+# Small codec helpers shared with the SQLite store: JSON text, counter sums, error text.
+from .sqlite import _describe, _dumps, _sum_counters
 
 __all__ = [
     "AuthenticationFailed",
@@ -585,7 +585,7 @@ class PostgresStore(Store):
         else:
             raise TypeError(f"PostgresStore() takes a DSN string or a psycopg_pool.ConnectionPool, not {target!r}")
         self.server = f"{_server_name(self._conninfo)} (schema {schema})"
-        self._converter = _sequence_converter()
+        self._converter = make_converter()
         self._sequence_cache: dict[str, Sequence] = {}
         self._lock = threading.Lock()
         self._prepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
