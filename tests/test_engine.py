@@ -660,6 +660,25 @@ class TestRun:
         real.drip.run(idle=0.05)
         stopper.cancel()
 
+    def test_a_store_outage_does_not_end_the_worker(self, world: World) -> None:
+        class Flaky(MemoryStore):
+            failures = 3
+
+            def claim_due(self, now, *, limit, lease, owner):  # type: ignore[no-untyped-def]
+                if self.failures:
+                    self.failures -= 1
+                    raise StoreError("database unavailable: connection refused")
+                return super().claim_due(now, limit=limit, lease=lease, owner=owner)
+
+        store = Flaky()
+        world.store = world.drip.store = store
+        world.drip.save_sequence(welcome())
+        world.drip.enroll("welcome", "ana")
+        world.drip.run(max_ticks=1, idle=60)
+        assert store.failures == 0
+        assert len(world.recorder.to("ana@example.com")) == 1
+        assert world.clock.now() == T0 + timedelta(seconds=0.5 + 1 + 2)  # backed off 0.5, 1, 2 seconds
+
     def test_attrs_of_report_summary(self, world: World) -> None:
         world.drip.enroll("welcome", "ana")
         assert world.drip.tick().summary().startswith("claimed=1 sent=1")

@@ -51,6 +51,7 @@ from .errors import (
     PermanentSendError,
     SequenceNotFound,
     SequenceStateError,
+    StoreError,
     TransientSendError,
     ValidationError,
 )
@@ -1140,16 +1141,30 @@ class Drip:
     ) -> None:
         """Tick until stopped, sleeping until the next due time rather than polling.
 
-        A new enrollment in this process wakes it early; ``idle`` bounds the
-        sleep, so work written by other processes is picked up within that
-        time. :meth:`stop` (or setting ``stop``) ends the loop after the
+        A new enrollment in this process wakes it early, and so does one in
+        another process when the store can hear it (PostgreSQL's ``LISTEN``);
+        otherwise ``idle`` bounds the sleep, so work written by other
+        processes is picked up within that time. A store error does not end
+        the loop: it is logged and the tick is tried again with a growing
+        pause. :meth:`stop` (or setting ``stop``) ends the loop after the
         current batch.
         """
         self._stop.clear()
         ticks = 0
+        backoff = 0.0
         while not self._stop.is_set() and not (stop is not None and stop.is_set()):
             self._wake.clear()
-            report = self.tick()
+            try:
+                report = self.tick()
+            except StoreError as exc:
+                # The store has already retried what was safe to retry. Keep the
+                # worker alive: wait (longer each time, up to ``idle``) and tick again;
+                # leases and idempotency keys make the next tick pick up cleanly.
+                backoff = min(max(backoff * 2, 0.5), idle)
+                log.warning("tick failed (%s); trying again in %.1f s", exc, backoff)
+                self._sleep(backoff, stop)
+                continue
+            backoff = 0.0
             ticks += 1
             if on_tick is not None:
                 on_tick(report)
@@ -1161,10 +1176,22 @@ class Drip:
             wake_at = self.next_wake_at()
             if wake_at is not None:
                 timeout = min(idle, max((wake_at - self._now()).total_seconds(), 0.0))
-            if stop is not None:
-                timeout = min(timeout, 0.5)
             if timeout > 0:
-                self.clock.wait(timeout, self._wake)
+                self._sleep(timeout, stop)
+
+    def _sleep(self, seconds: float, stop: threading.Event | None) -> None:
+        """Wait for work, a wake-up, or ``seconds``.
+
+        With the real clock the store may hear other processes' writes
+        (:meth:`Store.wait_for_work <dripcore.ports.Store.wait_for_work>`);
+        a fake clock just moves forward.
+        """
+        if stop is not None:
+            seconds = min(seconds, 0.5)  # an outside stop event is polled
+        if isinstance(self.clock, SystemClock):
+            self.store.wait_for_work(seconds, self._wake)
+        else:
+            self.clock.wait(seconds, self._wake)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current batch."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
@@ -574,6 +575,20 @@ class Store(ABC):
     @abstractmethod
     def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
         """Every counter of a sequence, ``{(position, name): value}``; cost independent of enrollments."""
+
+    def wait_for_work(self, timeout: float, wake: threading.Event | None = None) -> bool:
+        """Block up to ``timeout`` seconds, returning early (True) when work may be
+        due, or when ``wake`` is set; False when the timeout passed.
+
+        The default just waits on ``wake``. A store that can hear other
+        processes' writes (PostgreSQL's ``LISTEN``) overrides it, so an idle
+        worker wakes when another process enrolls someone. Used by
+        :meth:`Drip.run <dripcore.engine.Drip.run>` with the system clock.
+        """
+        if wake is None:
+            time.sleep(max(0.0, timeout))
+            return False
+        return wake.wait(max(0.0, timeout))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""
