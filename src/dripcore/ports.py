@@ -426,6 +426,11 @@ class Store(ABC):
       expires; no other owner can claim a leased enrollment meanwhile.
     - Outbox messages are unique by key: adding one again changes nothing.
     - Times are stored as UTC instants and come back equal.
+    - A stored row that can't be read never stops the others: :meth:`claim_due`
+      returns it as a :class:`BrokenRecord`; single look-ups (``get_*``) raise a
+      :class:`~dripcore.errors.StoreError` naming it; listings
+      (:meth:`find_enrollments`, :meth:`list_sequences`, :meth:`claim_messages`)
+      leave it out and log it.
     """
 
     #: Optional capabilities the contract kit checks (or visibly skips), such as
@@ -532,7 +537,12 @@ class Store(ABC):
 
     @abstractmethod
     def count_due(self, now: datetime) -> int:
-        """How many ACTIVE enrollments are due at ``now``."""
+        """How many ACTIVE enrollments of ACTIVE sequences are due at ``now``.
+
+        Leases and pending messages are not considered, so this is an upper
+        bound of what :meth:`claim_due` would return (the engine reports it
+        as deferred work when a rate limit holds a tick short).
+        """
 
     # -- outbox
 
@@ -575,6 +585,16 @@ class Store(ABC):
     @abstractmethod
     def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
         """Every counter of a sequence, ``{(position, name): value}``; cost independent of enrollments."""
+
+    def prune_messages(self, settled_before: datetime, *, batch_size: int = 10_000) -> int:
+        """Delete DELIVERED and FAILED outbox messages settled before ``settled_before``
+        and return how many; PENDING ones are never touched. The outbox grows by
+        one row per email, so run this from a periodic job with your retention
+        (for instance 90 days, longer than any late open or click you want to
+        record: engagement for a pruned message is refused). Stores that do not
+        implement it raise NotImplementedError.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement prune_messages")
 
     def wait_for_work(self, timeout: float, wake: threading.Event | None = None) -> bool:
         """Block up to ``timeout`` seconds, returning early (True) when work may be

@@ -34,7 +34,7 @@ class _Lease:
 class MemoryStore(Store):
     """An in-memory :class:`~dripcore.ports.Store`; the reference implementation."""
 
-    capabilities = frozenset({"frequency_cap"})
+    capabilities = frozenset({"frequency_cap", "retention"})
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -310,6 +310,19 @@ class MemoryStore(Store):
                 for m in self._outbox.values()
                 if m.contact_id == contact_id and m.status is not OutboxStatus.FAILED and since <= m.created_at < until
             )
+
+    def prune_messages(self, settled_before: datetime, *, batch_size: int = 10_000) -> int:
+        """Delete settled (delivered or failed) messages settled before ``settled_before``."""
+        cutoff = to_utc(settled_before, "settled_before")
+        with self._lock:
+            old = [
+                key
+                for key, m in self._outbox.items()
+                if m.status is not OutboxStatus.PENDING and m.settled_at is not None and m.settled_at < cutoff
+            ]
+            for key in old:
+                del self._outbox[key]
+            return len(old)
 
     def next_message_at(self) -> datetime | None:
         """The earliest next attempt of a pending message (or its lease's end, if later)."""

@@ -118,7 +118,7 @@ from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessag
 from ..serialization import make_converter
 
 # Small codec helpers shared with the SQLite store: JSON text, counter sums, error text.
-from .sqlite import _describe, _dumps, _sum_counters
+from ._common import describe, dumps, sum_counters
 
 __all__ = [
     "AuthenticationFailed",
@@ -367,10 +367,10 @@ def _enrollment_columns(e: Enrollment) -> tuple[Any, ...]:
         None if e.exit_reason is None else e.exit_reason.value,
         e.paused_at,
         e.ended_at,
-        _dumps(dict(e.variables)) if e.variables else None,
-        _dumps(sorted(e.opened)) if e.opened else None,
-        _dumps(sorted(e.clicked)) if e.clicked else None,
-        _dumps(sorted(e.skipped)) if e.skipped else None,
+        dumps(dict(e.variables)) if e.variables else None,
+        dumps(sorted(e.opened)) if e.opened else None,
+        dumps(sorted(e.clicked)) if e.clicked else None,
+        dumps(sorted(e.skipped)) if e.skipped else None,
     )
 
 
@@ -537,7 +537,7 @@ class PostgresStore(Store):
     owns its pool opens a new one in the child by itself).
     """
 
-    capabilities = frozenset({"multiprocess", "frequency_cap"})
+    capabilities = frozenset({"multiprocess", "frequency_cap", "retention"})
 
     def __init__(
         self,
@@ -795,7 +795,7 @@ class PostgresStore(Store):
                 if not can_retry or time.monotonic() + delay > deadline:
                     raise self._translate(exc, action, outcome) from exc
                 failure = exc
-            log.warning("%s: %s failed (%s); retrying", self.server, action, _describe(failure))
+            log.warning("%s: %s failed (%s); retrying", self.server, action, describe(failure))
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -960,7 +960,7 @@ class PostgresStore(Store):
         try:
             sequence = self._converter.structure(json.loads(body), Sequence)
         except Exception as exc:
-            raise CorruptRecord(self.server, "sequences", sequence_id, _describe(exc)) from exc
+            raise CorruptRecord(self.server, "sequences", sequence_id, describe(exc)) from exc
         if len(self._sequence_cache) >= 256:
             self._sequence_cache.clear()
         self._sequence_cache[body] = sequence
@@ -1001,7 +1001,7 @@ class PostgresStore(Store):
 
     def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
         """Insert (``expected_version=None``) or replace at the expected version, atomically."""
-        body = _dumps(self._converter.unstructure(sequence))
+        body = dumps(self._converter.unstructure(sequence))
         live = sequence.status is SequenceStatus.ACTIVE
 
         def work(cur: psycopg.Cursor[Any]) -> None:
@@ -1072,7 +1072,7 @@ class PostgresStore(Store):
         try:
             return _enrollment_from_row(row)
         except Exception as exc:
-            raise CorruptRecord(self.server, "enrollments", str(row[0]), _describe(exc)) from exc
+            raise CorruptRecord(self.server, "enrollments", str(row[0]), describe(exc)) from exc
 
     def add_enrollment(
         self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
@@ -1108,7 +1108,7 @@ class PostgresStore(Store):
             if inserted is None:
                 raise ConcurrencyConflict(kind="enrollment", id=e.id, expected=0, actual=0)
             totals: dict[tuple[str, int, str], int] = {}
-            _sum_counters(counters, totals)
+            sum_counters(counters, totals)
             self._write_counters(cur, totals)
             if inserted[0] and e.status is EnrollmentStatus.ACTIVE:
                 self._notify(cur, e.next_step_due_at)
@@ -1199,7 +1199,7 @@ class PostgresStore(Store):
             if e.id not in created_ids:
                 continue
             if counters is not None:
-                _sum_counters(counters(e), totals)
+                sum_counters(counters(e), totals)
             due = e.next_step_due_at
             if e.id in live_ids and e.status is EnrollmentStatus.ACTIVE and due is not None:
                 earliest = due if earliest is None else min(earliest, due)
@@ -1284,7 +1284,7 @@ class PostgresStore(Store):
             try:
                 claimed.append(_enrollment_from_row(row))
             except Exception as exc:
-                claimed.append(BrokenRecord(id=str(row[0]), error=_describe(exc)))
+                claimed.append(BrokenRecord(id=str(row[0]), error=describe(exc)))
         return claimed
 
     def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
@@ -1349,12 +1349,12 @@ class PostgresStore(Store):
                 # An enrollment waiting for its message is announced when the message settles.
                 if new.status is EnrollmentStatus.ACTIVE and not waiting:
                     wake_at = _earliest(wake_at, new.next_step_due_at)
-                _sum_counters(change.counters, totals)
+                sum_counters(change.counters, totals)
             if final:
                 rows = [_enrollment_doc(e, e.version + 1) for e in final.values()]
-                cur.execute(_UPDATE_ENROLLMENTS.format(s=self._s), (_dumps(rows),))
+                cur.execute(_UPDATE_ENROLLMENTS.format(s=self._s), (dumps(rows),))
             if messages:
-                cur.execute(_INSERT_MESSAGES.format(s=self._s), (_dumps(list(messages.values())),))
+                cur.execute(_INSERT_MESSAGES.format(s=self._s), (dumps(list(messages.values())),))
             self._write_counters(cur, totals)
             self._notify(cur, wake_at)
             return refused
@@ -1419,7 +1419,7 @@ class PostgresStore(Store):
             try:
                 claimed.append(_message_from_row(row))
             except Exception as exc:
-                log.error("%s", CorruptRecord(self.server, "outbox", str(row[0]), _describe(exc)))
+                log.error("%s", CorruptRecord(self.server, "outbox", str(row[0]), describe(exc)))
         return claimed
 
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
@@ -1456,9 +1456,9 @@ class PostgresStore(Store):
                     del attempts[d.key]
                 elif next_attempt is not None:
                     wake_at = _earliest(wake_at, next_attempt)
-                _sum_counters(d.counters, totals)
+                sum_counters(d.counters, totals)
             if final:
-                unblocked = _one(cur.execute(_SETTLE.format(s=self._s), (_dumps(list(final.values())),)))
+                unblocked = _one(cur.execute(_SETTLE.format(s=self._s), (dumps(list(final.values())),)))
                 wake_at = _earliest(wake_at, unblocked)
             self._write_counters(cur, totals)
             self._notify(cur, wake_at)
@@ -1469,7 +1469,7 @@ class PostgresStore(Store):
     def _settle_once(self, deliveries: Seq[Delivery]) -> None:
         """:meth:`settle` when each key comes once: one statement settles what is still pending."""
         ordered = sorted(deliveries, key=lambda d: d.key)  # lock order
-        rows = _dumps(
+        rows = dumps(
             [
                 [
                     d.key,
@@ -1490,7 +1490,7 @@ class PostgresStore(Store):
             totals: dict[tuple[str, int, str], int] = {}
             for d in ordered:
                 if d.key in settled:
-                    _sum_counters(d.counters, totals)
+                    sum_counters(d.counters, totals)
                     if d.status is OutboxStatus.PENDING:
                         wake_at = _earliest(wake_at, d.next_attempt_at)
             self._write_counters(cur, totals)
@@ -1513,7 +1513,7 @@ class PostgresStore(Store):
         try:
             return _message_from_row(row)
         except Exception as exc:
-            raise CorruptRecord(self.server, "outbox", key, _describe(exc)) from exc
+            raise CorruptRecord(self.server, "outbox", key, describe(exc)) from exc
 
     def find_messages(
         self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
@@ -1538,7 +1538,7 @@ class PostgresStore(Store):
             try:
                 found.append(_message_from_row(row))
             except Exception as exc:
-                log.error("%s", CorruptRecord(self.server, "outbox", str(row[0]), _describe(exc)))
+                log.error("%s", CorruptRecord(self.server, "outbox", str(row[0]), describe(exc)))
         return found
 
     def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
@@ -1602,13 +1602,13 @@ class PostgresStore(Store):
             f"INSERT INTO {self._s}.counters (sequence_id, position, name, shard, value) "
             "SELECT r->>0, (r->>1)::int, r->>2, %s, (r->>3)::bigint FROM jsonb_array_elements(%s::jsonb) AS r "
             "ON CONFLICT (sequence_id, position, name, shard) DO UPDATE SET value = counters.value + excluded.value",
-            (random.randrange(_COUNTER_SHARDS), _dumps(rows)),
+            (random.randrange(_COUNTER_SHARDS), dumps(rows)),
         )
 
     def bump(self, counters: Seq[Counter]) -> None:
         """Apply counter increments in one transaction."""
         totals: dict[tuple[str, int, str], int] = {}
-        _sum_counters(counters, totals)
+        sum_counters(counters, totals)
         if any(totals.values()):
             self._run("bump counters", lambda cur: self._write_counters(cur, totals), replay_safe=False)
 

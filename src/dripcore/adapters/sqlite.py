@@ -78,8 +78,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import cattrs
-
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
 from ..model import (
     UTC,
@@ -92,6 +90,7 @@ from ..model import (
 )
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
+from ._common import describe, dumps, sum_counters
 
 __all__ = [
     "APPLICATION_ID",
@@ -323,30 +322,16 @@ def _opt_from_instant(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(microseconds=value)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-# One encoder for the module: json.dumps with options builds a new encoder per call.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
-
-
-def _dumps(value: Any) -> str:
-    return _ENCODE(value)
-
-
 def _map_text(value: Mapping[str, Any]) -> str | None:
-    return _dumps(dict(value)) if value else None
+    return dumps(dict(value)) if value else None
 
 
 def _ints_text(value: frozenset[int]) -> str | None:
-    return _dumps(sorted(value)) if value else None
+    return dumps(sorted(value)) if value else None
 
 
 def _clicks_text(value: frozenset[tuple[int, str]]) -> str | None:
-    return _dumps(sorted(value)) if value else None
+    return dumps(sorted(value)) if value else None
 
 
 _ENROLLMENT_COLUMNS = (
@@ -436,7 +421,7 @@ _INSERT_MESSAGE = (
 def _sender_text(sender: SenderIdentity | None) -> str | None:
     if sender is None:
         return None
-    return _dumps({"from_email": sender.from_email, "from_name": sender.from_name, "reply_to": sender.reply_to})
+    return dumps({"from_email": sender.from_email, "from_name": sender.from_name, "reply_to": sender.reply_to})
 
 
 def _message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | None) -> tuple[Any, ...]:
@@ -452,8 +437,8 @@ def _message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | N
             email.html,
             email.text,
             _sender_text(email.sender),
-            _dumps(dict(email.headers)) if email.headers else None,
-            None if identity == own else _dumps(identity),
+            dumps(dict(email.headers)) if email.headers else None,
+            None if identity == own else dumps(identity),
         )
     return (
         m.key,
@@ -512,30 +497,10 @@ def _message_from_row(row: Seq[Any]) -> OutboxMessage:
     )
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _sum_counters(counters: Iterable[Counter], into: dict[tuple[str, int, str], int]) -> None:
-    for sequence_id, position, name, delta in counters:
-        k = (sequence_id, position, name)
-        into[k] = into.get(k, 0) + delta
-
-
 _UPSERT_COUNTER = (
     "INSERT INTO counters (sequence_id, position, name, value) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (sequence_id, position, name) DO UPDATE SET value = value + excluded.value"
 )
-
-
-def _sequence_converter() -> cattrs.Converter:
-    """The converter sequence bodies are stored with: :func:`~dripcore.serialization.make_converter`.
-
-    (It once added rules make_converter lacked for ``Delay | WaitUntil`` and
-    ``datetime.time``; make_converter has them now. The name stays because
-    :mod:`dripcore.adapters.postgres` imports it.)
-    """
-    return make_converter()
 
 
 # A fork must not happen in the middle of a background checkpoint: the child
@@ -651,7 +616,7 @@ class SQLiteStore(Store):
     lease ends).
     """
 
-    capabilities = frozenset({"multiprocess", "frequency_cap"})
+    capabilities = frozenset({"multiprocess", "frequency_cap", "retention"})
 
     def __init__(
         self,
@@ -675,9 +640,9 @@ class SQLiteStore(Store):
                 raise ValueError(f"pragmas: {name!r} is not a pragma name")
         self._memory = self.path == ":memory:"
         if self._memory:
-            self.capabilities = frozenset({"frequency_cap"})
+            self.capabilities = frozenset({"frequency_cap", "retention"})
         self._lock = threading.RLock()
-        self._converter = _sequence_converter()
+        self._converter = make_converter()
         self._sequence_cache: dict[str, Sequence] = {}
         self._closed = False
         self._background_checkpoints = background_checkpoints and not self._memory
@@ -913,7 +878,7 @@ class SQLiteStore(Store):
         try:
             sequence = self._converter.structure(json.loads(body), Sequence)
         except Exception as exc:
-            raise CorruptRecord(self.path, "sequences", sequence_id, _describe(exc)) from exc
+            raise CorruptRecord(self.path, "sequences", sequence_id, describe(exc)) from exc
         if len(self._sequence_cache) >= 256:
             self._sequence_cache.clear()
         self._sequence_cache[body] = sequence
@@ -947,7 +912,7 @@ class SQLiteStore(Store):
 
     def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
         """Insert (``expected_version=None``) or replace at the expected version, atomically."""
-        body = _dumps(self._converter.unstructure(sequence))
+        body = dumps(self._converter.unstructure(sequence))
         with self._write("save a sequence") as conn:
             row = conn.execute("SELECT status, version FROM sequences WHERE id = ?", (sequence.id,)).fetchone()
             if expected_version is None:
@@ -998,7 +963,7 @@ class SQLiteStore(Store):
         try:
             return _enrollment_from_row(row)
         except Exception as exc:
-            raise CorruptRecord(self.path, "enrollments", str(row[0]), _describe(exc)) from exc
+            raise CorruptRecord(self.path, "enrollments", str(row[0]), describe(exc)) from exc
 
     @staticmethod
     def _insert_row(e: Enrollment, live: int) -> tuple[Any, ...]:
@@ -1021,7 +986,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise ConcurrencyConflict(kind="enrollment", id=enrollment.id, expected=0, actual=0) from None
             totals: dict[tuple[str, int, str], int] = {}
-            _sum_counters(counters, totals)
+            sum_counters(counters, totals)
             _write_counters(conn, totals)
             return enrollment, True
 
@@ -1081,7 +1046,7 @@ class SQLiteStore(Store):
                         live_by_sequence[e.sequence_id] = self._sequence_live(conn, e.sequence_id)
                     rows.append(self._insert_row(e, live_by_sequence[e.sequence_id]))
                     if counters is not None:
-                        _sum_counters(counters(e), totals)
+                        sum_counters(counters(e), totals)
                 try:
                     conn.executemany(_INSERT_ENROLLMENT, rows)
                 except sqlite3.IntegrityError as exc:
@@ -1162,7 +1127,7 @@ class SQLiteStore(Store):
             try:
                 claimed.append(_enrollment_from_row(row[:-1]))
             except Exception as exc:
-                claimed.append(BrokenRecord(id=str(row[0]), error=_describe(exc)))
+                claimed.append(BrokenRecord(id=str(row[0]), error=describe(exc)))
         return claimed
 
     def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
@@ -1186,7 +1151,7 @@ class SQLiteStore(Store):
             return []
         refused: list[str] = []
         with self._write("commit changes") as conn:
-            ids = _dumps(list({c.enrollment.id for c in changes}))
+            ids = dumps(list({c.enrollment.id for c in changes}))
             stored = {
                 row[1]: list(row)
                 for row in conn.execute(
@@ -1223,7 +1188,7 @@ class SQLiteStore(Store):
                 for message in change.outbox:
                     leased = held and message.status is OutboxStatus.PENDING
                     messages.append(_message_row(message, owner if leased else None, lease_until if leased else None))
-                _sum_counters(change.counters, totals)
+                sum_counters(change.counters, totals)
             if updates:
                 conn.executemany(_UPDATE_STATE, updates)
             if ended_leases:
@@ -1289,7 +1254,7 @@ class SQLiteStore(Store):
             try:
                 claimed.append(_message_from_row(row))
             except Exception as exc:
-                log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), _describe(exc)))
+                log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), describe(exc)))
         return claimed
 
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
@@ -1297,7 +1262,7 @@ class SQLiteStore(Store):
         if not deliveries:
             return
         with self._write("settle deliveries") as conn:
-            keys = _dumps(list({d.key for d in deliveries}))
+            keys = dumps(list({d.key for d in deliveries}))
             pending = {
                 row[0]
                 for row in conn.execute(
@@ -1323,7 +1288,7 @@ class SQLiteStore(Store):
                         d.key,
                     )
                 )
-                _sum_counters(d.counters, totals)
+                sum_counters(d.counters, totals)
             if updates:
                 conn.executemany(
                     "UPDATE outbox SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
@@ -1341,7 +1306,7 @@ class SQLiteStore(Store):
         try:
             return _message_from_row(row)
         except Exception as exc:
-            raise CorruptRecord(self.path, "outbox", key, _describe(exc)) from exc
+            raise CorruptRecord(self.path, "outbox", key, describe(exc)) from exc
 
     def find_messages(
         self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
@@ -1366,7 +1331,7 @@ class SQLiteStore(Store):
             try:
                 found.append(_message_from_row(row))
             except Exception as exc:
-                log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), _describe(exc)))
+                log.error("%s", CorruptRecord(self.path, "outbox", str(row[0]), describe(exc)))
         return found
 
     def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
@@ -1417,7 +1382,7 @@ class SQLiteStore(Store):
     def bump(self, counters: Seq[Counter]) -> None:
         """Apply counter increments in one transaction."""
         totals: dict[tuple[str, int, str], int] = {}
-        _sum_counters(counters, totals)
+        sum_counters(counters, totals)
         if not totals:
             return
         with self._write("bump counters") as conn:

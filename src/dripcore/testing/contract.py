@@ -53,6 +53,10 @@ lists them), never passed silently:
     The store implements :meth:`~dripcore.ports.Store.count_messages`, which
     the engine's frequency caps need.
 
+``"retention"``
+    The store implements :meth:`~dripcore.ports.Store.prune_messages`, so
+    operators can keep the outbox from growing forever.
+
 Broken rows
     If your store can be made to hold an unreadable enrollment, provide the
     ``break_enrollment`` fixture: a callable ``(store, enrollment_id) -> None``
@@ -112,6 +116,7 @@ __all__ = [
     "InstantContract",
     "MultiprocessContract",
     "OutboxContract",
+    "RetentionContract",
     "SequenceContract",
     "StoreContract",
     "StoreFactory",
@@ -866,6 +871,27 @@ class FrequencyCapContract(_Fixtures):
         assert store.count_messages("ana", T0.astimezone(east), (T0 + 2 * HOUR).astimezone(east)) == 2
 
 
+class RetentionContract(_Fixtures):
+    """Capability ``"retention"``: prune_messages deletes old settled messages, never pending ones."""
+
+    def test_prune_deletes_settled_messages_before_the_cutoff(self, store: Store) -> None:
+        """DELIVERED and FAILED messages settled before the cutoff go; newer and PENDING ones stay."""
+        require_capability(store, "retention")
+        enrollments = [attrs.evolve(sample_enrollment(f"e{i}"), key=f"e{i}") for i in range(4)]
+        _setup(store, *enrollments)
+        changes = [Change(enrollment=sent(e, 1, T0, None), outbox=(message(e, 1, at=T0),)) for e in enrollments]
+        assert store.commit(changes) == []
+        store.settle([Delivery(key="e0:1", status=OutboxStatus.DELIVERED, at=T0 + HOUR)])
+        store.settle([Delivery(key="e1:1", status=OutboxStatus.FAILED, at=T0 + 2 * HOUR, error="bounced")])
+        store.settle([Delivery(key="e2:1", status=OutboxStatus.DELIVERED, at=T0 + 5 * HOUR)])
+        assert store.prune_messages(T0 + 3 * HOUR, batch_size=1) == 2
+        assert store.get_message("e0:1") is None
+        assert store.get_message("e1:1") is None
+        assert store.get_message("e2:1") is not None, "settled after the cutoff"
+        assert store.get_message("e3:1") is not None, "pending messages are never pruned"
+        assert store.prune_messages(T0 + 3 * HOUR) == 0
+
+
 # --------------------------------------------------------------------------- instants
 
 
@@ -1024,6 +1050,7 @@ class StoreContract(
     OutboxContract,
     CounterContract,
     FrequencyCapContract,
+    RetentionContract,
     InstantContract,
     BrokenRecordContract,
     MultiprocessContract,

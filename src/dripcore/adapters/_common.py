@@ -1,0 +1,38 @@
+"""Helpers the SQL adapters share: compact JSON, counter sums, error descriptions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..ports import Counter
+
+__all__ = ["describe", "dumps", "sum_counters"]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# One encoder for the module: json.dumps with options builds a new encoder per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON (read-only mappings included), without escaping non-ASCII text."""
+    return _ENCODE(value)
+
+
+def describe(exc: BaseException) -> str:
+    """``"ErrorType: message"``, for errors that name what failed."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def sum_counters(counters: Iterable[Counter], into: dict[tuple[str, int, str], int]) -> None:
+    """Add ``counters`` into ``into``, so a batch writes each counter once."""
+    for sequence_id, position, name, delta in counters:
+        k = (sequence_id, position, name)
+        into[k] = into.get(k, 0) + delta
