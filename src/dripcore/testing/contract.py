@@ -781,6 +781,21 @@ class OutboxContract(_Fixtures):
         )  # fmt: skip
         assert store.claim_messages(T0 + HOUR, limit=10, lease=HOUR, owner="w1") == []
 
+    def test_one_key_settled_twice_in_a_batch_applies_in_order(self, store: Store) -> None:
+        """A retry then a delivery of the same key in one batch: both attempts count, it ends DELIVERED;
+        a second final outcome in the same batch is ignored, counters included."""
+        e1 = sample_enrollment("e1")
+        _setup(store, e1)
+        _committed(store, e1)
+        retry = Delivery(key="e1:1", status=OutboxStatus.PENDING, at=T0, error="timeout", next_attempt_at=T0 + MINUTE)
+        done = Delivery(key="e1:1", status=OutboxStatus.DELIVERED, at=T0 + MINUTE, counters=(("seq", 1, "d", 1),))
+        again = Delivery(key="e1:1", status=OutboxStatus.FAILED, at=T0 + HOUR, counters=(("seq", 1, "f", 1),))
+        store.settle([retry, done, again])
+        stored = store.get_message("e1:1")
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.settled_at) == (OutboxStatus.DELIVERED, 2, T0 + MINUTE)
+        assert store.counters("seq") == {(1, "d"): 1}
+
     def test_settling_an_unknown_key_changes_nothing(self, store: Store) -> None:
         """Deliveries for keys not in the outbox are ignored, counters included."""
         _setup(store)
