@@ -19,7 +19,7 @@ def test_bench_sqlite_smoke(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
         sys.path.remove(str(ROOT / "benchmarks"))
     (figures,) = bench_sqlite.main(["--n", "500", "--dir", str(tmp_path)])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6, lines
+    assert len(lines) == 7, lines
     assert all("target" in line for line in lines)
     assert "of a bare sqlite3 select+update loop" in lines[3]
     assert figures["dispatch_steps"] == figures["floor_steps"] > 0
