@@ -786,8 +786,9 @@ def table(results: Mapping[str, Any]) -> str:
             f = main.get(c, {}).get(str(n))
             if f is None:
                 continue
+            dispatch = f"{f['dispatch_rate']:,.0f}" if f["sent"] else "none sent"
             rows.append(
-                f"| {c} | {n:,} | {f['repeats']} | {f['enroll_rate']:,.0f} | {f['dispatch_rate']:,.0f} "
+                f"| {c} | {n:,} | {f['repeats']} | {f['enroll_rate']:,.0f} | {dispatch} "
                 f"| {f['peak_mib']:.0f} | {f['growth_mib']:.0f} | {f['sent']:,} of {f['due']:,} "
                 f"| {f['duplicates']} | {f['dropped']:,} |"
             )
@@ -835,7 +836,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
         APSCHEDULER: "#f97316",
         APSCHEDULER_DEFAULTS: "#9ca3af",
     }
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     panels = (
         ("enroll_rate", "enroll (contacts/s, log)", True),
         ("dispatch_rate", "dispatch (due steps sent/s, log)", True),
@@ -849,25 +850,31 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
                 f = main.get(c, {}).get(str(n))
                 if f is None:
                     continue
-                value = f[key]
-                if key == "dispatch_rate" and f["sent"] == 0:
-                    value = 0.0  # dropped everything: nothing was sent
-                xs.append(j + (k - 1.5) * width)
-                ys.append(value)
-            ax.bar(xs, ys, width, label=c, color=colours[c])
+                x = j + (k - 1.5) * width
+                if key == "dispatch_rate" and f["sent"] == 0:  # nothing sent: it dropped every due step
+                    ax.text(x, 12, "all dropped", rotation=90, ha="center", va="bottom", fontsize=7)
+                    continue
+                xs.append(x)
+                ys.append(f[key])
+            bars = ax.bar(xs, ys, width, label=c, color=colours[c])
+            ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=6, rotation=90, padding=2)
         ax.set_xticks(range(len(sizes)), [f"N={n:,}" for n in sizes])
         ax.set_title(title)
         if log:
             ax.set_yscale("log")
+            ax.set_ylim(10, ax.get_ylim()[1] * 4)
+        else:
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(loc="lower left", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     m = results["machine"]
     figure.suptitle(
-        f"dripcore vs APScheduler {m['APScheduler']} on SQLite: medians of {results['repeats']} "
+        f"dripcore vs APScheduler {m['APScheduler']} on SQLite: medians of up to {results['repeats']} runs "
         f"(CPU: {m['cpu']}, {m['cores']} cores, Python {m['python']})",
         fontsize=10,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
