@@ -102,6 +102,14 @@ class TestDaylightSaving:
         assert due.astimezone(NY).utcoffset() == timedelta(hours=-4)
 
 
+    def test_a_zero_day_delay_in_the_repeated_hour_does_not_go_back(self) -> None:
+        """From the second 02:00 of Amsterdam's fall-back night, '0 days' is now, not an hour ago."""
+        amsterdam = zoneinfo.ZoneInfo("Europe/Amsterdam")
+        second_two_am = datetime(2026, 10, 25, 1, 0, tzinfo=UTC)  # 02:00 CET, after 02:00 CEST
+        assert second_two_am.astimezone(amsterdam).fold == 1
+        assert add_delay(second_two_am, Delay.days(0), amsterdam) == second_two_am
+
+
 class TestSendWindows:
     def test_a_step_due_on_saturday_moves_to_monday_morning(self) -> None:
         window = SendWindow.business_days(time(9), time(17))
