@@ -52,9 +52,13 @@ CONTACTS = (
 class _Printer(EventSink):
     """Prints each lifecycle event as a timeline line."""
 
-    def __init__(self, drip: Callable[[], Drip], out: TextIO) -> None:
-        self._drip = drip
+    def __init__(self, out: TextIO) -> None:
+        self.drip: Drip | None = None  # set once the engine that publishes to it exists
         self.out = out
+
+    def _engine(self) -> Drip:
+        assert self.drip is not None
+        return self.drip
 
     def publish(self, events: Seq[Event]) -> None:
         for event in events:
@@ -63,11 +67,11 @@ class _Printer(EventSink):
                 line(self.out, event.at, event.contact_id, what)
 
     def _describe(self, event: Event) -> str:
-        name = self._drip().get_sequence(event.sequence_id).name
+        name = self._engine().get_sequence(event.sequence_id).name
         if isinstance(event, Subscribed):
             return f"enrolled in {name}"
         if isinstance(event, StepSent):
-            sent = self._drip().store.get_message(event.idempotency_key)
+            sent = self._engine().store.get_message(event.idempotency_key)
             subject = sent.email.subject if sent and sent.email else ""
             return f"{name} step {event.position} sent: {subject!r}"
         if isinstance(event, StepFailed):
@@ -91,9 +95,8 @@ def run_demo(store: Store, *, out: TextIO | None = None, store_label: str = "mem
     contacts = MemoryContacts(CONTACTS)
     sender = FlakySender(RecordingSender())
     sender.fail_address("dev@bounces.example", reason="bounced")  # a hard bounce from the provider
-    drip: Drip | None = None
-    printer = _Printer(lambda: drip, out)  # type: ignore[arg-type, return-value]
-    drip = Drip(store=store, sender=sender, clock=clock, contacts=contacts, events=printer)
+    printer = _Printer(out)
+    drip = printer.drip = Drip(store=store, sender=sender, clock=clock, contacts=contacts, events=printer)
 
     for prefab in (welcome_series(), post_purchase(), birthday_email()):
         drip.save_sequence(prefab)

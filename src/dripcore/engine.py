@@ -1060,7 +1060,11 @@ class Drip:
                 tally.skipped += 1
                 continue
             if contact is None or contact.suppressed is not None:
-                why = "contact not found" if contact is None else f"contact suppressed ({contact.suppressed.value})"  # type: ignore[union-attr]
+                if contact is None:
+                    why = "contact not found"
+                else:
+                    assert contact.suppressed is not None
+                    why = f"contact suppressed ({contact.suppressed.value})"
                 deliveries.append(
                     Delivery(key=message.key, status=OutboxStatus.FAILED, at=now, error=why,
                              counters=((*where, "skipped:suppressed", 1),))
