@@ -139,7 +139,9 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     status = commands.add_parser("status", help="sequences of a SQLite database with their counts")
     status.add_argument("--db", required=True, help="the SQLite file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The worker reports what it does; the demo and status print their own output.
+    level = logging.INFO if args.command == "run" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "demo":
             return _demo(args.db, out)
