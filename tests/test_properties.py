@@ -8,13 +8,14 @@ jumps (forwards and backwards), and checks one invariant on every call.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dripcore import (
@@ -35,9 +36,9 @@ from dripcore import (
     replan,
     resume,
 )
-from dripcore.scheduler import _next_step, resolve_zone
+from dripcore.scheduler import _next_step, _sent, resolve_zone
 
-from .strategies import contacts, instants, sequences, steps_lists
+from .strategies import contacts, enrollments, instants, sequences, steps_lists
 
 LINKS = ["https://a.example/x", "https://b.example/y"]
 
@@ -259,3 +260,19 @@ def test_suppressed_contact_is_never_sent_anything(sequence: Sequence, contact: 
     assert result.send is None
     assert result.enrollment.status is EnrollmentStatus.EXITED
     assert result.enrollment.exit_reason is contact.suppressed
+
+
+@given(enrollments(), instants, st.integers(1, 30), st.frozensets(st.integers(1, 30), max_size=3))
+def test_the_hot_path_constructor_equals_attrs_evolve(
+    enrollment: Enrollment, now: datetime, position: int, skipped: frozenset[int]
+) -> None:
+    """scheduler._sent spells evolve out for speed; it must keep every other field (a new field included)."""
+    assume(enrollment.status is EnrollmentStatus.ACTIVE)
+    due = now + timedelta(hours=1)
+    expected = attrs.evolve(
+        enrollment, last_step_sent=position, last_step_sent_at=now, next_step_due_at=due, skipped=skipped
+    )
+    assert _sent(enrollment, position, now, due, skipped) == expected
+    source = inspect.getsource(_sent)
+    missing = [f.name for f in attrs.fields(Enrollment) if f.init and f"{f.name}=" not in source]
+    assert missing == [], f"scheduler._sent does not pass {missing}"

@@ -353,7 +353,8 @@ class Drip:
     def _change(self, before: Enrollment | None, result: scheduler.Advance, **extra: Any) -> Change:
         after = result.enrollment
         counters = _status_counters(after.sequence_id, before, after)
-        counters.extend(_event_counters(result.events))
+        if result.events:
+            counters.extend(_event_counters(result.events))
         counters.extend(extra.pop("counters", ()))
         return Change(enrollment=after, events=result.events, counters=tuple(counters), **extra)
 

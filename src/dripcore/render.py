@@ -273,7 +273,15 @@ def placeholder_unsubscribe_url(contact: Contact, enrollment: Enrollment) -> str
     ``.invalid`` is reserved and never resolves: pass your own
     ``unsubscribe_url`` to :class:`LiquidRenderer` before sending real email.
     """
-    return f"https://unsubscribe.invalid/{quote(enrollment.sequence_id, safe='')}/{quote(enrollment.id, safe='')}"
+    return f"https://unsubscribe.invalid/{_path_segment(enrollment.sequence_id)}/{_path_segment(enrollment.id)}"
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def _path_segment(text: str) -> str:
+    """``text`` percent-encoded as one URL path segment (most ids need nothing)."""
+    return text if _URL_SAFE.fullmatch(text) else quote(text, safe="")
 
 
 def unsubscribe_link(pattern: str) -> UnsubscribeUrl:

@@ -495,15 +495,32 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
     else:
         next_due = now + delay.nominal  # the hot path: no zone arithmetic
     return Advance(
-        attrs.evolve(
-            enrollment,
-            last_step_sent=position,
-            last_step_sent_at=now,
-            next_step_due_at=next_due,
-            skipped=skipped,
-        ),
-        step,
-        _NO_EVENTS if events is None else tuple(events),
+        _sent(enrollment, position, now, next_due, skipped), step, _NO_EVENTS if events is None else tuple(events)
+    )
+
+
+def _sent(enrollment: Enrollment, position: int, now: datetime, due: datetime, skipped: frozenset[int]) -> Enrollment:
+    """``attrs.evolve`` for the hot path (a step sent, more to come), spelled out: the
+    same validated construction without evolve's generic field loop."""
+    e = enrollment
+    return Enrollment(
+        id=e.id,
+        sequence_id=e.sequence_id,
+        contact_id=e.contact_id,
+        status=e.status,
+        enrolled_at=e.enrolled_at,
+        next_step_due_at=due,
+        last_step_sent=position,
+        last_step_sent_at=now,
+        exit_reason=e.exit_reason,
+        paused_at=e.paused_at,
+        ended_at=e.ended_at,
+        variables=e.variables,
+        opened=e.opened,
+        clicked=e.clicked,
+        skipped=skipped,
+        key=e.key,
+        version=e.version,
     )
 
 
