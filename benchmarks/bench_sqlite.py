@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import io
 import itertools
 import multiprocessing
@@ -65,6 +66,12 @@ TARGET_RSS_MB = 200
 TARGET_SCALING = 1.5
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+#: SQLite's page cache for the store and the bare loops alike (``--cache-kib``; default: the store's).
+CACHE_KIB: int = inspect.signature(SQLiteStore).parameters["cache_size_kib"].default
+
+
+def open_store(path: Path) -> SQLiteStore:
+    return SQLiteStore(path, cache_size_kib=CACHE_KIB)
 
 
 def welcome() -> Sequence:
@@ -162,7 +169,7 @@ def _bare_connection(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA cache_size = -65536")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     return conn
 
 
@@ -176,7 +183,7 @@ def _enrollment_counters(e: Enrollment) -> list[tuple[str, int, str, int]]:
 
 def build(path: Path, n: int) -> dict[str, float]:
     """Create the population with the bulk API; measure it against bare executemany inserts."""
-    with SQLiteStore(path) as store:
+    with open_store(path) as store:
         store.save_sequence(welcome())
         store.save_sequence(later())
         started = time.perf_counter()
@@ -201,7 +208,7 @@ def build(path: Path, n: int) -> dict[str, float]:
 
 def enroll_per_call(path: Path, calls: int) -> dict[str, float]:
     """Drip.enroll one contact at a time (a transaction each), against bare one-row transactions."""
-    with SQLiteStore(path) as store:
+    with open_store(path) as store:
         drip = Drip(store=store, sender=NullSender(), contacts=Contacts(), clock=FakeClock(NOW))
         started = time.perf_counter()
         for i in range(calls):
@@ -284,7 +291,7 @@ def dispatch(path: Path, n: int, profile: bool) -> dict[str, Any]:
     """Everything due now through Drip.tick, then the small ticks of the groups due later."""
     clock = FakeClock(NOW)
     sender = NullSender()
-    with SQLiteStore(path) as store:
+    with open_store(path) as store:
         drip = Drip(store=store, sender=sender, contacts=Contacts(), clock=clock, batch_size=BATCH)
         profiler = cProfile.Profile() if profile else None
         with PeakRSS() as rss:
@@ -391,7 +398,7 @@ def _verdict(ok: bool) -> str:
 
 
 def report(results: list[dict[str, Any]]) -> list[str]:
-    lines = []
+    lines = [f"settings: SQLiteStore(cache_size_kib={CACHE_KIB:,}) and the same page cache for the bare loops"]
     for f in results:
         n = f["n"]
         lines.append(
@@ -442,14 +449,20 @@ def report(results: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    global CACHE_KIB
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[100_000], help="population size(s) (default 100,000)")
     parser.add_argument(
         "--no-reference", action="store_true", help="with --n above 100,000, don't also run 100,000 for scaling"
     )
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the dispatch of the largest N")
+    parser.add_argument(
+        "--cache-kib", type=int, default=None, help=f"SQLite page cache in KiB (default: the store's, {CACHE_KIB})"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to put the database files (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.cache_kib is not None:
+        CACHE_KIB = args.cache_kib
     sizes = sorted(set(args.n))
     if sizes[-1] > 100_000 and 100_000 not in sizes and not args.no_reference:
         sizes.insert(0, 100_000)

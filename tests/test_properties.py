@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -36,6 +37,8 @@ from dripcore import (
     replan,
     resume,
 )
+from dripcore.errors import InvalidEnrollment
+from dripcore.model import _assemble_enrollment
 from dripcore.scheduler import _next_step, _sent, resolve_zone
 
 from .strategies import contacts, enrollments, instants, sequences, steps_lists
@@ -276,3 +279,21 @@ def test_the_hot_path_constructor_equals_attrs_evolve(
     source = inspect.getsource(_sent)
     missing = [f.name for f in attrs.fields(Enrollment) if f.init and f"{f.name}=" not in source]
     assert missing == [], f"scheduler._sent does not pass {missing}"
+
+
+@given(enrollments())
+def test_the_fast_enrollment_constructor_equals_the_validated_one(enrollment: Enrollment) -> None:
+    """model._assemble_enrollment skips the per-field converters; given the fields of a valid
+    enrollment it must build the same enrollment, and it must take every field."""
+    fields = {f.name: getattr(enrollment, f.name) for f in attrs.fields(Enrollment) if f.init}
+    assert _assemble_enrollment(**fields) == Enrollment(**fields) == enrollment
+    assert set(inspect.signature(_assemble_enrollment).parameters) == set(fields)
+
+
+@given(enrollments())
+def test_the_fast_enrollment_constructor_keeps_the_cross_field_rules(enrollment: Enrollment) -> None:
+    """What __attrs_post_init__ refuses, the fast constructor refuses too."""
+    fields = {f.name: getattr(enrollment, f.name) for f in attrs.fields(Enrollment) if f.init}
+    fields["next_step_due_at"] = None if enrollment.next_step_due_at is not None else enrollment.enrolled_at
+    with pytest.raises(InvalidEnrollment):
+        _assemble_enrollment(**fields)

@@ -176,12 +176,17 @@ def _json_safe(value: Any, field: str, error: type[ValidationError], depth: int 
     raise error(field, value, f"{type(value).__name__} is not JSON-safe")
 
 
+_EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
+
+
 def _frozen_mapping(field: str, error: type[ValidationError]) -> Callable[[Any], Mapping[str, Any]]:
     """A converter that validates a JSON-safe mapping and wraps it read-only."""
 
     def convert(value: Any) -> Mapping[str, Any]:
         if value.__class__ is MappingProxyType:
             return value
+        if value.__class__ is dict and not value:
+            return _EMPTY_MAPPING  # the default of every record without one: shared, it can't change
         if not isinstance(value, Mapping):
             raise error(field, value, "expected a mapping of strings to JSON-safe values")
         _json_safe(value, field, error)
@@ -1426,8 +1431,7 @@ class Contact:
     _zone: zoneinfo.ZoneInfo | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        for name in ("first_name", "last_name"):
-            value = getattr(self, name)
+        for name, value in (("first_name", self.first_name), ("last_name", self.last_name)):
             if not isinstance(value, str) or len(value) > _ID_MAX or "\n" in value or "\r" in value:
                 raise InvalidContact(f"contact.{name}", value, "must be a single-line string")
         if self.birthday is not None and (not isinstance(self.birthday, date) or isinstance(self.birthday, datetime)):
@@ -1442,6 +1446,57 @@ class Contact:
     def zone(self) -> zoneinfo.ZoneInfo | None:
         """The contact's own zone (None when it has none)."""
         return self._zone
+
+
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _assemble_enrollment(
+    *,
+    id: str,
+    sequence_id: str,
+    contact_id: str,
+    status: EnrollmentStatus,
+    enrolled_at: datetime,
+    next_step_due_at: datetime | None,
+    last_step_sent: int,
+    last_step_sent_at: datetime | None,
+    exit_reason: ExitReason | None,
+    paused_at: datetime | None,
+    ended_at: datetime | None,
+    variables: Mapping[str, Any],
+    opened: frozenset[int],
+    clicked: frozenset[tuple[int, str]],
+    skipped: frozenset[int],
+    key: str | None,
+    version: int,
+) -> Enrollment:
+    """``Enrollment(...)`` for values that are already valid and in their converted form
+    (copied from a validated enrollment, or decoded and checked by a store): the
+    per-field validators and converters are skipped, the cross-field checks of
+    ``__attrs_post_init__`` still run. The dispatch hot path builds two enrollments
+    per step; a property test pins this to the validated constructor."""
+    e: Enrollment = _new_object(Enrollment)
+    _set_field(e, "id", id)
+    _set_field(e, "sequence_id", sequence_id)
+    _set_field(e, "contact_id", contact_id)
+    _set_field(e, "status", status)
+    _set_field(e, "enrolled_at", enrolled_at)
+    _set_field(e, "next_step_due_at", next_step_due_at)
+    _set_field(e, "last_step_sent", last_step_sent)
+    _set_field(e, "last_step_sent_at", last_step_sent_at)
+    _set_field(e, "exit_reason", exit_reason)
+    _set_field(e, "paused_at", paused_at)
+    _set_field(e, "ended_at", ended_at)
+    _set_field(e, "variables", variables)
+    _set_field(e, "opened", opened)
+    _set_field(e, "clicked", clicked)
+    _set_field(e, "skipped", skipped)
+    _set_field(e, "key", key)
+    _set_field(e, "version", version)
+    e.__attrs_post_init__()
+    return e
 
 
 # --------------------------------------------------------------------------- events

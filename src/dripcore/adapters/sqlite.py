@@ -64,6 +64,7 @@ Every failure is a :class:`SQLiteStoreError` (a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -86,6 +87,7 @@ from ..model import (
     SenderIdentity,
     Sequence,
     SequenceStatus,
+    _assemble_enrollment,
     to_utc,
 )
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
@@ -304,6 +306,14 @@ _EMPTY: frozenset[Any] = frozenset()
 _NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})  # read-only, so every enrollment may share it
 _LIVE_STATUSES = ("active", "paused")
 
+# CPython's sqlite3 binds None through its adapter registry: about half a
+# microsecond a value, ten times an int. The hot statements bind _NULL in its
+# place and SQL turns it back into NULL (``nullif``). No column holds _NULL as a
+# value: instants are above datetime.min (-6.2e16 microseconds) and text is
+# bound as str.
+_NULL = -(2**62)
+_OR_NULL = f"nullif(?, {_NULL})"
+
 
 def _instant(value: datetime) -> int:
     """An instant as integer microseconds since the Unix epoch (exact, sortable)."""
@@ -340,11 +350,41 @@ _ENROLLMENT_COLUMNS = (
 )
 
 
+_STATUSES = {status.value: status for status in EnrollmentStatus}
+
+
 def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
     (
         id_, sequence_id, contact_id, status, enrolled_at, due, last, last_at,
         reason, paused_at, ended_at, variables, opened, clicked, skipped, key, version,
     ) = row  # fmt: skip
+    known = _STATUSES.get(status)
+    # The common row (no engagement, no variables, not exited): its few values are
+    # checked here, the cross-field rules by the constructor.
+    if (
+        known is not None and reason is None and not (variables or opened or clicked or skipped)
+        and id_.__class__ is str and sequence_id.__class__ is str and contact_id.__class__ is str
+        and enrolled_at.__class__ is int and (key is None or key.__class__ is str)
+    ):  # fmt: skip
+        return _assemble_enrollment(
+            id=id_,
+            sequence_id=sequence_id,
+            contact_id=contact_id,
+            status=known,
+            enrolled_at=_EPOCH + timedelta(microseconds=enrolled_at),
+            next_step_due_at=None if due is None else _EPOCH + timedelta(microseconds=due),
+            last_step_sent=last,
+            last_step_sent_at=None if last_at is None else _EPOCH + timedelta(microseconds=last_at),
+            exit_reason=None,
+            paused_at=None if paused_at is None else _EPOCH + timedelta(microseconds=paused_at),
+            ended_at=None if ended_at is None else _EPOCH + timedelta(microseconds=ended_at),
+            variables=_NO_VARIABLES,
+            opened=_EMPTY,
+            clicked=_EMPTY,
+            skipped=_EMPTY,
+            key=key,
+            version=version,
+        )
     return Enrollment(
         id=id_,
         sequence_id=sequence_id,
@@ -367,19 +407,20 @@ def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
 
 
 def _enrollment_state(e: Enrollment) -> tuple[Any, ...]:
-    """The mutable columns of an enrollment, in ``_UPDATE_STATE`` order (without the version and rid)."""
+    """The mutable columns of an enrollment, in ``_UPDATE_STATE`` order (without the version and rid);
+    ``_NULL`` stands for NULL."""
     return (
         e.status.value,
-        None if e.next_step_due_at is None else (e.next_step_due_at - _EPOCH) // _MICROSECOND,
+        _NULL if e.next_step_due_at is None else (e.next_step_due_at - _EPOCH) // _MICROSECOND,
         e.last_step_sent,
-        None if e.last_step_sent_at is None else (e.last_step_sent_at - _EPOCH) // _MICROSECOND,
-        None if e.exit_reason is None else e.exit_reason.value,
-        None if e.paused_at is None else (e.paused_at - _EPOCH) // _MICROSECOND,
-        None if e.ended_at is None else (e.ended_at - _EPOCH) // _MICROSECOND,
-        _map_text(e.variables) if e.variables else None,
-        _ints_text(e.opened) if e.opened else None,
-        _clicks_text(e.clicked) if e.clicked else None,
-        _ints_text(e.skipped) if e.skipped else None,
+        _NULL if e.last_step_sent_at is None else (e.last_step_sent_at - _EPOCH) // _MICROSECOND,
+        _NULL if e.exit_reason is None else e.exit_reason.value,
+        _NULL if e.paused_at is None else (e.paused_at - _EPOCH) // _MICROSECOND,
+        _NULL if e.ended_at is None else (e.ended_at - _EPOCH) // _MICROSECOND,
+        _map_text(e.variables) if e.variables else _NULL,
+        _ints_text(e.opened) if e.opened else _NULL,
+        _clicks_text(e.clicked) if e.clicked else _NULL,
+        _ints_text(e.skipped) if e.skipped else _NULL,
     )
 
 
@@ -393,9 +434,9 @@ _NOTHING_PENDING = (
 _NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases AS l WHERE l.rid = enrollments.rid AND l.until > ?)"
 
 _UPDATE_STATE = (
-    "UPDATE enrollments SET status = ?, next_due = ?, last_step_sent = ?, last_step_sent_at = ?, "
-    "exit_reason = ?, paused_at = ?, ended_at = ?, variables = ?, opened = ?, clicked = ?, skipped = ?, "
-    "version = ? WHERE rid = ?"
+    f"UPDATE enrollments SET status = ?, next_due = {_OR_NULL}, last_step_sent = ?, last_step_sent_at = {_OR_NULL}, "
+    f"exit_reason = {_OR_NULL}, paused_at = {_OR_NULL}, ended_at = {_OR_NULL}, variables = {_OR_NULL}, "
+    f"opened = {_OR_NULL}, clicked = {_OR_NULL}, skipped = {_OR_NULL}, version = ? WHERE rid = ?"
 )
 _UPDATE_IDENTITY = (
     "UPDATE enrollments SET sequence_id = ?, contact_id = ?, dedupe_key = ?, enrolled_at = ?, "
@@ -404,7 +445,7 @@ _UPDATE_IDENTITY = (
 _INSERT_ENROLLMENT = (
     "INSERT INTO enrollments (id, sequence_id, contact_id, dedupe_key, enrolled_at, status, next_due, "
     "last_step_sent, last_step_sent_at, exit_reason, paused_at, ended_at, variables, opened, clicked, skipped, "
-    "version, seq_live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"version, seq_live) VALUES (?, ?, ?, {_OR_NULL}, ?, ?, {_OR_NULL}, ?, {', '.join([_OR_NULL] * 8)}, ?, ?)"
 )
 
 _OUTBOX_COLUMNS = (
@@ -414,31 +455,34 @@ _OUTBOX_COLUMNS = (
 )
 _INSERT_MESSAGE = (
     f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLUMNS}, lease_owner, lease_until) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, {_OR_NULL}, ?, {', '.join([_OR_NULL] * 12)})"
 )
 
 
-def _sender_text(sender: SenderIdentity | None) -> str | None:
-    if sender is None:
-        return None
+@functools.lru_cache(maxsize=256)
+def _sender_text(sender: SenderIdentity) -> str:
     return dumps({"from_email": sender.from_email, "from_name": sender.from_name, "reply_to": sender.reply_to})
 
 
+_NO_EMAIL = (_NULL,) * 7
+
+
 def _message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | None) -> tuple[Any, ...]:
+    """An outbox row in ``_INSERT_MESSAGE`` order; ``_NULL`` stands for NULL."""
     email = m.email
     if email is None:
-        email_fields: tuple[Any, ...] = (None, None, None, None, None, None, None)
+        email_fields: tuple[Any, ...] = _NO_EMAIL
     else:
         identity = (email.idempotency_key, email.enrollment_id, email.sequence_id, email.contact_id, email.position)
         own = (m.key, m.enrollment_id, m.sequence_id, m.contact_id, m.position)
         email_fields = (
             email.to,
             email.subject,
-            email.html,
-            email.text,
-            _sender_text(email.sender),
-            dumps(dict(email.headers)) if email.headers else None,
-            None if identity == own else dumps(identity),
+            _NULL if email.html is None else email.html,
+            _NULL if email.text is None else email.text,
+            _NULL if email.sender is None else _sender_text(email.sender),
+            dumps(email.headers) if email.headers else _NULL,
+            _NULL if identity == own else dumps(identity),
         )
     return (
         m.key,
@@ -448,14 +492,14 @@ def _message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | N
         m.position,
         m.status.value,
         (m.created_at - _EPOCH) // _MICROSECOND,
-        _opt_instant(m.next_attempt_at),
+        _NULL if m.next_attempt_at is None else (m.next_attempt_at - _EPOCH) // _MICROSECOND,
         m.attempts,
-        m.last_error,
-        _opt_instant(m.settled_at),
-        m.provider_id,
+        _NULL if m.last_error is None else m.last_error,
+        _NULL if m.settled_at is None else (m.settled_at - _EPOCH) // _MICROSECOND,
+        _NULL if m.provider_id is None else m.provider_id,
         *email_fields,
-        lease_owner,
-        lease_until,
+        _NULL if lease_owner is None else lease_owner,
+        _NULL if lease_until is None else lease_until,
     )
 
 
@@ -496,6 +540,13 @@ def _message_from_row(row: Seq[Any]) -> OutboxMessage:
         provider_id=provider_id,
     )
 
+
+# Only a PENDING message changes: a finished one is left as it is.
+_SETTLE = (
+    f"UPDATE outbox SET status = ?, attempts = attempts + 1, next_attempt_at = {_OR_NULL}, last_error = {_OR_NULL}, "
+    f"settled_at = {_OR_NULL}, provider_id = {_OR_NULL}, lease_owner = NULL, lease_until = NULL "
+    "WHERE key = ? AND status = 'pending'"
+)
 
 _UPSERT_COUNTER = (
     "INSERT INTO counters (sequence_id, position, name, value) VALUES (?, ?, ?, ?) "
@@ -601,7 +652,10 @@ class SQLiteStore(Store):
     a writer waits for another process's write lock before raising
     :class:`DatabaseLocked`. ``synchronous`` is SQLite's durability level
     (``"NORMAL"``: committed work survives a killed process; ``"FULL"``: also a
-    power cut). ``cache_size_kib`` bounds SQLite's page cache. ``pragmas``
+    power cut). ``cache_size_kib`` bounds SQLite's page cache: SQLite's own
+    default of 2 MiB keeps an embedding app lean; a store of a million
+    enrollments dispatches faster with more (``65536``, 64 MiB: see
+    ``benchmarks/bench_sqlite.py``). ``pragmas``
     adds any other per-connection ``PRAGMA`` (``{"max_page_count": 1000}``).
     ``background_checkpoints`` copies the WAL back into the file on a thread
     of the store's own rather than inside a writer's COMMIT (see
@@ -624,7 +678,7 @@ class SQLiteStore(Store):
         *,
         busy_timeout: float = 30.0,
         synchronous: str = "NORMAL",
-        cache_size_kib: int = 65536,
+        cache_size_kib: int = 2048,
         pragmas: Mapping[str, str | int] | None = None,
         background_checkpoints: bool = True,
     ) -> None:
@@ -968,7 +1022,7 @@ class SQLiteStore(Store):
     @staticmethod
     def _insert_row(e: Enrollment, live: int) -> tuple[Any, ...]:
         return (
-            e.id, e.sequence_id, e.contact_id, e.key, _instant(e.enrolled_at),
+            e.id, e.sequence_id, e.contact_id, _NULL if e.key is None else e.key, _instant(e.enrolled_at),
             *_enrollment_state(e), e.version, live,
         )  # fmt: skip
 
@@ -1262,39 +1316,37 @@ class SQLiteStore(Store):
         if not deliveries:
             return
         with self._write("settle deliveries") as conn:
-            keys = dumps(list({d.key for d in deliveries}))
-            pending = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT key FROM outbox WHERE status = 'pending' AND key IN (SELECT value FROM json_each(?))",
-                    (keys,),
+            rows = [
+                (
+                    d.status.value,
+                    _NULL
+                    if d.status is not OutboxStatus.PENDING or d.next_attempt_at is None
+                    else _instant(to_utc(d.next_attempt_at, "delivery.next_attempt_at")),
+                    _NULL if d.error is None else d.error,
+                    _NULL if d.status is OutboxStatus.PENDING else _instant(to_utc(d.at, "delivery.at")),
+                    _NULL if d.provider_id is None else d.provider_id,
+                    d.key,
                 )
-            }
-            updates: list[tuple[Any, ...]] = []
-            totals: dict[tuple[str, int, str], int] = {}
-            for d in deliveries:
-                if d.key not in pending:
-                    continue
-                finished = d.status is not OutboxStatus.PENDING
-                if finished:
-                    pending.discard(d.key)
-                updates.append(
-                    (
-                        d.status.value,
-                        None if finished else _opt_instant(d.next_attempt_at),
-                        d.error,
-                        _instant(to_utc(d.at, "delivery.at")) if finished else None,
-                        d.provider_id,
-                        d.key,
-                    )
-                )
-                sum_counters(d.counters, totals)
-            if updates:
-                conn.executemany(
-                    "UPDATE outbox SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
-                    "settled_at = ?, provider_id = ?, lease_owner = NULL, lease_until = NULL WHERE key = ?",
-                    updates,
-                )
+                for d in deliveries
+            ]
+            # Usually every message is still pending (this worker holds its lease):
+            # update them all at once. If some were not (another worker settled them
+            # after a lease ran out), undo that and go one by one, so counters only
+            # count what changed.
+            conn.execute("SAVEPOINT settle")
+            if conn.executemany(_SETTLE, rows).rowcount == len(rows):
+                conn.execute("RELEASE settle")
+                totals: dict[tuple[str, int, str], int] = {}
+                for d in deliveries:
+                    sum_counters(d.counters, totals)
+                _write_counters(conn, totals)
+                return
+            conn.execute("ROLLBACK TO settle")
+            conn.execute("RELEASE settle")
+            totals = {}
+            for d, row in zip(deliveries, rows, strict=True):
+                if conn.execute(_SETTLE, row).rowcount:
+                    sum_counters(d.counters, totals)
             _write_counters(conn, totals)
 
     def get_message(self, key: str) -> OutboxMessage | None:
