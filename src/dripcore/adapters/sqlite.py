@@ -92,7 +92,7 @@ from ..model import (
 )
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
-from ._common import describe, dumps, sum_counters
+from ._common import describe, dumps, dumps_text_map, sum_counters
 
 __all__ = [
     "APPLICATION_ID",
@@ -481,7 +481,7 @@ def _message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | N
             _NULL if email.html is None else email.html,
             _NULL if email.text is None else email.text,
             _NULL if email.sender is None else _sender_text(email.sender),
-            dumps(email.headers) if email.headers else _NULL,
+            dumps_text_map(email.headers) if email.headers else _NULL,
             _NULL if identity == own else dumps(identity),
         )
     return (
