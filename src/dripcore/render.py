@@ -65,6 +65,13 @@ Caching and errors
     line; oversized or binary content raises :class:`InvalidContent` naming
     the field. The engine sets that one message aside and the tick goes on.
 
+Liquid on demand
+    A template made only of text and plain ``{{ name }}`` outputs (most drip
+    emails) is rendered by substitution, with the output Liquid would give;
+    python-liquid is imported the first time a template needs more (a tag, a
+    filter, a strict-mode miss that must name its line), so a host whose
+    templates never do never pays for it in memory or start-up time.
+
 Why python-liquid rather than Jinja2's sandbox
     Both are well kept, autoescape through MarkupSafe and report line numbers.
     Liquid won on three counts. It is the language the reference products
@@ -83,22 +90,25 @@ Why python-liquid rather than Jinja2's sandbox
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, NoReturn
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from urllib.parse import quote
 
 import attrs
-from liquid import BoundTemplate, Environment
-from liquid.exceptions import LiquidError, OutputStreamLimitError, UndefinedError
-from liquid.undefined import Undefined
 from markupsafe import escape
 
 from .errors import DripcoreError
 from .model import Contact, Enrollment, Sequence, Step, UnknownVariables
 from .ports import Rendered, Renderer
+
+if TYPE_CHECKING:  # python-liquid is imported on first need, see _Liquid
+    from liquid import BoundTemplate, Environment
+    from liquid.exceptions import LiquidError
 
 __all__ = [
     "CacheInfo",
@@ -250,20 +260,19 @@ def template_variables(contact: Contact, enrollment: Enrollment) -> dict[str, An
 
     ``unsubscribe_url`` is added by the renderer.
     """
-    values: dict[str, Any] = {}
-    values.update(contact.metadata)
-    values.update(enrollment.variables)
-    values.update(
-        {
-            "email": contact.email,
-            "firstName": contact.first_name,
-            "FirstName": contact.first_name,
-            "first_name": contact.first_name,
-            "lastName": contact.last_name,
-            "LastName": contact.last_name,
-            "last_name": contact.last_name,
-        }
-    )
+    first, last = contact.first_name, contact.last_name
+    values: dict[str, Any] = {
+        "email": contact.email,
+        "firstName": first,
+        "FirstName": first,
+        "first_name": first,
+        "lastName": last,
+        "LastName": last,
+        "last_name": last,
+    }
+    metadata, variables = contact.metadata, enrollment.variables
+    if metadata or variables:  # the usual contact has neither: no merge to do
+        values = {**metadata, **variables, **values}
     return values
 
 
@@ -281,7 +290,9 @@ _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
 
 def _path_segment(text: str) -> str:
     """``text`` percent-encoded as one URL path segment (most ids need nothing)."""
-    return text if _URL_SAFE.fullmatch(text) else quote(text, safe="")
+    if (text.isascii() and text.isalnum()) or _URL_SAFE.fullmatch(text):  # the first test is the cheaper
+        return text
+    return quote(text, safe="")
 
 
 def unsubscribe_link(pattern: str) -> UnsubscribeUrl:
@@ -314,67 +325,97 @@ def unsubscribe_link(pattern: str) -> UnsubscribeUrl:
     return build
 
 
-# --------------------------------------------------------------------------- the Liquid engine
+# --------------------------------------------------------------------------- the Liquid engine, on demand
 
 
-class _UnknownVariableError(UndefinedError):
-    def __init__(self, variable: str, token: Any) -> None:
-        super().__init__(f"unknown variable {variable!r}", token=token)
-        self.variable = variable
+class _Liquid:
+    """python-liquid and dripcore's extensions of it, imported the first time a template needs them.
+
+    Most templates are plain substitutions (:class:`_Simple`) and the package
+    costs ~15 MiB once imported, so nothing here runs until a template does
+    need Liquid. :func:`_liquid` makes the one instance.
+    """
+
+    def __init__(self) -> None:
+        from liquid import Environment
+        from liquid.exceptions import LiquidError, OutputStreamLimitError, UndefinedError
+        from liquid.undefined import Undefined
+
+        class UnknownVariableError(UndefinedError):
+            def __init__(self, variable: str, token: Any) -> None:
+                super().__init__(f"unknown variable {variable!r}", token=token)
+                self.variable = variable
+
+        class OutputStrictUndefined(Undefined):
+            """Undefined that may be tested (``if``, ``default``) but not output, filtered or looped over."""
+
+            __slots__ = ()
+            force_liquid_default = True
+
+            def _fail(self) -> NoReturn:
+                # Liquid names the whole missing path ("address.zip") only in its hint.
+                hint, suffix = self.hint or "", " is undefined"
+                variable = hint[: -len(suffix)].strip("'") if hint.endswith(suffix) else self.name
+                raise UnknownVariableError(variable, self.token)
+
+            def __bool__(self) -> bool:
+                return False
+
+            def __str__(self) -> str:
+                self._fail()
+
+            def __iter__(self) -> Any:
+                self._fail()
+
+            def __len__(self) -> int:
+                self._fail()
+
+            def __getitem__(self, key: str) -> object:
+                self._fail()
+
+            def __contains__(self, item: object) -> bool:
+                self._fail()
+
+            def __int__(self) -> int:
+                self._fail()
+
+            def __reversed__(self) -> Any:
+                self._fail()
+
+            def __hash__(self) -> int:
+                return hash(self.name)
+
+            def __eq__(self, other: object) -> bool:
+                return isinstance(other, Undefined) or other is None
+
+        def environment(*, html: bool, strict: bool, max_chars: int) -> Environment:
+            class Limited(Environment):
+                # Bounds for a runaway template: every loop's iterations multiplied,
+                # the output in UTF-8 bytes, and what assign/capture may hold.
+                loop_iteration_limit: ClassVar[int | None] = 100_000
+                output_stream_limit: ClassVar[int | None] = 4 * max_chars
+                local_namespace_limit: ClassVar[int | None] = 8 * max_chars
+
+            return Limited(autoescape=html, undefined=OutputStrictUndefined if strict else Undefined)
+
+        self.environment = environment
+        self.liquid_error = LiquidError
+        self.output_limit_error = OutputStreamLimitError
+        self.unknown_variable_error = UnknownVariableError
 
 
-class _OutputStrictUndefined(Undefined):
-    """Undefined that may be tested (``if``, ``default``) but not output, filtered or looped over."""
-
-    __slots__ = ()
-    force_liquid_default = True
-
-    def _fail(self) -> NoReturn:
-        # Liquid names the whole missing path ("address.zip") only in its hint.
-        hint, suffix = self.hint or "", " is undefined"
-        variable = hint[: -len(suffix)].strip("'") if hint.endswith(suffix) else self.name
-        raise _UnknownVariableError(variable, self.token)
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        self._fail()
-
-    def __iter__(self) -> Any:
-        self._fail()
-
-    def __len__(self) -> int:
-        self._fail()
-
-    def __getitem__(self, key: str) -> object:
-        self._fail()
-
-    def __contains__(self, item: object) -> bool:
-        self._fail()
-
-    def __int__(self) -> int:
-        self._fail()
-
-    def __reversed__(self) -> Any:
-        self._fail()
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Undefined) or other is None
+_liquid_lock = threading.Lock()
+_liquid_loaded: _Liquid | None = None  # until a template first needs Liquid
 
 
-def _environment(*, html: bool, strict: bool, max_chars: int) -> Environment:
-    class _Limited(Environment):
-        # Bounds for a runaway template: every loop's iterations multiplied,
-        # the output in UTF-8 bytes, and what assign/capture may hold.
-        loop_iteration_limit: ClassVar[int | None] = 100_000
-        output_stream_limit: ClassVar[int | None] = 4 * max_chars
-        local_namespace_limit: ClassVar[int | None] = 8 * max_chars
-
-    return _Limited(autoescape=html, undefined=_OutputStrictUndefined if strict else Undefined)
+def _liquid() -> _Liquid:
+    """The one :class:`_Liquid` (one, so every environment raises the error classes the renderer catches)."""
+    global _liquid_loaded
+    if _liquid_loaded is None:
+        with _liquid_lock:
+            if _liquid_loaded is None:
+                _liquid_loaded = _Liquid()
+    return _liquid_loaded
 
 
 @attrs.frozen
@@ -387,6 +428,15 @@ class _Broken:
 
 _SIMPLE_OUTPUT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _MARKUP = re.compile(r"\{[{%#]|[}%]\}")
+# Words Liquid's expression parser reads as literals or keywords rather than as
+# a variable: ``{{ true }}`` prints "true", ``{{ nil }}`` nothing whatever the
+# data holds, and ``{{ and }}`` does not compile. An output of one is Liquid's job.
+_LIQUID_WORDS = frozenset(
+    {
+        "and", "as", "blank", "by", "cols", "contains", "continue", "else", "empty", "false", "for", "if", "in",
+        "limit", "nil", "not", "null", "offset", "or", "range", "required", "reversed", "true", "with",
+    }
+)  # fmt: skip
 _MISSING = object()
 
 
@@ -395,10 +445,11 @@ class _Simple:
     """A template made only of text and plain ``{{ name }}`` outputs.
 
     Most drip emails look like this, and rendering them by substitution is an
-    order of magnitude cheaper than a Liquid render. The result is the same as
-    Liquid's for string, integer and missing values (checked by a property
-    test); anything else (a list, a float, a strict-mode miss, which must name
-    its line) falls back to Liquid.
+    order of magnitude cheaper than a Liquid render (and needs no Liquid at
+    all). :meth:`parse` accepts only sources Liquid compiles, and the result is
+    the same as Liquid's for string, integer and missing values (checked by
+    property tests); anything else (a list, a float, a strict-mode miss, which
+    must name its line) falls back to Liquid.
     """
 
     parts: tuple[str, ...]
@@ -408,28 +459,56 @@ class _Simple:
         parts = _SIMPLE_OUTPUT.split(source)
         if any(_MARKUP.search(parts[i]) for i in range(0, len(parts), 2)):
             return None  # tags, filters, whitespace control, comments: Liquid's job
+        if any(parts[i].endswith("{") for i in range(0, len(parts) - 1, 2)):
+            return None  # "{{{ name }}" is an output of "{ name" to Liquid, a syntax error
+        if any(parts[i] in _LIQUID_WORDS for i in range(1, len(parts), 2)):
+            return None
         return cls(tuple(parts))
 
     def render(self, values: Mapping[str, Any], *, html: bool, strict: bool) -> str | None:
         parts = self.parts
         if len(parts) == 1:
             return parts[0]
-        out = []
-        for i, part in enumerate(parts):
-            if not i % 2:
-                out.append(part)
-                continue
-            value = values.get(part, _MISSING)
-            if value.__class__ is str:
-                text = value
-            elif value.__class__ is int:
-                text = str(value)
-            elif value is None or (value is _MISSING and not strict):
-                text = ""
-            else:
+        if len(parts) == 3:  # one output, the usual case: no list to build
+            value = values.get(parts[1], _MISSING)
+            if value.__class__ is str and not html:
+                return parts[0] + value + parts[2]
+            text = _printed(value, html, strict)
+            return None if text is None else parts[0] + text + parts[2]
+        out = list(parts)
+        get = values.get
+        for i in range(1, len(parts), 2):
+            text = _printed(get(parts[i], _MISSING), html, strict)
+            if text is None:
                 return None
-            out.append(str(escape(text)) if html else text)
+            out[i] = text
         return "".join(out)
+
+
+def _printed(value: object, html: bool, strict: bool) -> str | None:
+    """What Liquid prints for ``value``, or None when only Liquid can say."""
+    if value.__class__ is str:
+        text = value
+    elif value.__class__ is int:
+        text = str(value)
+    elif value is None or (value is _MISSING and not strict):
+        return ""
+    else:
+        return None
+    return str(escape(text)) if html else text
+
+
+class _Compiled:
+    """A cached template: its substitution fast path, if it has one, and its Liquid compilation once made."""
+
+    __slots__ = ("constant", "liquid", "simple")
+
+    def __init__(self, simple: _Simple | None, liquid: BoundTemplate | _Broken | None) -> None:
+        self.simple = simple
+        # The output of a template with no output at all (a plain "Hello"), the same for every email.
+        self.constant = simple.parts[0] if simple is not None and len(simple.parts) == 1 else None
+        # None until needed: a simple template only needs Liquid for a value it can't print.
+        self.liquid = liquid
 
 
 @attrs.frozen
@@ -451,29 +530,36 @@ def _line(exc: LiquidError) -> int | None:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, LiquidError):
+    # No LiquidError can exist before python-liquid is imported: don't import it to ask.
+    exceptions = sys.modules.get("liquid.exceptions")
+    if exceptions is not None and isinstance(exc, exceptions.LiquidError):
         return str(exc.message)
     return f"{type(exc).__name__}: {exc}"
 
 
 def _one_line(text: str) -> str:
+    # Already one line: a printable text holds no control character and no whitespace but " ".
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
     return " ".join(_SUBJECT_CONTROL.sub("", text).split())
 
 
-@attrs.frozen
-class _Where:
-    sequence_id: str
-    position: int
-    template_id: str | None
+def _where(sequence: Sequence, step: Step, field: str | None = None, line: int | None = None) -> dict[str, Any]:
+    """The keyword arguments that place a :class:`RenderError`."""
+    return {
+        "sequence_id": sequence.id,
+        "position": step.position,
+        "template_id": step.template_id,
+        "field": field,
+        "line": line,
+    }
 
-    def kw(self, field: str | None = None, line: int | None = None) -> dict[str, Any]:
-        return {
-            "sequence_id": self.sequence_id,
-            "position": self.position,
-            "template_id": self.template_id,
-            "field": field,
-            "line": line,
-        }
+
+def _has_bad_url_character(url: str) -> bool:
+    """Whether ``_BAD_URL_CHARACTER`` occurs in ``url``, answered without the regex for an ASCII link."""
+    if url.isascii():  # then only \x00-\x1f and \x7f are unprintable, and the only whitespace left is " "
+        return not url.isprintable() or " " in url or "<" in url or ">" in url or '"' in url or "'" in url
+    return _BAD_URL_CHARACTER.search(url) is not None
 
 
 class LiquidRenderer(Renderer):
@@ -525,31 +611,43 @@ class LiquidRenderer(Renderer):
         self.templates = templates
         self.cache_size = cache_size
         self.max_body = max_body
-        self._envs = {
-            (html, strict): _environment(html=html, strict=strict, max_chars=max_body)
-            for html in (False, True)
-            for strict in (False, True)
-        }
-        self._cache: OrderedDict[tuple[bool, bool, str], tuple[BoundTemplate | _Broken, _Simple | None]] = OrderedDict()
+        self._max_chars = max_body  # the Liquid environments' limits, fixed at construction
+        self._envs: dict[tuple[bool, bool], Environment] = {}  # (html, strict), made on first need
+        self._cache: OrderedDict[tuple[bool, bool, str], _Compiled] = OrderedDict()
         self._lock = threading.Lock()
         self._checked: set[object] = set()  # sources already found clean: checked once, not per email
         self._hits = 0
         self._misses = 0
-        self._footer_html = self._footer(footer_html, html=True)
-        self._footer_text = self._footer(footer_text, html=False)
-        self._simple_footer_html = _Simple.parse(footer_html)
-        self._simple_footer_text = _Simple.parse(footer_text)
+        self._footer_sources = {True: footer_html, False: footer_text}
+        self._footers: dict[bool, BoundTemplate] = {}  # Liquid compilations of the footers, made on first need
+        self._simple_footers = {html: self._check_footer(html) for html in (True, False)}
 
-    def _footer(self, source: str, *, html: bool) -> BoundTemplate:
-        probe = "https://probe.invalid/?a=1&b=2"
-        try:
-            template = self._envs[html, False].from_string(source)
-            shown = template.render({"unsubscribe_url": probe})
-        except LiquidError as exc:
-            raise ValueError(f"footer_{'html' if html else 'text'}: {_reason(exc)}") from None
-        if (str(escape(probe)) if html else probe) not in shown:
-            raise ValueError(f"footer_{'html' if html else 'text'} must show {{{{ unsubscribe_url }}}}: {source!r}")
-        return template
+    def _check_footer(self, html: bool) -> _Simple | None:
+        """Refuse a footer that does not compile or does not show the link; its fast path, if it has one."""
+        source, name = self._footer_sources[html], f"footer_{'html' if html else 'text'}"
+        probe = {"unsubscribe_url": "https://probe.invalid/?a=1&b=2"}
+        simple = _Simple.parse(source) if isinstance(source, str) else None
+        shown = None if simple is None else simple.render(probe, html=html, strict=False)
+        if shown is None or len(shown) > self._max_chars or _SURROGATE.search(shown):
+            # Liquid's answer is different: over its output limit, or unable to encode the output.
+            liquid = _liquid()
+            try:
+                template = self._environment(html, False).from_string(source)
+                shown = template.render(probe)
+            except liquid.liquid_error as exc:
+                raise ValueError(f"{name}: {_reason(exc)}") from None
+            self._footers[html] = template
+        if (str(escape(probe["unsubscribe_url"])) if html else probe["unsubscribe_url"]) not in shown:
+            raise ValueError(f"{name} must show {{{{ unsubscribe_url }}}}: {source!r}")
+        return simple
+
+    def _environment(self, html: bool, strict: bool) -> Environment:
+        env = self._envs.get((html, strict))
+        if env is None:
+            made = _liquid().environment(html=html, strict=strict, max_chars=self._max_chars)
+            with self._lock:
+                env = self._envs.setdefault((html, strict), made)
+        return env
 
     # -- cache
 
@@ -564,23 +662,11 @@ class LiquidRenderer(Renderer):
             self._cache.clear()
             self._checked.clear()
 
-    def _compile(self, source: str, *, html: bool, strict: bool) -> tuple[BoundTemplate | _Broken, _Simple | None]:
-        key = (html, strict, source)
-        with self._lock:
-            found = self._cache.get(key)
-            if found is not None:
-                self._cache.move_to_end(key)
-                self._hits += 1
-                return found
-            self._misses += 1
-        template: BoundTemplate | _Broken
-        try:
-            template = self._envs[html, strict].from_string(source)
-        except LiquidError as exc:
-            template = _Broken(_reason(exc), _line(exc))
-        except Exception as exc:  # the template is untrusted input: report, never crash the tick
-            template = _Broken(_reason(exc), None)
-        compiled = (template, None if isinstance(template, _Broken) else _Simple.parse(source))
+    def _compile(self, key: tuple[bool, bool, str]) -> _Compiled:
+        html, strict, source = key
+        simple = _Simple.parse(source)
+        # A simple source always compiles: Liquid is left for when it is needed, if ever.
+        compiled = _Compiled(simple, None if simple is not None else self._compile_liquid(source, html, strict))
         with self._lock:
             self._cache[key] = compiled
             self._cache.move_to_end(key)
@@ -588,125 +674,193 @@ class LiquidRenderer(Renderer):
                 self._cache.popitem(last=False)
         return compiled
 
+    def _compile_liquid(self, source: str, html: bool, strict: bool) -> BoundTemplate | _Broken:
+        env = self._environment(html, strict)
+        try:
+            return env.from_string(source)
+        except _liquid().liquid_error as exc:
+            return _Broken(_reason(exc), _line(exc))
+        except Exception as exc:  # the template is untrusted input: report, never crash the tick
+            return _Broken(_reason(exc), None)
+
     # -- rendering
 
     def render(self, step: Step, *, sequence: Sequence, contact: Contact, enrollment: Enrollment) -> Rendered:
         """Render ``step`` for ``contact``; raises a :class:`RenderError` naming what went wrong."""
-        where = _Where(sequence.id, step.position, step.template_id)
-        subject_source, html_source, text_source = self._sources(step, where)
-        url = self._unsubscribe(contact, enrollment, where)
+        subject_source, html_source, text_source = self._sources(step, sequence)
+        url = self._unsubscribe(contact, enrollment, step, sequence)
         values = template_variables(contact, enrollment)
         values["unsubscribe_url"] = url
         strict = sequence.unknown_variables is UnknownVariables.ERROR
 
-        subject = _one_line(self._render("subject", subject_source, values, html=False, strict=strict, where=where))
+        subject = _one_line(self._render("subject", subject_source, values, False, strict, step, sequence))
         if len(subject) > MAX_SUBJECT:
-            raise InvalidContent(reason=f"longer than {MAX_SUBJECT} characters once rendered", **where.kw("subject"))
+            raise InvalidContent(
+                reason=f"longer than {MAX_SUBJECT} characters once rendered", **_where(sequence, step, "subject")
+            )
         html = text = None
         if html_source is not None:
-            html = self._render("html", html_source, values, html=True, strict=strict, where=where)
+            html = self._render("html", html_source, values, True, strict, step, sequence)
             if url not in html and str(escape(url)) not in html:
-                html = _insert_html_footer(html, self._render_footer(values, html=True))
-            self._check_output("html", html, where)
+                html = _insert_html_footer(html, self._render_footer(values, True))
+            if len(html) > self.max_body or not html.isascii():  # else _check_output has nothing to find
+                self._check_output("html", html, step, sequence)
         if text_source is not None:
-            text = self._render("text", text_source, values, html=False, strict=strict, where=where)
+            text = self._render("text", text_source, values, False, strict, step, sequence)
             if url not in text:
-                footer = self._render_footer(values, html=False)
+                footer = self._render_footer(values, False)
                 text = f"{text.rstrip()}\n\n{footer}\n" if text.strip() else f"{footer}\n"
-            self._check_output("text", text, where)
-        headers = {"List-Unsubscribe": f"<{url}>"}
+            if len(text) > self.max_body or not text.isascii():
+                self._check_output("text", text, step, sequence)
         if url[:6].lower() == "https:":
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        return Rendered(subject=subject, html=html, text=text, headers=headers)
+            headers = {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        else:
+            headers = {"List-Unsubscribe": f"<{url}>"}
+        # Read-only already: Rendered keeps it as it is rather than copying it.
+        return Rendered(subject=subject, html=html, text=text, headers=MappingProxyType(headers))
 
-    def _render_footer(self, values: Mapping[str, Any], *, html: bool) -> str:
-        simple = self._simple_footer_html if html else self._simple_footer_text
+    def _render_footer(self, values: Mapping[str, Any], html: bool) -> str:
+        simple = self._simple_footers[html]
         if simple is not None:
             rendered = simple.render(values, html=html, strict=False)
             if rendered is not None:
                 return rendered
-        return (self._footer_html if html else self._footer_text).render(values)
+        template = self._footers.get(html)
+        if template is None:  # a simple footer meeting a value it can't print; two threads may both compile it
+            template = self._footers[html] = self._environment(html, False).from_string(self._footer_sources[html])
+        return template.render(values)
 
-    def _sources(self, step: Step, where: _Where) -> tuple[str, str | None, str | None]:
+    def _sources(self, step: Step, sequence: Sequence) -> tuple[str, str | None, str | None]:
         subject, html, text = step.subject, step.html, step.text
         if step.template_id is not None:
             if self.templates is None:
-                raise TemplateNotFound(reason="this renderer has no template store", **where.kw("template_id"))
+                raise TemplateNotFound(
+                    reason="this renderer has no template store", **_where(sequence, step, "template_id")
+                )
             stored = self.templates.get(step.template_id)
             if stored is None:
-                raise TemplateNotFound(reason="no such template in the template store", **where.kw("template_id"))
+                raise TemplateNotFound(
+                    reason="no such template in the template store", **_where(sequence, step, "template_id")
+                )
             subject = subject if subject is not None else stored.subject
             html = html if html is not None else stored.html
             text = text if text is not None else stored.text
         if subject is None:
-            raise RenderError(reason="no subject: the step and its template set none", **where.kw("subject"))
+            raise RenderError(
+                reason="no subject: the step and its template set none", **_where(sequence, step, "subject")
+            )
         if html is None and text is None:
-            raise RenderError(reason="no body: the step and its template set neither html nor text", **where.kw())
-        for field, value in (("subject", subject), ("html", html), ("text", text)):
-            if value is not None and value not in self._checked:
-                self._check_source(field, value, where)
-                if len(self._checked) < self.cache_size:
-                    self._checked.add(value)
+            raise RenderError(
+                reason="no body: the step and its template set neither html nor text", **_where(sequence, step)
+            )
+        checked = self._checked
+        if subject not in checked:
+            self._check_new_source("subject", subject, step, sequence)
+        if html is not None and html not in checked:
+            self._check_new_source("html", html, step, sequence)
+        if text is not None and text not in checked:
+            self._check_new_source("text", text, step, sequence)
         return subject, html, text
 
-    def _check_source(self, field: str, value: object, where: _Where) -> None:
+    def _check_new_source(self, field: str, value: object, step: Step, sequence: Sequence) -> None:
+        self._check_source(field, value, step, sequence)
+        if len(self._checked) < self.cache_size:
+            self._checked.add(value)
+
+    def _check_source(self, field: str, value: object, step: Step, sequence: Sequence) -> None:
         if not isinstance(value, str):
-            raise InvalidContent(reason=f"must be text, not {type(value).__name__}", **where.kw(field))
+            raise InvalidContent(reason=f"must be text, not {type(value).__name__}", **_where(sequence, step, field))
         if len(value) > self.max_body:
-            raise InvalidContent(reason=f"longer than {self.max_body} characters", **where.kw(field))
+            raise InvalidContent(reason=f"longer than {self.max_body} characters", **_where(sequence, step, field))
         binary = _BINARY.search(value)
         if binary is not None:
             raise InvalidContent(
                 reason=f"binary content: control character {binary.group()!r} at offset {binary.start()}",
-                **where.kw(field, value.count("\n", 0, binary.start()) + 1),
+                **_where(sequence, step, field, value.count("\n", 0, binary.start()) + 1),
             )
 
-    def _check_output(self, field: str, value: str, where: _Where) -> None:
+    def _check_output(self, field: str, value: str, step: Step, sequence: Sequence) -> None:
         if len(value) > self.max_body:
-            raise InvalidContent(reason=f"longer than {self.max_body} characters once rendered", **where.kw(field))
-        if _SURROGATE.search(value) is not None:
-            raise InvalidContent(reason="a variable holds text that is not valid Unicode", **where.kw(field))
+            raise InvalidContent(
+                reason=f"longer than {self.max_body} characters once rendered", **_where(sequence, step, field)
+            )
+        if not value.isascii() and _SURROGATE.search(value) is not None:
+            raise InvalidContent(
+                reason="a variable holds text that is not valid Unicode", **_where(sequence, step, field)
+            )
 
-    def _unsubscribe(self, contact: Contact, enrollment: Enrollment, where: _Where) -> str:
+    def _unsubscribe(self, contact: Contact, enrollment: Enrollment, step: Step, sequence: Sequence) -> str:
         try:
             url = self._unsubscribe_url(contact, enrollment)
         except DripcoreError:
             raise
         except Exception as exc:
-            raise RenderError(reason=f"the unsubscribe_url callable failed: {_reason(exc)}", **where.kw()) from exc
+            raise RenderError(
+                reason=f"the unsubscribe_url callable failed: {_reason(exc)}", **_where(sequence, step)
+            ) from exc
+        if self._unsubscribe_url is placeholder_unsubscribe_url:
+            return url  # https, unreserved characters and %XX escapes only: nothing to check
         problem = None
         if not isinstance(url, str) or not url:
             problem = "must be a non-empty string"
-        elif _BAD_URL_CHARACTER.search(url):
+        elif _has_bad_url_character(url):
             problem = "must not contain whitespace, quotes, angle brackets or control characters"
         elif url.partition(":")[0].lower() not in _URL_SCHEMES:
             problem = "must be an https, http or mailto URL"
         if problem is not None:
-            raise RenderError(reason=f"unsubscribe_url {url!r} {problem}", **where.kw("unsubscribe_url"))
+            raise RenderError(reason=f"unsubscribe_url {url!r} {problem}", **_where(sequence, step, "unsubscribe_url"))
         return url
 
     def _render(
-        self, field: str, source: str, values: Mapping[str, Any], *, html: bool, strict: bool, where: _Where
+        self,
+        field: str,
+        source: str,
+        values: Mapping[str, Any],
+        html: bool,
+        strict: bool,
+        step: Step,
+        sequence: Sequence,
     ) -> str:
-        compiled, simple = self._compile(source, html=html, strict=strict)
-        if isinstance(compiled, _Broken):
-            raise RenderError(reason=compiled.reason, **where.kw(field, compiled.line))
+        key = (html, strict, source)
+        cache, lock = self._cache, self._lock
+        lock.acquire()  # not `with`: this runs for every field of every email, and a with block costs more
+        try:
+            compiled = cache.get(key)
+            if compiled is None:
+                self._misses += 1
+            else:
+                cache.move_to_end(key)
+                self._hits += 1
+        finally:
+            lock.release()
+        if compiled is None:
+            compiled = self._compile(key)
+        constant = compiled.constant
+        if constant is not None and len(constant) <= self.max_body:
+            return constant
+        simple = compiled.simple
         if simple is not None:
             rendered = simple.render(values, html=html, strict=strict)
             if rendered is not None and len(rendered) <= self.max_body:
                 return rendered
+        template = compiled.liquid
+        if template is None:  # two threads may both compile it: the same source gives the same template
+            template = compiled.liquid = self._compile_liquid(source, html, strict)
+        if isinstance(template, _Broken):
+            raise RenderError(reason=template.reason, **_where(sequence, step, field, template.line))
+        liquid = _liquid()
         try:
-            return compiled.render(values)
-        except _UnknownVariableError as exc:
-            raise UnknownVariable(variable=exc.variable, **where.kw(field, _line(exc))) from None
-        except OutputStreamLimitError:
+            return template.render(values)
+        except liquid.unknown_variable_error as exc:
+            raise UnknownVariable(variable=exc.variable, **_where(sequence, step, field, _line(exc))) from None
+        except liquid.output_limit_error:
             raise InvalidContent(
-                reason=f"longer than {self.max_body} characters once rendered", **where.kw(field)
+                reason=f"longer than {self.max_body} characters once rendered", **_where(sequence, step, field)
             ) from None
-        except LiquidError as exc:
-            raise RenderError(reason=_reason(exc), **where.kw(field, _line(exc))) from None
+        except liquid.liquid_error as exc:
+            raise RenderError(reason=_reason(exc), **_where(sequence, step, field, _line(exc))) from None
         except Exception as exc:  # untrusted template: report it as this message's error
-            raise RenderError(reason=_reason(exc), **where.kw(field)) from exc
+            raise RenderError(reason=_reason(exc), **_where(sequence, step, field)) from exc
 
 
 def _insert_html_footer(html: str, footer: str) -> str:
