@@ -36,7 +36,7 @@ from dripcore.adapters.sqlite import (
     StoreReadOnly,
 )
 from dripcore.model import UTC
-from dripcore.ports import Change, Delivery
+from dripcore.ports import BrokenRecord, Change, Delivery
 from dripcore.serialization import make_converter
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
 from dripcore.testing.contract import message, sample_enrollment, sample_sequence, sent
@@ -649,3 +649,73 @@ def test_headers_json_is_the_json_encoders_exactly(headers: dict[str, str]) -> N
     """The outbox writes headers with a hand-rolled encoder for speed: same text as dumps(), and it reads back."""
     assert dumps_text_map(headers) == dumps(headers)
     assert json.loads(dumps_text_map(headers)) == headers
+
+
+# --------------------------------------------------------------------------- commit of claimed enrollments
+
+
+def _statements(store: SQLiteStore) -> list[str]:
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    return seen
+
+
+def test_committing_what_was_just_claimed_writes_without_reading_back(db: Path) -> None:
+    """The dispatch's commit of its own claims: no SELECT, the new state and message stored, leases ended."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        store.add_enrollment(sample_enrollment("e1"), allow_reentry=False)
+        (claimed,) = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert not isinstance(claimed, BrokenRecord)
+        seen = _statements(store)
+        refused = store.commit([Change(enrollment=sent(claimed, 1, T0, T0 + HOUR), outbox=(message(claimed, 1),))],
+                               owner="w1")  # fmt: skip
+        store._conn.set_trace_callback(None)
+        assert refused == []
+        assert not [s for s in seen if s.lstrip().upper().startswith("SELECT")], seen
+        stored = store.get_enrollment("e1")
+        assert stored is not None
+        assert stored.last_step_sent == 1
+        assert stored.version == claimed.version + 1
+        # The message is leased to w1 (it delivers inline), and the enrollment waits for it.
+        assert store.claim_messages(T0 + HOUR / 2, limit=10, lease=HOUR, owner="w2") == []
+        assert store.claim_due(T0 + 2 * HOUR, limit=10, lease=HOUR, owner="w2") == []
+
+
+def test_a_claim_changed_by_someone_else_is_refused_and_nothing_of_the_batch_is_lost(db: Path) -> None:
+    """The fast path finds a version that moved on: it undoes itself and the checked path refuses
+    just that enrollment, committing the others."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        for i in (1, 2):
+            store.add_enrollment(sample_enrollment(f"e{i}", contact_id=f"c{i}"), allow_reentry=False)
+        first, second = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert not isinstance(first, BrokenRecord)
+        assert not isinstance(second, BrokenRecord)
+        paused = attrs.evolve(first, status=EnrollmentStatus.PAUSED, paused_at=T0)
+        assert store.commit([Change(enrollment=paused)]) == []  # an operator's change, no owner
+        changes = [Change(enrollment=sent(e, 1, T0, T0 + HOUR), outbox=(message(e, 1),)) for e in (first, second)]
+        assert store.commit(changes, owner="w1") == ["e1"]
+        one, two = store.get_enrollment("e1"), store.get_enrollment("e2")
+        assert one is not None
+        assert one.status is EnrollmentStatus.PAUSED
+        assert one.last_step_sent == 0
+        assert two is not None
+        assert two.last_step_sent == 1
+        assert [m.key for m in store.find_messages(limit=10)] == ["e2:1"]
+
+
+def test_two_changes_of_one_claimed_enrollment_apply_in_turn(db: Path) -> None:
+    """A batch may carry an enrollment twice (its second change built on the first): both apply."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        store.add_enrollment(sample_enrollment("e1"), allow_reentry=False)
+        (claimed,) = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert not isinstance(claimed, BrokenRecord)
+        step1 = sent(claimed, 1, T0, T0 + HOUR)
+        step2 = attrs.evolve(sent(step1, 2, T0, T0 + 2 * HOUR), version=claimed.version + 1)
+        assert store.commit([Change(enrollment=step1), Change(enrollment=step2)], owner="w1") == []
+        stored = store.get_enrollment("e1")
+        assert stored is not None
+        assert stored.last_step_sent == 2
+        assert stored.version == claimed.version + 2

@@ -438,6 +438,9 @@ _UPDATE_STATE = (
     f"exit_reason = {_OR_NULL}, paused_at = {_OR_NULL}, ended_at = {_OR_NULL}, variables = {_OR_NULL}, "
     f"opened = {_OR_NULL}, clicked = {_OR_NULL}, skipped = {_OR_NULL}, version = ? WHERE rid = ?"
 )
+_UPDATE_STATE_IF_VERSION = f"{_UPDATE_STATE} AND version = ?"
+# Claim hints kept at most (a worker that claims and never commits or releases must not grow them).
+_CLAIMED_HINTS = 100_000
 _UPDATE_IDENTITY = (
     "UPDATE enrollments SET sequence_id = ?, contact_id = ?, dedupe_key = ?, enrolled_at = ?, "
     "seq_live = coalesce((SELECT s.status = 'active' FROM sequences AS s WHERE s.id = ?), 0) WHERE rid = ?"
@@ -698,6 +701,9 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._converter = make_converter()
         self._sequence_cache: dict[str, Sequence] = {}
+        # What this store last claimed, by enrollment id: (rid, version, identity, owner, lease end).
+        # A hint for commit()'s fast path; the version check in SQL is what decides.
+        self._claimed: dict[str, tuple[int, int, tuple[Any, ...], str, int]] = {}
         self._closed = False
         self._background_checkpoints = background_checkpoints and not self._memory
         self._check_path()
@@ -1176,6 +1182,11 @@ class SQLiteStore(Store):
                     "INSERT OR REPLACE INTO leases (rid, owner, until) VALUES (?, ?, ?)",
                     [(row[-1], owner, until) for row in rows],
                 )
+        if len(self._claimed) > _CLAIMED_HINTS:
+            self._claimed.clear()
+        hints = self._claimed
+        for row in rows:  # id -> (rid, version, (sequence_id, contact_id, dedupe_key, enrolled_at), owner, until)
+            hints[row[0]] = (row[-1], row[16], (row[1], row[2], row[15], row[4]), owner, until)
         claimed: list[Enrollment | BrokenRecord] = []
         for row in rows:
             try:
@@ -1189,6 +1200,8 @@ class SQLiteStore(Store):
         ids = [(i, owner) for i in enrollment_ids]
         if not ids:
             return
+        for i, _ in ids:
+            self._claimed.pop(i, None)
         rid = "(SELECT rid FROM enrollments WHERE id = ?)"
         with self._write("release leases") as conn:
             if until is None:
@@ -1205,6 +1218,8 @@ class SQLiteStore(Store):
             return []
         refused: list[str] = []
         with self._write("commit changes") as conn:
+            if owner is not None and self._commit_claimed(conn, changes, owner):
+                return refused
             ids = dumps(list({c.enrollment.id for c in changes}))
             stored = {
                 row[1]: list(row)
@@ -1253,6 +1268,46 @@ class SQLiteStore(Store):
                 conn.executemany(_INSERT_MESSAGE, messages)
             _write_counters(conn, totals)
         return refused
+
+    def _commit_claimed(self, conn: sqlite3.Connection, changes: Seq[Change], owner: str) -> bool:
+        """The usual commit: every change is of an enrollment this store just claimed for
+        ``owner``, and nobody changed it since. Written without reading the rows first (the
+        version check is in the UPDATE); True if it went through, False (nothing written) if
+        any enrollment was not as claimed: then :meth:`commit` checks them one by one."""
+        hints = self._claimed
+        updates: list[tuple[Any, ...]] = []
+        leases: list[tuple[int]] = []
+        messages: list[tuple[Any, ...]] = []
+        totals: dict[tuple[str, int, str], int] = {}
+        for change in changes:
+            new = change.enrollment
+            hint = hints.get(new.id)
+            if hint is None or hint[1] != new.version or hint[3] != owner:
+                return False
+            rid, _, identity, _, until = hint
+            if identity != (new.sequence_id, new.contact_id, new.key, _instant(new.enrolled_at)):
+                return False
+            updates.append((*_enrollment_state(new), new.version + 1, rid, new.version))
+            leases.append((rid,))
+            for message in change.outbox:
+                leased = message.status is OutboxStatus.PENDING
+                messages.append(_message_row(message, owner if leased else None, until if leased else None))
+            sum_counters(change.counters, totals)
+        if len(leases) != len({rid for (rid,) in leases}):
+            return False  # two changes of one enrollment: the careful path applies them in turn
+        conn.execute("SAVEPOINT commit_claimed")
+        if conn.executemany(_UPDATE_STATE_IF_VERSION, updates).rowcount != len(updates):
+            conn.execute("ROLLBACK TO commit_claimed")
+            conn.execute("RELEASE commit_claimed")
+            return False
+        conn.execute("RELEASE commit_claimed")
+        conn.executemany("DELETE FROM leases WHERE rid = ?", leases)
+        if messages:
+            conn.executemany(_INSERT_MESSAGE, messages)
+        _write_counters(conn, totals)
+        for change in changes:
+            del hints[change.enrollment.id]
+        return True
 
     def next_due_at(self) -> datetime | None:
         """When :meth:`claim_due` could next return something: the earliest due time of an
