@@ -10,7 +10,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("dev", max_examples=60, deadline=None)
+# too_slow measures the machine, not the code: on a loaded machine it failed a
+# property test that passes on every rerun, so neither profile lets it.
+settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "ci",
     max_examples=400,

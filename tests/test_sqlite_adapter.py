@@ -39,7 +39,7 @@ from dripcore.model import UTC
 from dripcore.ports import BrokenRecord, Change, Delivery
 from dripcore.serialization import make_converter
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
-from dripcore.testing.contract import message, sample_enrollment, sample_sequence, sent
+from dripcore.testing.contract import finished, message, sample_enrollment, sample_sequence, sent
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -719,3 +719,39 @@ def test_two_changes_of_one_claimed_enrollment_apply_in_turn(db: Path) -> None:
         assert stored is not None
         assert stored.last_step_sent == 2
         assert stored.version == claimed.version + 2
+
+
+def test_a_stale_commit_never_lands_on_a_new_enrollment_that_reused_the_row(db: Path) -> None:
+    """A claimed enrollment is exited and its sequence deleted; a new enrollment gets the freed row
+    id at version 0. The late commit of the old claim is refused and the new enrollment untouched."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence("keep"))
+        store.save_sequence(sample_sequence("old"))
+        store.add_enrollment(sample_enrollment("first", sequence_id="keep", due=T0 + 100 * HOUR), allow_reentry=False)
+        store.add_enrollment(sample_enrollment("gone", sequence_id="old"), allow_reentry=False)
+        (claimed,) = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert not isinstance(claimed, BrokenRecord)
+        assert store.commit([Change(enrollment=finished(claimed, EnrollmentStatus.EXITED))]) == []
+        store.delete_sequence("old")
+        store.add_enrollment(sample_enrollment("new", sequence_id="keep", contact_id="ana"), allow_reentry=False)
+        late = Change(enrollment=sent(claimed, 1, T0, T0 + 24 * HOUR), outbox=(message(claimed, 1),))
+        assert store.commit([late], owner="w1") == ["gone"]
+        new = store.get_enrollment("new")
+        assert new is not None
+        assert (new.last_step_sent, new.version) == (0, 0)
+        assert store.find_messages(limit=10) == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("contact_id", ""), ("contact_id", "   "), ("contact_id", "a\nb"), ("sequence_id", "x" * 300), ("id", "e\x00")],
+)
+def test_a_row_with_a_broken_id_field_is_still_reported_as_broken(db: Path, column: str, value: str) -> None:
+    """The quick decoding of plain rows refuses what the model refuses: such a row is a BrokenRecord."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        store.add_enrollment(sample_enrollment("e1"), allow_reentry=False)
+    _corrupt(db, f"UPDATE enrollments SET {column} = ?", value)
+    with SQLiteStore(db) as store:
+        (claimed,) = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert isinstance(claimed, BrokenRecord)

@@ -81,6 +81,7 @@ from typing import Any
 
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
 from ..model import (
+    _ID_MAX,
     UTC,
     Enrollment,
     EnrollmentStatus,
@@ -353,6 +354,12 @@ _ENROLLMENT_COLUMNS = (
 _STATUSES = {status.value: status for status in EnrollmentStatus}
 
 
+def _plain(value: object) -> bool:
+    """A text the model's id validators accept, by a stricter and cheaper test: a printable,
+    non-blank str of at most ``_ID_MAX`` characters (printable excludes CR, LF and NUL)."""
+    return type(value) is str and 0 < len(value) <= _ID_MAX and value.isprintable() and not value.isspace()
+
+
 def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
     (
         id_, sequence_id, contact_id, status, enrolled_at, due, last, last_at,
@@ -360,11 +367,12 @@ def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
     ) = row  # fmt: skip
     known = _STATUSES.get(status)
     # The common row (no engagement, no variables, not exited): its few values are
-    # checked here, the cross-field rules by the constructor.
+    # checked here (no more loosely than the constructor would), the cross-field
+    # rules by the constructor. Anything else takes the validated path.
     if (
         known is not None and reason is None and not (variables or opened or clicked or skipped)
-        and id_.__class__ is str and sequence_id.__class__ is str and contact_id.__class__ is str
-        and enrolled_at.__class__ is int and (key is None or key.__class__ is str)
+        and _plain(id_) and _plain(sequence_id) and _plain(contact_id) and (key is None or _plain(key))
+        and enrolled_at.__class__ is int
     ):  # fmt: skip
         return _assemble_enrollment(
             id=id_,
@@ -438,7 +446,8 @@ _UPDATE_STATE = (
     f"exit_reason = {_OR_NULL}, paused_at = {_OR_NULL}, ended_at = {_OR_NULL}, variables = {_OR_NULL}, "
     f"opened = {_OR_NULL}, clicked = {_OR_NULL}, skipped = {_OR_NULL}, version = ? WHERE rid = ?"
 )
-_UPDATE_STATE_IF_VERSION = f"{_UPDATE_STATE} AND version = ?"
+# The row must still be that enrollment (a deleted row's rid is handed out again) at that version.
+_UPDATE_STATE_IF_VERSION = f"{_UPDATE_STATE} AND id = ? AND version = ?"
 # Claim hints kept at most (a worker that claims and never commits or releases must not grow them).
 _CLAIMED_HINTS = 100_000
 _UPDATE_IDENTITY = (
@@ -1182,11 +1191,11 @@ class SQLiteStore(Store):
                     "INSERT OR REPLACE INTO leases (rid, owner, until) VALUES (?, ?, ?)",
                     [(row[-1], owner, until) for row in rows],
                 )
-        if len(self._claimed) > _CLAIMED_HINTS:
-            self._claimed.clear()
-        hints = self._claimed
-        for row in rows:  # id -> (rid, version, (sequence_id, contact_id, dedupe_key, enrolled_at), owner, until)
-            hints[row[0]] = (row[-1], row[16], (row[1], row[2], row[15], row[4]), owner, until)
+            hints = self._claimed  # touched only under self._lock, which _write holds
+            if len(hints) > _CLAIMED_HINTS:
+                hints.clear()
+            for row in rows:  # id -> (rid, version, (sequence_id, contact_id, dedupe_key, enrolled_at), owner, until)
+                hints[row[0]] = (row[-1], row[16], (row[1], row[2], row[15], row[4]), owner, until)
         claimed: list[Enrollment | BrokenRecord] = []
         for row in rows:
             try:
@@ -1200,8 +1209,9 @@ class SQLiteStore(Store):
         ids = [(i, owner) for i in enrollment_ids]
         if not ids:
             return
-        for i, _ in ids:
-            self._claimed.pop(i, None)
+        with self._lock:
+            for i, _ in ids:
+                self._claimed.pop(i, None)
         rid = "(SELECT rid FROM enrollments WHERE id = ?)"
         with self._write("release leases") as conn:
             if until is None:
@@ -1218,7 +1228,10 @@ class SQLiteStore(Store):
             return []
         refused: list[str] = []
         with self._write("commit changes") as conn:
-            if owner is not None and self._commit_claimed(conn, changes, owner):
+            fast = owner is not None and self._commit_claimed(conn, changes, owner)
+            for change in changes:  # a committed or refused claim is done with either way
+                self._claimed.pop(change.enrollment.id, None)
+            if fast:
                 return refused
             ids = dumps(list({c.enrollment.id for c in changes}))
             stored = {
@@ -1287,7 +1300,7 @@ class SQLiteStore(Store):
             rid, _, identity, _, until = hint
             if identity != (new.sequence_id, new.contact_id, new.key, _instant(new.enrolled_at)):
                 return False
-            updates.append((*_enrollment_state(new), new.version + 1, rid, new.version))
+            updates.append((*_enrollment_state(new), new.version + 1, rid, new.id, new.version))
             leases.append((rid,))
             for message in change.outbox:
                 leased = message.status is OutboxStatus.PENDING
@@ -1305,8 +1318,6 @@ class SQLiteStore(Store):
         if messages:
             conn.executemany(_INSERT_MESSAGE, messages)
         _write_counters(conn, totals)
-        for change in changes:
-            del hints[change.enrollment.id]
         return True
 
     def next_due_at(self) -> datetime | None:
