@@ -368,36 +368,18 @@ def _enrollment_from_row(row: Seq[Any]) -> Enrollment:
     known = _STATUSES.get(status)
     # The common row (no engagement, no variables, not exited): its few values are
     # checked here (no more loosely than the constructor would), the cross-field
-    # rules by the constructor. Anything else takes the validated path.
-    if (
+    # rules by _assemble_enrollment. Anything else takes the validated constructor.
+    plain = (
         known is not None and reason is None and not (variables or opened or clicked or skipped)
         and _plain(id_) and _plain(sequence_id) and _plain(contact_id) and (key is None or _plain(key))
         and enrolled_at.__class__ is int
-    ):  # fmt: skip
-        return _assemble_enrollment(
-            id=id_,
-            sequence_id=sequence_id,
-            contact_id=contact_id,
-            status=known,
-            enrolled_at=_EPOCH + timedelta(microseconds=enrolled_at),
-            next_step_due_at=None if due is None else _EPOCH + timedelta(microseconds=due),
-            last_step_sent=last,
-            last_step_sent_at=None if last_at is None else _EPOCH + timedelta(microseconds=last_at),
-            exit_reason=None,
-            paused_at=None if paused_at is None else _EPOCH + timedelta(microseconds=paused_at),
-            ended_at=None if ended_at is None else _EPOCH + timedelta(microseconds=ended_at),
-            variables=_NO_VARIABLES,
-            opened=_EMPTY,
-            clicked=_EMPTY,
-            skipped=_EMPTY,
-            key=key,
-            version=version,
-        )
-    return Enrollment(
+    )  # fmt: skip
+    build: Callable[..., Enrollment] = _assemble_enrollment if plain else Enrollment
+    return build(
         id=id_,
         sequence_id=sequence_id,
         contact_id=contact_id,
-        status=status,
+        status=status if known is None else known,
         enrolled_at=_EPOCH + timedelta(microseconds=enrolled_at),
         next_step_due_at=None if due is None else _EPOCH + timedelta(microseconds=due),
         last_step_sent=last,
