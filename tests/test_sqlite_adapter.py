@@ -755,3 +755,31 @@ def test_a_row_with_a_broken_id_field_is_still_reported_as_broken(db: Path, colu
     with SQLiteStore(db) as store:
         (claimed,) = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
         assert isinstance(claimed, BrokenRecord)
+
+
+@pytest.mark.parametrize("owner", ["w1", None], ids=["claimed", "checked"])
+def test_a_batch_stores_its_messages_whatever_their_key_order_and_keeps_the_first_of_one_key(
+    db: Path, owner: str | None
+) -> None:
+    """The outbox rows of a commit are inserted in key order: every message lands, and when a
+    batch holds one key twice the first stays (the insert ignores a key it already has)."""
+    with SQLiteStore(db) as store:
+        store.save_sequence(sample_sequence())
+        for name in ("e3", "e1", "e2"):
+            store.add_enrollment(sample_enrollment(name, contact_id=f"c-{name}"), allow_reentry=False)
+        claimed = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        enrollments = {e.id: e for e in claimed if not isinstance(e, BrokenRecord)}
+        assert sorted(enrollments) == ["e1", "e2", "e3"]
+        first = message(enrollments["e2"], 1)
+        again = attrs.evolve(first, email=attrs.evolve(first.email, subject="Second"))
+        changes = [
+            Change(enrollment=sent(enrollments[name], 1, T0, T0 + HOUR), outbox=outbox)
+            for name, outbox in (("e3", (message(enrollments["e3"], 1),)), ("e2", (first, again)),
+                                 ("e1", (message(enrollments["e1"], 1),)))
+        ]  # fmt: skip
+        assert store.commit(changes, owner=owner) == []
+        assert sorted(m.key for m in store.find_messages(limit=10)) == ["e1:1", "e2:1", "e3:1"]
+        kept = store.get_message("e2:1")
+        assert kept is not None
+        assert kept.email is not None
+        assert kept.email.subject == "Step 1"

@@ -350,13 +350,18 @@ class Drip:
             if errors is not None:
                 errors.append(TickError(kind="events", id=events[0].enrollment_id, error=repr(exc)))
 
-    def _change(self, before: Enrollment | None, result: scheduler.Advance, **extra: Any) -> Change:
+    def _change(
+        self,
+        before: Enrollment | None,
+        result: scheduler.Advance,
+        outbox: tuple[OutboxMessage, ...] = (),
+        counters: tuple[Counter, ...] = (),
+    ) -> Change:
         after = result.enrollment
-        counters = _status_counters(after.sequence_id, before, after)
-        if result.events:
-            counters.extend(_event_counters(result.events))
-        counters.extend(extra.pop("counters", ()))
-        return Change(enrollment=after, events=result.events, counters=tuple(counters), **extra)
+        events = result.events
+        if before is None or before.status is not after.status or events:
+            counters = (*_status_counters(after.sequence_id, before, after), *_event_counters(events), *counters)
+        return Change(enrollment=after, outbox=outbox, events=events, counters=counters)
 
     def _apply_one(self, enrollment_id: str, transition: Callable[[Enrollment], scheduler.Advance]) -> Enrollment:
         """Read, transition, commit one enrollment; retry on a concurrent change."""
@@ -904,7 +909,7 @@ class Drip:
                 position=step.position, error=str(exc), reason="render",
             )  # fmt: skip
             result = attrs.evolve(result, events=(*result.events, failed))
-            return self._change(before, result, outbox=(message,), counters=[(sequence.id, step.position, "failed", 1)])
+            return self._change(before, result, (message,), ((sequence.id, step.position, "failed", 1),))
         email = Email(
             idempotency_key=key,
             enrollment_id=before.id,
@@ -922,7 +927,7 @@ class Drip:
             key=key, enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id,
             position=step.position, email=email, created_at=now, next_attempt_at=now,
         )  # fmt: skip
-        return self._change(before, result, outbox=(message,), counters=[(sequence.id, step.position, "sent", 1)])
+        return self._change(before, result, (message,), ((sequence.id, step.position, "sent", 1),))
 
     def _apply_frequency_cap(
         self,
