@@ -19,11 +19,13 @@ def test_bench_sqlite_smoke(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
         sys.path.remove(str(ROOT / "benchmarks"))
     (figures,) = bench_sqlite.main(["--n", "500", "--dir", str(tmp_path)])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 8, lines
+    assert len(lines) == 9, lines
     settings, *figures_lines = lines
     assert settings.startswith("settings: SQLiteStore(cache_size_kib=")
     assert all("target" in line for line in figures_lines)
     assert "of a bare sqlite3 select+update loop" in figures_lines[3]
     assert figures["dispatch_steps"] == figures["floor_steps"] > 0
     assert figures["small_tick_size"] > 0
+    assert "replayed on a bare connection" in figures_lines[5]
+    assert figures["small_tick_sql_s"] > 0
     assert list(tmp_path.iterdir()) == [], "the benchmark cleans up its files"
