@@ -134,6 +134,13 @@ def _write_v1_database(path: Path) -> None:
                 (enrollment_id, sequence_id, _micros(T0 - 2 * HOUR), _micros(T0)),
             )
         conn.execute("INSERT INTO counters VALUES ('live', 0, 'recipients', 1)")
+        conn.execute(
+            "INSERT INTO outbox (key, enrollment_id, sequence_id, contact_id, position, status, created_at, "
+            "attempts, settled_at, provider_id, email_to, email_subject, email_text, email_headers) "
+            "VALUES ('old:1', 'old', 'live', 'ana', 1, 'delivered', ?, 1, ?, 'p-1', 'ana@example.com', 'Hi', "
+            "'Hello', '{\"X-Old\":\"yes\"}')",
+            (_micros(T0 - 3 * HOUR), _micros(T0 - 3 * HOUR)),
+        )
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("PRAGMA user_version = 1")
     finally:
@@ -151,10 +158,20 @@ def test_a_file_from_an_older_version_is_upgraded_in_place(db: Path) -> None:
         assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w1")] == ["e-live"]
         store.save_sequence(sample_sequence("held", version=2), expected_version=1)
         assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w1")] == ["e-held"]
+        old = store.get_message("old:1")
+        assert old is not None
+        assert (old.status, old.provider_id, old.settled_at) == (OutboxStatus.DELIVERED, "p-1", T0 - 3 * HOUR)
+        assert old.email is not None
+        assert (old.email.subject, old.email.text, dict(old.email.headers)) == ("Hi", "Hello", {"X-Old": "yes"})
     conn = _raw(db)
     try:
         versions = [r[0] for r in conn.execute("SELECT version FROM dripcore_migrations ORDER BY version")]
         assert versions == list(range(1, SCHEMA_VERSION + 1))
+        # Since version 5 the outbox is a rowid table, with its three indexes back.
+        assert conn.execute("SELECT rowid FROM outbox WHERE key = 'old:1'").fetchone() is not None
+        named = conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'outbox' AND sql IS NOT NULL")
+        indexes = {row[0] for row in named}
+        assert indexes == {"outbox", "outbox_pending_due", "outbox_by_enrollment", "outbox_by_contact"}
     finally:
         conn.close()
 

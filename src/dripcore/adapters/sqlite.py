@@ -184,6 +184,14 @@ class CorruptRecord(SQLiteStoreError):
 # Each migration takes the schema from version ``n - 1`` to ``n`` and is never
 # edited once released: a database written by an older dripcore replays the
 # ones it lacks. Tests build a version-1 file by hand to prove the upgrade path.
+
+# The outbox's columns since version 1, spelled out for migration 5, which copies them:
+# a migration must not change when later code changes ``_OUTBOX_COLUMNS``.
+_OUTBOX_COLUMNS_V1 = (
+    "key, enrollment_id, sequence_id, contact_id, position, status, created_at, next_attempt_at, attempts, "
+    "last_error, settled_at, provider_id, email_to, email_subject, email_html, email_text, email_sender, "
+    "email_headers, email_identity"
+)
 _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (
         1,
@@ -279,6 +287,45 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "WHERE lease_owner IS NOT NULL",
             # enrollments.lease_owner and lease_until stay, unused, so old rows need no rewrite.
             "UPDATE enrollments SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL",
+        ),
+    ),
+    (
+        5,
+        "the outbox becomes a rowid table: new messages are appended instead of placed among old ones by key",
+        (
+            # A WITHOUT ROWID table keeps whole rows (email bodies included) in key order, so a
+            # batch of messages, whose keys are random, dirtied a page per message; appended rows
+            # share the last pages, and only the small key index is written at random.
+            """CREATE TABLE outbox_v5 (
+                key TEXT NOT NULL PRIMARY KEY,
+                enrollment_id TEXT NOT NULL,
+                sequence_id TEXT NOT NULL,
+                contact_id TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                next_attempt_at INTEGER,
+                attempts INTEGER NOT NULL,
+                last_error TEXT,
+                settled_at INTEGER,
+                provider_id TEXT,
+                email_to TEXT,
+                email_subject TEXT,
+                email_html TEXT,
+                email_text TEXT,
+                email_sender TEXT,
+                email_headers TEXT,
+                email_identity TEXT,
+                lease_owner TEXT,
+                lease_until INTEGER
+            )""",
+            f"INSERT INTO outbox_v5 ({_OUTBOX_COLUMNS_V1}, lease_owner, lease_until) "
+            f"SELECT {_OUTBOX_COLUMNS_V1}, lease_owner, lease_until FROM outbox ORDER BY created_at, key",
+            "DROP TABLE outbox",
+            "ALTER TABLE outbox_v5 RENAME TO outbox",
+            "CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, key) WHERE status = 'pending'",
+            "CREATE INDEX outbox_by_enrollment ON outbox (enrollment_id, status)",
+            "CREATE INDEX outbox_by_contact ON outbox (contact_id, created_at)",
         ),
     ),
 )
