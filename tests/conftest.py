@@ -12,7 +12,10 @@ from hypothesis import HealthCheck, settings
 
 # too_slow measures the machine, not the code: on a loaded machine it failed a
 # property test that passes on every rerun, so neither profile lets it.
-settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# print_blob: a failure that does not come back on a rerun can still be replayed from its blob.
+settings.register_profile(
+    "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
 settings.register_profile(
     "ci",
     max_examples=400,

@@ -178,6 +178,37 @@ def test_a_file_from_an_older_version_is_upgraded_in_place(db: Path) -> None:
         conn.close()
 
 
+def test_an_upgrade_keeps_the_hosts_own_views_and_triggers_on_the_outbox(db: Path) -> None:
+    """Schema 5 rebuilds the outbox table: a view over it still reads it, and a trigger on it is
+    made again and still fires."""
+    _write_v1_database(db)
+    conn = _raw(db)
+    try:
+        conn.executescript(
+            """
+            CREATE VIEW delivered_per_contact AS SELECT contact_id, count(*) AS n FROM outbox
+                WHERE status = 'delivered' GROUP BY contact_id;
+            CREATE TABLE audit (key TEXT, status TEXT);
+            CREATE TRIGGER outbox_audit AFTER UPDATE OF status ON outbox
+                BEGIN INSERT INTO audit VALUES (new.key, new.status); END;
+            """
+        )
+    finally:
+        conn.close()
+    with SQLiteStore(db) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        (claimed,) = store.claim_due(T0, limit=10, lease=HOUR, owner="w1")
+        assert not isinstance(claimed, BrokenRecord)
+        assert store.commit([Change(enrollment=sent(claimed, 1, T0, T0 + HOUR), outbox=(message(claimed, 1),))]) == []
+        store.settle([Delivery(key="e-live:1", status=OutboxStatus.DELIVERED, at=T0)])
+    conn = _raw(db)
+    try:
+        assert conn.execute("SELECT * FROM delivered_per_contact").fetchall() == [("ana", 2)]
+        assert conn.execute("SELECT * FROM audit").fetchall() == [("e-live:1", "delivered")]
+    finally:
+        conn.close()
+
+
 def test_a_schema_from_the_future_is_refused_untouched(db: Path) -> None:
     """A file written by a newer dripcore raises SchemaTooNew naming the path and both versions."""
     SQLiteStore(db).close()

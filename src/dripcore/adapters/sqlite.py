@@ -183,7 +183,8 @@ class CorruptRecord(SQLiteStoreError):
 
 # Each migration takes the schema from version ``n - 1`` to ``n`` and is never
 # edited once released: a database written by an older dripcore replays the
-# ones it lacks. Tests build a version-1 file by hand to prove the upgrade path.
+# ones it lacks. A step is a statement, or a function of the connection for what
+# SQL alone can't say. Tests build a version-1 file by hand to prove the upgrade path.
 
 # The outbox's columns since version 1, spelled out for migration 5, which copies them:
 # a migration must not change when later code changes ``_OUTBOX_COLUMNS``.
@@ -192,7 +193,71 @@ _OUTBOX_COLUMNS_V1 = (
     "last_error, settled_at, provider_id, email_to, email_subject, email_html, email_text, email_sender, "
     "email_headers, email_identity"
 )
-_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+
+
+def _rebuild_outbox_with_rowids(conn: sqlite3.Connection) -> None:
+    """Migration 5's table rebuild, SQLite's own procedure for what ALTER TABLE can't change.
+
+    A WITHOUT ROWID table keeps whole rows (email bodies included) in key order, so a batch
+    of messages, whose keys are random, dirtied a page per message; in a rowid table they are
+    appended and share the last pages, and only the small key index is written at random.
+    The copy reads the old table in its own (key) order, so it needs no sort in memory.
+    Triggers on the outbox go with the old table: they are saved and made again. Views and
+    other tables' triggers that name it are left alone (legacy renaming doesn't check them
+    against the schema half-way through); they name the new table once it is renamed.
+    """
+    triggers = [
+        sql
+        for (sql,) in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'outbox' AND sql IS NOT NULL "
+            "ORDER BY rowid"
+        )
+    ]
+    conn.execute(
+        """CREATE TABLE outbox_v5 (
+            key TEXT NOT NULL PRIMARY KEY,
+            enrollment_id TEXT NOT NULL,
+            sequence_id TEXT NOT NULL,
+            contact_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            next_attempt_at INTEGER,
+            attempts INTEGER NOT NULL,
+            last_error TEXT,
+            settled_at INTEGER,
+            provider_id TEXT,
+            email_to TEXT,
+            email_subject TEXT,
+            email_html TEXT,
+            email_text TEXT,
+            email_sender TEXT,
+            email_headers TEXT,
+            email_identity TEXT,
+            lease_owner TEXT,
+            lease_until INTEGER
+        )"""
+    )
+    conn.execute(
+        f"INSERT INTO outbox_v5 ({_OUTBOX_COLUMNS_V1}, lease_owner, lease_until) "
+        f"SELECT {_OUTBOX_COLUMNS_V1}, lease_owner, lease_until FROM outbox ORDER BY key"
+    )
+    # The dropped pages hold just what was copied: no need to zero each one first (SQLite
+    # builds with secure_delete on do, which made the drop hold the whole table in memory).
+    secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA secure_delete = FAST")
+    try:
+        conn.execute("DROP TABLE outbox")
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {int(secure_delete)}")
+    conn.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        conn.execute("ALTER TABLE outbox_v5 RENAME TO outbox")
+    finally:
+        conn.execute("PRAGMA legacy_alter_table = OFF")
+    for sql in triggers:
+        conn.execute(sql)
+_MIGRATIONS: tuple[tuple[int, str, tuple[str | Callable[[sqlite3.Connection], None], ...]], ...] = (
     (
         1,
         "sequences, enrollments, outbox and counters",
@@ -294,36 +359,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "the outbox becomes a rowid table (new messages are appended, not placed among old ones by key), "
         "with an index of pending messages by enrollment for claims",
         (
-            # A WITHOUT ROWID table keeps whole rows (email bodies included) in key order, so a
-            # batch of messages, whose keys are random, dirtied a page per message; appended rows
-            # share the last pages, and only the small key index is written at random.
-            """CREATE TABLE outbox_v5 (
-                key TEXT NOT NULL PRIMARY KEY,
-                enrollment_id TEXT NOT NULL,
-                sequence_id TEXT NOT NULL,
-                contact_id TEXT NOT NULL,
-                position INTEGER NOT NULL,
-                status TEXT NOT NULL,
-                created_at INTEGER NOT NULL,
-                next_attempt_at INTEGER,
-                attempts INTEGER NOT NULL,
-                last_error TEXT,
-                settled_at INTEGER,
-                provider_id TEXT,
-                email_to TEXT,
-                email_subject TEXT,
-                email_html TEXT,
-                email_text TEXT,
-                email_sender TEXT,
-                email_headers TEXT,
-                email_identity TEXT,
-                lease_owner TEXT,
-                lease_until INTEGER
-            )""",
-            f"INSERT INTO outbox_v5 ({_OUTBOX_COLUMNS_V1}, lease_owner, lease_until) "
-            f"SELECT {_OUTBOX_COLUMNS_V1}, lease_owner, lease_until FROM outbox ORDER BY created_at, key",
-            "DROP TABLE outbox",
-            "ALTER TABLE outbox_v5 RENAME TO outbox",
+            _rebuild_outbox_with_rowids,
             "CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, key) WHERE status = 'pending'",
             # A claim asks of every due row whether its enrollment has a PENDING message: a
             # small index of pending messages only answers from cache however big the outbox.
@@ -878,7 +914,10 @@ class SQLiteStore(Store):
                 if number <= version:
                     continue
                 for statement in statements:
-                    conn.execute(statement)
+                    if callable(statement):
+                        statement(conn)
+                    else:
+                        conn.execute(statement)
                 conn.execute(
                     "INSERT INTO dripcore_migrations (version, description, applied_at) VALUES (?, ?, ?)",
                     (number, description, datetime.now(UTC).isoformat(timespec="seconds")),
