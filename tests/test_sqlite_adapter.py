@@ -158,6 +158,11 @@ def test_a_file_from_an_older_version_is_upgraded_in_place(db: Path) -> None:
         assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w1")] == ["e-live"]
         store.save_sequence(sample_sequence("held", version=2), expected_version=1)
         assert [e.id for e in store.claim_due(T0, limit=10, lease=HOUR, owner="w1")] == ["e-held"]
+        # The upgrade drops the old table without zeroing its pages, then puts the setting back.
+        fresh = sqlite3.connect(":memory:")
+        default = fresh.execute("PRAGMA secure_delete").fetchone()
+        fresh.close()
+        assert store._connection().execute("PRAGMA secure_delete").fetchone() == default
         old = store.get_message("old:1")
         assert old is not None
         assert (old.status, old.provider_id, old.settled_at) == (OutboxStatus.DELIVERED, "p-1", T0 - 3 * HOUR)
