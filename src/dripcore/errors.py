@@ -9,11 +9,14 @@ The tree::
 
     DripcoreError
     ├── ValidationError (also ValueError)      bad input, named by field and value
+    │   ├── InvalidArgument                    a call's argument of the wrong type or out of range
+    │   ├── InvalidInstant                     not an aware datetime, or outside the years dripcore schedules
+    │   │   └── NaiveDatetimeError
+    │   ├── DecodeError                        JSON or a stored row that does not decode exactly
     │   ├── InvalidDelay
     │   ├── InvalidStep
     │   │   └── DuplicateStepPosition
     │   ├── InvalidCondition
-    │   ├── NaiveDatetimeError
     │   ├── UnknownTriggerType
     │   ├── InvalidTrigger
     │   ├── InvalidTriggerEvent
@@ -35,7 +38,8 @@ The tree::
     │   ├── TransientSendError                 retry later
     │   └── PermanentSendError                 never retry; may carry a bounce/complaint reason
     └── StoreError                             raised by Store implementations
-        └── ConcurrencyConflict                optimistic-concurrency check failed
+        ├── ConcurrencyConflict                optimistic-concurrency check failed
+        └── RecordRejected                     records the store can't hold as given (named by id)
 """
 
 from __future__ import annotations
@@ -46,15 +50,18 @@ __all__ = [
     "ConcurrencyConflict",
     "ContactNotFound",
     "ContactSuppressed",
+    "DecodeError",
     "DripcoreError",
     "DuplicateStepPosition",
     "EnrollmentConflict",
     "EnrollmentNotFound",
+    "InvalidArgument",
     "InvalidCondition",
     "InvalidContact",
     "InvalidDelay",
     "InvalidEngagement",
     "InvalidEnrollment",
+    "InvalidInstant",
     "InvalidSequence",
     "InvalidStep",
     "InvalidTimezone",
@@ -65,6 +72,7 @@ __all__ = [
     "NaiveDatetimeError",
     "NotFound",
     "PermanentSendError",
+    "RecordRejected",
     "SendError",
     "SequenceNotFound",
     "SequenceStateError",
@@ -93,6 +101,23 @@ class ValidationError(DripcoreError, ValueError):
         super().__init__(f"{field}={value!r}: {reason}")
 
 
+class InvalidArgument(ValidationError):
+    """A call was given an argument of the wrong type or out of range: an id that is not
+    a clean single-line string, a negative or non-integer limit, a status that is not the
+    enum, a day that is not a date, a setting out of its bounds. ``field`` names the argument."""
+
+
+class InvalidInstant(ValidationError):
+    """An instant dripcore can't use: not a timezone-aware datetime, or outside the years it
+    schedules (so that adding a delay, a window or a retry never overflows)."""
+
+
+class DecodeError(ValidationError):
+    """JSON (or a stored row) that does not decode to a dripcore value exactly: a missing or
+    unknown key, a value of the wrong JSON type (``"false"`` for a boolean, ``1.9`` for an
+    integer). ``field`` is the path to the offending value, such as ``"steps[1].active"``."""
+
+
 class InvalidDelay(ValidationError):
     """A delay is negative, absurdly long, of an unknown unit, or unparseable."""
 
@@ -109,7 +134,7 @@ class InvalidCondition(ValidationError):
     """A step condition is malformed or points at a missing or later step."""
 
 
-class NaiveDatetimeError(ValidationError):
+class NaiveDatetimeError(InvalidInstant):
     """A datetime without a time zone was given where an instant is required."""
 
 
@@ -256,3 +281,22 @@ class ConcurrencyConflict(StoreError):
         self.actual = actual
         found = "it no longer exists" if actual is None else f"found version {actual}"
         super().__init__(f"{kind} {id!r}: expected version {expected}, {found}")
+
+
+class RecordRejected(StoreError):
+    """The store can't hold some records as they are (text it can't encode, a value out of its
+    range), while the store itself is fine. ``kind`` is ``"enrollment"`` or ``"message"`` and
+    ``reasons`` maps each offending id to why; nothing of the write was applied, and the engine
+    sets those records aside and writes the others again."""
+
+    def __init__(self, *, kind: str, reasons: dict[str, str]) -> None:
+        self.kind = kind
+        self.reasons = dict(reasons)
+        shown = "; ".join(f"{id!r}: {why}" for id, why in list(self.reasons.items())[:3])
+        more = f" (and {len(self.reasons) - 3} more)" if len(self.reasons) > 3 else ""
+        super().__init__(f"the store can't hold {len(self.reasons)} {kind} record(s) as given: {shown}{more}")
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The ids of the rejected records."""
+        return tuple(self.reasons)
