@@ -130,16 +130,42 @@ def to_utc(value: Any, field: str = "datetime", error: type[ValidationError] = N
     return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=UTC)
 
 
+# What no id or single-line text may hold: control characters (NUL, CR, LF, tab, NEL...),
+# lone surrogates (undecodable bytes, which no store can encode) and the Unicode line and
+# paragraph separators (a line break to a header or a log line).
+_NOT_SINGLE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
+
+def check_text(
+    value: Any, field: str, error: type[ValidationError], *, max_len: int = _ID_MAX
+) -> str:
+    """``value`` if it is a non-blank, single-line string of at most ``max_len`` characters
+    with no control character, lone surrogate or line separator; else ``error`` naming ``field``.
+
+    The rule of every id (sequence, enrollment, contact, key) and one-line text of the model;
+    stores and the engine apply it to ids given to them directly.
+    """
+    if value.__class__ is not str:
+        if not isinstance(value, str):
+            raise error(field, value, f"must be a string, not {type(value).__name__}")
+    if not value.isprintable():  # printable text holds none of what is refused: the usual case ends here
+        bad = _NOT_SINGLE_LINE.search(value)
+        if bad is not None:
+            raise error(
+                field, value, f"must be a single line of text: character {bad.group()!r} at offset {bad.start()}"
+            )
+    if len(value) > max_len:
+        raise error(field, value, f"longer than {max_len} characters")
+    if not value or value.isspace():
+        raise error(field, value, "must be a non-empty string")
+    return value
+
+
 def _text(field: str, error: type[ValidationError], *, max_len: int = _ID_MAX) -> Callable[[Any, Any, Any], None]:
-    """A validator for a non-empty, single-line string."""
+    """A validator for a non-empty, single-line string (:func:`check_text`)."""
 
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if not isinstance(value, str) or not value.strip():
-            raise error(field, value, "must be a non-empty string")
-        if len(value) > max_len:
-            raise error(field, value, f"longer than {max_len} characters")
-        if "\n" in value or "\r" in value or "\x00" in value:
-            raise error(field, value, "must be a single line")
+        check_text(value, field, error, max_len=max_len)
 
     return check
 
