@@ -39,6 +39,7 @@ from dripcore import (
     Trigger,
     TriggerEvent,
     TriggerType,
+    UnreadableRecord,
 )
 from dripcore.adapters.memory import MemoryStore
 from dripcore.testing import DailyCap, FakeClock, FlakySender, MemoryContacts, RecordingEvents, RecordingSender
@@ -326,7 +327,7 @@ class TestTickAndDelivery:
 
             def get_sequence(self, sequence_id: str) -> Sequence | None:
                 if sequence_id in self.corrupt:
-                    raise StoreError(f"sequence {sequence_id!r}: unreadable JSON")
+                    raise UnreadableRecord(f"sequence {sequence_id!r}: unreadable JSON")
                 return super().get_sequence(sequence_id)
 
         w = World()
@@ -354,7 +355,7 @@ class TestTickAndDelivery:
 
         def corrupt(enrollment_id: str):  # type: ignore[no-untyped-def]
             if enrollment_id == a.id:
-                raise StoreError(f"enrollment {a.id!r}: unknown status 'zombie'")
+                raise UnreadableRecord(f"enrollment {a.id!r}: unknown status 'zombie'")
             return original(enrollment_id)
 
         w.store.get_enrollment = corrupt  # type: ignore[method-assign]

@@ -42,6 +42,7 @@ from .errors import (
     StoreError,
     TransientSendError,
     UnknownTriggerType,
+    UnreadableRecord,
     ValidationError,
 )
 from .model import (
@@ -173,6 +174,7 @@ __all__ = [
     "TriggerType",
     "UnknownTriggerType",
     "UnknownVariables",
+    "UnreadableRecord",
     "ValidationError",
     "WaitUntil",
     "WindowAction",

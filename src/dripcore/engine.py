@@ -49,10 +49,12 @@ from .errors import (
     InvalidEngagement,
     InvalidTriggerEvent,
     PermanentSendError,
+    RecordRejected,
     SequenceNotFound,
     SequenceStateError,
     StoreError,
     TransientSendError,
+    UnreadableRecord,
     ValidationError,
 )
 from .model import (
@@ -103,6 +105,30 @@ log = logging.getLogger("dripcore")
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
 _PAGE = 500
+
+
+# Errors of one record, not of the store: the record is set aside, the store is fine.
+_RECORD_ERRORS = (UnreadableRecord, RecordRejected)
+# Sender classes already warned about for returning a provider id that is not a str.
+_WARNED_PROVIDER_TYPES: set[type] = set()
+
+
+def _safe_text(text: str, limit: int = 2000) -> str:
+    """``text`` as every store can hold it: NUL and lone surrogates escaped, at most ``limit`` characters."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ErrorType: message"``, safe to store and to log."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose __str__ raises
+        text = f"{type(exc).__name__} (unprintable)"
+    return _safe_text(text)
 
 
 def new_id(prefix: str = "enr") -> str:
@@ -315,7 +341,6 @@ class Drip:
         self.frequency_cap = frequency_cap
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._batch_contacts: Mapping[str, Contact] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -765,7 +790,13 @@ class Drip:
     def tick(self) -> TickReport:
         """One round of work: advance due enrollments, commit, deliver, retry.
 
-        Safe to run from several workers at once: claims are leased.
+        Safe to run from several workers at once: claims are leased. Whatever
+        goes wrong for one enrollment, contact, message or sequence (its
+        decoding, contact look-up, rendering, encoding for the store, send or
+        settle) is reported in :attr:`TickReport.errors` and set aside for
+        ``set_aside_for``; the rest of the batch goes on in this same tick.
+        Only a fault of the whole (the store or the contact directory failing
+        for everyone) raises, leaving the batch to be picked up again.
         """
         now = self._now()
         tally = _Tally()
@@ -775,7 +806,7 @@ class Drip:
         if retries:
             tally.messages += len(retries)
             tally.busy = len(retries) == self.batch_size
-            self._deliver(retries, now, tally, recheck=True)
+            self._deliver_retries(retries, now, tally)
         limit = self.batch_size
         budget = self.rate_limiter.available(now) if self.rate_limiter else None
         if budget is not None:
@@ -786,25 +817,76 @@ class Drip:
             claimed = self.store.claim_due(now, limit=limit, lease=self.lease, owner=self.worker_id)
             tally.claimed = len(claimed)
             tally.busy = tally.busy or (len(claimed) == limit and limit == self.batch_size)
-            outgoing, after_delivery = self._advance_batch(claimed, now, tally)
+            outgoing, contacts, after_delivery = self._advance_batch(claimed, now, tally)
             if limit < self.batch_size and len(claimed) == limit:
                 # The rate limiter held the claim short: whatever is still due waits.
                 tally.deferred = max(tally.deferred, self.store.count_due(now))
-            self._deliver(outgoing, now, tally)
+            self._deliver(outgoing, contacts, {}, now, tally)
             self._publish(after_delivery, tally.errors)
         return tally.freeze()
 
+    def _look_up_contacts(self, contact_ids: set[str]) -> tuple[dict[str, Contact], dict[str, str]]:
+        """The contacts of a batch, and why each one that could not be looked up failed.
+
+        A batch look-up that raises is retried one contact at a time, so one
+        messy row in the host's table costs only its own contact. When every
+        contact fails, the directory itself is down: that raises, for the
+        tick to be tried again.
+        """
+        try:
+            return self._checked_contacts(self.contacts.get_many(contact_ids), contact_ids)
+        except Exception as exc:
+            log.warning("looking up %d contacts failed (%s); one by one now", len(contact_ids), _describe(exc))
+        contacts: dict[str, Contact] = {}
+        failed: dict[str, str] = {}
+        first: Exception | None = None
+        for contact_id in contact_ids:
+            try:
+                found, bad = self._checked_contacts({contact_id: self.contacts.get(contact_id)}, {contact_id})
+            except Exception as exc:
+                first = first or exc
+                failed[contact_id] = _describe(exc)
+                continue
+            contacts.update(found)
+            failed.update(bad)
+        if first is not None and len(failed) == len(contact_ids):
+            raise first  # not one contact could be read: the directory is down, not a record
+        return contacts, failed
+
+    @staticmethod
+    def _checked_contacts(
+        found: Mapping[str, Contact | None], contact_ids: set[str]
+    ) -> tuple[dict[str, Contact], dict[str, str]]:
+        contacts: dict[str, Contact] = {}
+        failed: dict[str, str] = {}
+        for contact_id in contact_ids:
+            contact = found.get(contact_id)
+            if contact is None:
+                continue
+            if contact.__class__ is not Contact and not isinstance(contact, Contact):
+                failed[contact_id] = f"the contact directory returned a {type(contact).__name__}, not a Contact"
+            elif contact.id != contact_id:
+                failed[contact_id] = f"the contact directory returned contact {contact.id!r} for {contact_id!r}"
+            else:
+                contacts[contact_id] = contact
+        return contacts, failed
+
     def _advance_batch(
         self, claimed: Seq[Enrollment | BrokenRecord], now: datetime, tally: _Tally
-    ) -> tuple[list[OutboxMessage], list[Event]]:
-        """Advance, commit, and return the messages to deliver plus the events to
-        publish after delivery (a ``Completed`` must not precede its last ``StepSent``)."""
+    ) -> tuple[list[OutboxMessage], Mapping[str, Contact], list[Event]]:
+        """Advance and commit a claimed batch; return the messages to deliver, the contacts
+        they go to, and the events to publish after delivery (a ``Completed`` must not
+        precede its last ``StepSent``)."""
         set_aside: list[str] = []
+
+        def put_aside(kind: str, enrollment_id: str, error: str) -> None:
+            tally.errors.append(TickError(kind=kind, id=enrollment_id, error=error))
+            set_aside.append(enrollment_id)
+
         enrollments: list[Enrollment] = []
         for item in claimed:
             if isinstance(item, BrokenRecord):
-                tally.errors.append(TickError(kind="enrollment", id=item.id, error=item.error))
-                set_aside.append(item.id)
+                put_aside("enrollment", item.id, _safe_text(item.error))
             else:
                 enrollments.append(item)
         sequences: dict[str, Sequence | None] = {}
@@ -813,18 +895,28 @@ class Drip:
             if e.sequence_id not in sequences and e.sequence_id not in unreadable:
                 try:
                     sequences[e.sequence_id] = self.store.get_sequence(e.sequence_id)
-                except DripcoreError as exc:  # a corrupt sequence row: its enrollments wait, the others go
-                    unreadable[e.sequence_id] = repr(exc)
-        contacts = self.contacts.get_many({e.contact_id for e in enrollments})
-        self._batch_contacts = contacts
+                except StoreError as exc:
+                    if not isinstance(exc, _RECORD_ERRORS):
+                        self._release_claims([e.id for e in enrollments], set_aside, now)
+                        raise
+                    unreadable[e.sequence_id] = _describe(exc)  # a corrupt sequence row: its enrollments wait
+                except Exception as exc:
+                    unreadable[e.sequence_id] = _describe(exc)
+        try:
+            contacts, lookup_failed = self._look_up_contacts({e.contact_id for e in enrollments})
+        except Exception:
+            self._release_claims([e.id for e in enrollments], set_aside, now)
+            raise
 
         changes: list[Change] = []
         idle: list[str] = []
         by_id = {e.id: e for e in enrollments}
         for before in enrollments:
             if before.sequence_id in unreadable:
-                tally.errors.append(TickError(kind="enrollment", id=before.id, error=unreadable[before.sequence_id]))
-                set_aside.append(before.id)
+                put_aside("sequence", before.id, unreadable[before.sequence_id])
+                continue
+            if before.contact_id in lookup_failed:
+                put_aside("contact", before.id, lookup_failed[before.contact_id])
                 continue
             try:
                 sequence = sequences[before.sequence_id]
@@ -840,8 +932,7 @@ class Drip:
                 changes.append(self._dispatch_change(before, result, sequence, contact, now))
             except Exception as exc:
                 log.exception("enrollment %s set aside", before.id)
-                tally.errors.append(TickError(kind="enrollment", id=before.id, error=repr(exc)))
-                set_aside.append(before.id)
+                put_aside("enrollment", before.id, _describe(exc))
 
         if self.frequency_cap is not None and changes:
             changes = self._apply_frequency_cap(changes, by_id, sequences, contacts, now, tally)
@@ -855,12 +946,14 @@ class Drip:
                 tally.deferred += len(held)
                 reopen = self.rate_limiter.next_opening(now)
                 self.store.release(held, owner=self.worker_id, until=reopen)
-        if set_aside:
-            self.store.release(set_aside, owner=self.worker_id, until=now + self.set_aside_for)
         if idle:
             self.store.release(idle, owner=self.worker_id)
 
-        refused = set(self.store.commit(changes, owner=self.worker_id)) if changes else set()
+        refused, rejected = self._commit_isolated(changes) if changes else (set(), {})
+        for enrollment_id, why in rejected.items():
+            put_aside("enrollment", enrollment_id, why)
+        if set_aside:
+            self.store.release(set_aside, owner=self.worker_id, until=now + self.set_aside_for)
         tally.conflicts += len(refused)
         if refused:
             self.store.release(refused, owner=self.worker_id)
@@ -868,7 +961,7 @@ class Drip:
         events: list[Event] = []
         after_delivery: list[Event] = []
         for change in changes:
-            if change.enrollment.id in refused:
+            if change.enrollment.id in refused or change.enrollment.id in rejected:
                 continue
             has_send = any(m.status is OutboxStatus.PENDING for m in change.outbox)
             for event in change.events:
@@ -886,7 +979,59 @@ class Drip:
                     outgoing.append(message)
                     tally.queued += 1
         self._publish(events, tally.errors)
-        return outgoing, after_delivery
+        return outgoing, contacts, after_delivery
+
+    def _release_claims(self, enrollment_ids: list[str], set_aside: list[str], now: datetime) -> None:
+        """Give a batch that can't go on back, before raising: the records set aside wait,
+        the others may be claimed again at once. Best effort: the store may be what failed."""
+        try:
+            aside = set(set_aside)
+            self.store.release([i for i in enrollment_ids if i not in aside], owner=self.worker_id)
+            if aside:
+                self.store.release(aside, owner=self.worker_id, until=now + self.set_aside_for)
+        except Exception:
+            log.warning("could not release the batch's claims; they end with their lease", exc_info=True)
+
+    def _commit_isolated(self, changes: list[Change]) -> tuple[set[str], dict[str, str]]:
+        """Commit ``changes``; return the ids refused for a stale version and the ids the
+        store could not take, with why.
+
+        Records the store rejects (:class:`~dripcore.errors.RecordRejected`) are
+        taken out and the rest committed again. Any other exception that is not a
+        :class:`~dripcore.errors.StoreError` (a store meeting data it can't encode)
+        is narrowed down by halves to the changes that cause it. A ``StoreError``
+        is the store failing for everyone, and raises.
+        """
+        rejected: dict[str, str] = {}
+
+        def attempt(batch: list[Change]) -> set[str]:
+            while batch:
+                try:
+                    return set(self.store.commit(batch, owner=self.worker_id))
+                except RecordRejected as exc:
+                    named = {i: why for i, why in exc.reasons.items() if i not in rejected}
+                    ids = {c.enrollment.id for c in batch}
+                    if not named.keys() & ids:
+                        return split(batch, exc)
+                    rejected.update((i, _safe_text(why)) for i, why in named.items() if i in ids)
+                    batch = [c for c in batch if c.enrollment.id not in rejected]
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    return split(batch, exc)
+            return set()
+
+        def split(batch: list[Change], exc: Exception) -> set[str]:
+            if len(batch) == 1:
+                rejected[batch[0].enrollment.id] = _describe(exc)
+                return set()
+            middle = len(batch) // 2
+            return attempt(batch[:middle]) | attempt(batch[middle:])
+
+        refused = attempt(changes)
+        if rejected:
+            log.warning("the store could not take %d enrollment(s); set aside: %s", len(rejected), rejected)
+        return refused, rejected
 
     def _dispatch_change(
         self, before: Enrollment, result: scheduler.Advance, sequence: Sequence, contact: Contact, now: datetime
@@ -1015,40 +1160,60 @@ class Drip:
         delay: timedelta = self.retry_base * (2 ** max(attempts - 1, 0))
         return min(delay, self.retry_cap)
 
-    def _deliver(self, messages: Seq[OutboxMessage], now: datetime, tally: _Tally, *, recheck: bool = False) -> None:
+    def _deliver_retries(self, messages: Seq[OutboxMessage], now: datetime, tally: _Tally) -> None:
+        """Deliver messages from an earlier tick (retries, or a crashed worker's): a message
+        whose enrollment has exited since is dropped unsent, and one whose enrollment or
+        contact can't be read is set aside."""
+        exited: dict[str, str] = {}
+        aside: dict[str, tuple[str, str]] = {}  # enrollment id -> (kind, why)
+        for enrollment_id in {m.enrollment_id for m in messages}:
+            try:
+                enrollment = self.store.get_enrollment(enrollment_id)
+            except StoreError as exc:
+                if not isinstance(exc, _RECORD_ERRORS):
+                    raise  # the store is down: the messages' leases run out and they come back
+                aside[enrollment_id] = ("enrollment", _describe(exc))
+                continue
+            except Exception as exc:
+                aside[enrollment_id] = ("enrollment", _describe(exc))
+                continue
+            if enrollment is None or enrollment.status is EnrollmentStatus.EXITED:
+                reason = enrollment.exit_reason.value if enrollment and enrollment.exit_reason else "deleted"
+                exited[enrollment_id] = reason
+        contacts, lookup_failed = self._look_up_contacts({m.contact_id for m in messages})
+        for message in messages:
+            if message.enrollment_id not in aside and message.contact_id in lookup_failed:
+                aside[message.enrollment_id] = ("contact", lookup_failed[message.contact_id])
+        held: list[Delivery] = []
+        for message in messages:
+            if message.enrollment_id in aside:
+                kind, why = aside[message.enrollment_id]
+                tally.errors.append(TickError(kind=kind, id=message.enrollment_id, error=why))
+                held.append(
+                    Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=why,
+                             next_attempt_at=now + self.set_aside_for)
+                )  # fmt: skip
+        if held:
+            self._settle(held, tally)
+        self._deliver([m for m in messages if m.enrollment_id not in aside], contacts, exited, now, tally)
+
+    def _deliver(
+        self,
+        messages: Seq[OutboxMessage],
+        contacts: Mapping[str, Contact],
+        exited: Mapping[str, str],
+        now: datetime,
+        tally: _Tally,
+    ) -> None:
         """Hand messages to the sender and settle the outcomes.
 
-        With ``recheck`` (messages from an earlier tick: retries, or a crashed
-        worker's), a message whose enrollment has exited since is dropped unsent.
+        ``contacts`` are the recipients as looked up for this tick; ``exited`` maps
+        the enrollments that ended since their message was queued to why (those
+        messages are dropped unsent).
         """
         if not messages:
             return
         deliveries: list[Delivery] = []
-        exited: dict[str, str] = {}
-        if recheck:
-            contacts = self.contacts.get_many({m.contact_id for m in messages})
-            unreadable: dict[str, str] = {}
-            for enrollment_id in {m.enrollment_id for m in messages}:
-                try:
-                    enrollment = self.store.get_enrollment(enrollment_id)
-                except DripcoreError as exc:  # a corrupt row: set its message aside, deliver the others
-                    unreadable[enrollment_id] = repr(exc)
-                    tally.errors.append(TickError(kind="enrollment", id=enrollment_id, error=repr(exc)))
-                    continue
-                if enrollment is None or enrollment.status is EnrollmentStatus.EXITED:
-                    reason = enrollment.exit_reason.value if enrollment and enrollment.exit_reason else "deleted"
-                    exited[enrollment_id] = reason
-            if unreadable:
-                deliveries.extend(
-                    Delivery(key=m.key, status=OutboxStatus.PENDING, at=now, error=unreadable[m.enrollment_id],
-                             next_attempt_at=now + self.set_aside_for)
-                    for m in messages
-                    if m.enrollment_id in unreadable
-                )  # fmt: skip
-                messages = [m for m in messages if m.enrollment_id not in unreadable]
-        else:
-            # Just committed in this tick: the contacts advance() saw are current.
-            contacts = self._batch_contacts
         events: list[Event] = []
         suppressed_after: list[tuple[str, ExitReason]] = []
         for message in messages:
@@ -1089,17 +1254,19 @@ class Drip:
                 transient = isinstance(exc, TransientSendError)
                 if not transient:
                     log.exception("sender raised on %s", message.key)
-                    tally.errors.append(TickError(kind="message", id=message.key, error=repr(exc)))
+                    tally.errors.append(TickError(kind="message", id=message.key, error=_describe(exc)))
                 if attempts >= self.max_attempts:
                     deliveries.append(self._failure(message, now, exc, "retries exhausted", events, tally))
                 else:
                     retry_at = now + self._backoff(attempts)
                     deliveries.append(
-                        Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=repr(exc),
+                        Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=_describe(exc),
                                  next_attempt_at=retry_at)
                     )  # fmt: skip
                     tally.retried += 1
                 continue
+            if provider_id is not None and (provider_id.__class__ is not str or not provider_id.isprintable()):
+                provider_id = self._provider_id(provider_id)
             deliveries.append(
                 Delivery(key=message.key, status=OutboxStatus.DELIVERED, at=now, provider_id=provider_id,
                          counters=((*where, "delivered", 1),))
@@ -1111,10 +1278,70 @@ class Drip:
                              idempotency_key=message.key)
                 )  # fmt: skip
             tally.sent += 1
-        self.store.settle(deliveries, owner=self.worker_id)
+        self._settle(deliveries, tally)
         self._publish(events, tally.errors)
         for contact_id, exit_reason in suppressed_after:
-            self._contact_exits(contact_id, exit_reason)
+            try:
+                self._contact_exits(contact_id, exit_reason)
+            except StoreError as exc:
+                if not isinstance(exc, _RECORD_ERRORS):
+                    raise
+                tally.errors.append(TickError(kind="contact", id=contact_id, error=_describe(exc)))
+            except Exception as exc:  # the directory's suppress() failed: the bounce is retried with the next one
+                log.exception("suppressing contact %s after a %s failed", contact_id, exit_reason.value)
+                tally.errors.append(TickError(kind="contact", id=contact_id, error=_describe(exc)))
+
+    def _provider_id(self, value: object) -> str:
+        """A sender's provider message id as text any store can keep (a sender that
+        returns a dict or a number still delivered the email: it must be recorded so)."""
+        if value.__class__ is not str and type(value) not in _WARNED_PROVIDER_TYPES:
+            _WARNED_PROVIDER_TYPES.add(type(value))
+            log.warning(
+                "%s.send() returned a %s, not a str provider id; it is kept as text",
+                type(self.sender).__name__, type(value).__name__,
+            )  # fmt: skip
+        text = value if isinstance(value, str) else repr(value)
+        return _safe_text(" ".join(text.split()), 255)
+
+    def _settle(self, deliveries: list[Delivery], tally: _Tally) -> None:
+        """Record outcomes. Deliveries the store can't take are narrowed down (by
+        :class:`~dripcore.errors.RecordRejected`, or by halves) and recorded again
+        without their free text (error and provider id), so an email that went out
+        is not left unsettled, and sent again, for the sake of a foreign string."""
+        if not deliveries:
+            return
+        try:
+            self.store.settle(deliveries, owner=self.worker_id)
+            return
+        except RecordRejected as exc:
+            rejected = {d.key for d in deliveries} & exc.reasons.keys()
+            failure: Exception = exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            rejected, failure = set(), exc
+        if not rejected:
+            if len(deliveries) > 1:
+                middle = len(deliveries) // 2
+                self._settle(deliveries[:middle], tally)
+                self._settle(deliveries[middle:], tally)
+                return
+            rejected = {deliveries[0].key}
+        self._settle([d for d in deliveries if d.key not in rejected], tally)
+        why = _describe(failure)
+        for delivery in deliveries:
+            if delivery.key not in rejected:
+                continue
+            tally.errors.append(TickError(kind="message", id=delivery.key, error=why))
+            bare = attrs.evolve(delivery, provider_id=None, error=None if delivery.error is None else "(unrecordable)")
+            try:
+                self.store.settle([bare], owner=self.worker_id)
+            except StoreError as exc:
+                if not isinstance(exc, _RECORD_ERRORS):
+                    raise
+                log.error("message %s can't be settled (%s); offered again when its lease ends", delivery.key, why)
+            except Exception:
+                log.exception("message %s can't be settled; offered again when its lease ends", delivery.key)
 
     def _failure(
         self, message: OutboxMessage, now: datetime, exc: BaseException, reason: str | None,
@@ -1154,10 +1381,18 @@ class Drip:
         A new enrollment in this process wakes it early, and so does one in
         another process when the store can hear it (PostgreSQL's ``LISTEN``);
         otherwise ``idle`` bounds the sleep, so work written by other
-        processes is picked up within that time. A store error does not end
-        the loop: it is logged and the tick is tried again with a growing
-        pause. :meth:`stop` (or setting ``stop``) ends the loop after the
-        current batch.
+        processes is picked up within that time.
+
+        The loop does not die of a fault in the data or the ports. One bad
+        record is set aside by the tick itself (see :meth:`tick`); a tick
+        that fails as a whole (the store down, the contact directory down, a
+        bug meeting odd data) is logged with its traceback and tried again
+        after a pause that doubles from 0.5 s up to ``idle``, for as long as
+        it takes; leases and idempotency keys make the next tick pick up
+        cleanly. What ends the loop: :meth:`stop` or setting ``stop`` (after
+        the current batch), ``max_ticks`` ticks that ran (a failed one is not counted), a
+        ``KeyboardInterrupt``/``SystemExit``, and an exception raised by your
+        own ``on_tick`` callback, which is yours to handle.
         """
         self._stop.clear()
         ticks = 0
@@ -1166,12 +1401,12 @@ class Drip:
             self._wake.clear()
             try:
                 report = self.tick()
-            except StoreError as exc:
-                # The store has already retried what was safe to retry. Keep the
-                # worker alive: wait (longer each time, up to ``idle``) and tick again;
-                # leases and idempotency keys make the next tick pick up cleanly.
+            except Exception as exc:
                 backoff = min(max(backoff * 2, 0.5), idle)
-                log.warning("tick failed (%s); trying again in %.1f s", exc, backoff)
+                if isinstance(exc, StoreError):  # the store already retried what was safe to retry
+                    log.warning("tick failed (%s); trying again in %.1f s", _describe(exc), backoff)
+                else:
+                    log.exception("tick failed; trying again in %.1f s", backoff)
                 self._sleep(backoff, stop)
                 continue
             backoff = 0.0
@@ -1182,12 +1417,18 @@ class Drip:
                 return
             if report.busy:
                 continue
-            timeout = idle
+            self._sleep(self._idle_for(idle), stop)
+
+    def _idle_for(self, idle: float) -> float:
+        """Seconds until the next work is due, at most ``idle`` (``idle`` if that can't be told)."""
+        try:
             wake_at = self.next_wake_at()
-            if wake_at is not None:
-                timeout = min(idle, max((wake_at - self._now()).total_seconds(), 0.0))
-            if timeout > 0:
-                self._sleep(timeout, stop)
+            if wake_at is None:
+                return idle
+            return min(idle, max((wake_at - self._now()).total_seconds(), 0.0))
+        except Exception:
+            log.exception("could not tell when work is next due; waking in %.1f s", idle)
+            return idle
 
     def _sleep(self, seconds: float, stop: threading.Event | None) -> None:
         """Wait for work, a wake-up, or ``seconds``.
@@ -1196,12 +1437,18 @@ class Drip:
         (:meth:`Store.wait_for_work <dripcore.ports.Store.wait_for_work>`);
         a fake clock just moves forward.
         """
+        if seconds <= 0:
+            return
         if stop is not None:
             seconds = min(seconds, 0.5)  # an outside stop event is polled
-        if isinstance(self.clock, SystemClock):
-            self.store.wait_for_work(seconds, self._wake)
-        else:
-            self.clock.wait(seconds, self._wake)
+        try:
+            if isinstance(self.clock, SystemClock):
+                self.store.wait_for_work(seconds, self._wake)
+            else:
+                self.clock.wait(seconds, self._wake)
+        except Exception:
+            log.exception("waiting for work failed; waiting %.1f s without listening", seconds)
+            self._wake.wait(seconds)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current batch."""

@@ -39,6 +39,7 @@ The tree::
     │   └── PermanentSendError                 never retry; may carry a bounce/complaint reason
     └── StoreError                             raised by Store implementations
         ├── ConcurrencyConflict                optimistic-concurrency check failed
+        ├── UnreadableRecord                   a stored row that can't be read back (named by table and id)
         └── RecordRejected                     records the store can't hold as given (named by id)
 """
 
@@ -79,6 +80,7 @@ __all__ = [
     "StoreError",
     "TransientSendError",
     "UnknownTriggerType",
+    "UnreadableRecord",
     "ValidationError",
 ]
 
@@ -281,6 +283,16 @@ class ConcurrencyConflict(StoreError):
         self.actual = actual
         found = "it no longer exists" if actual is None else f"found version {actual}"
         super().__init__(f"{kind} {id!r}: expected version {expected}, {found}")
+
+
+class UnreadableRecord(StoreError):
+    """A stored row can't be read back (broken JSON, an unknown enum value): the row is at
+    fault, not the store. Each adapter's ``CorruptRecord`` is one; it carries ``table``,
+    ``id`` and ``error``. The engine sets such a record aside and goes on with the others."""
+
+    table: str
+    id: str
+    error: str
 
 
 class RecordRejected(StoreError):

@@ -112,7 +112,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "dripcore.adapters.postgres needs psycopg 3 and psycopg-pool: pip install 'dripcore[postgres]'"
     ) from exc
 
-from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
+from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError, UnreadableRecord
 from ..model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
@@ -206,7 +206,7 @@ class NotADripcoreSchema(PostgresStoreError):
     """The PostgreSQL schema holds tables that are not dripcore's; nothing is written into it."""
 
 
-class CorruptRecord(PostgresStoreError):
+class CorruptRecord(PostgresStoreError, UnreadableRecord):
     """A stored row can't be read back (an unknown enum value, JSON of the wrong shape)."""
 
     def __init__(self, server: str, table: str, id: str, error: str) -> None:

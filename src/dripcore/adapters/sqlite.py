@@ -80,7 +80,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError
+from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError, UnreadableRecord
 from ..model import (
     _ID_MAX,
     UTC,
@@ -169,7 +169,7 @@ class SchemaTooNew(SQLiteStoreError):
         )
 
 
-class CorruptRecord(SQLiteStoreError):
+class CorruptRecord(SQLiteStoreError, UnreadableRecord):
     """A stored row can't be read back (broken JSON, an unknown enum value)."""
 
     def __init__(self, path: str, table: str, id: str, error: str) -> None:
