@@ -118,7 +118,7 @@ from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessag
 from ..serialization import make_converter
 
 # Small codec helpers shared with the SQLite store: JSON text, counter sums, error text.
-from ._common import describe, dumps, sum_counters
+from ._common import describe, dumps, rejected_changes, rejected_deliveries, sum_counters
 
 __all__ = [
     "AuthenticationFailed",
@@ -484,6 +484,13 @@ def _server_name(conninfo: str) -> str:
     user = str(params.get("user") or os.environ.get("PGUSER") or "")
     dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user or "")
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether a store error comes from the data written (SQLSTATE class 22: NUL in text,
+    an untranslatable character, a number out of range) rather than from the server."""
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.Error) and (cause.sqlstate or "").startswith("22")
 
 
 def _is_connection_problem(exc: BaseException) -> bool:
@@ -1307,7 +1314,11 @@ class PostgresStore(Store):
         )
 
     def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
-        """Apply every change whose version still matches, in one transaction; return the refused ids."""
+        """Apply every change whose version still matches, in one transaction; return the refused ids.
+
+        Changes PostgreSQL can't hold (NUL in text or JSON, a lone surrogate, an integer
+        beyond 64 bits) fail the whole transaction with
+        :class:`~dripcore.errors.RecordRejected` naming them."""
         if not changes:
             return []
         ids = sorted({c.enrollment.id for c in changes})
@@ -1360,7 +1371,12 @@ class PostgresStore(Store):
             return refused
 
         # Replaying a commit whose COMMIT was lost is safe: the version check refuses it.
-        return self._run("commit changes", work, replay_safe=True)
+        try:
+            return self._run("commit changes", work, replay_safe=True)
+        except (UnicodeError, OverflowError, ValueError, PostgresStoreError) as exc:
+            if isinstance(exc, PostgresStoreError) and not _is_data_error(exc):
+                raise
+            raise rejected_changes(changes, exc) from exc
 
     def next_due_at(self) -> datetime | None:
         """When :meth:`claim_due` could next return something: the earliest due time of an
@@ -1423,9 +1439,19 @@ class PostgresStore(Store):
         return claimed
 
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
-        """Record delivery outcomes in one transaction; a finished message is left as it is."""
+        """Record delivery outcomes in one transaction; a finished message is left as it is.
+        Deliveries PostgreSQL can't hold (NUL in text, a lone surrogate) fail it with
+        :class:`~dripcore.errors.RecordRejected` naming them."""
         if not deliveries:
             return
+        try:
+            self._settle(deliveries)
+        except (UnicodeError, OverflowError, ValueError, PostgresStoreError) as exc:
+            if isinstance(exc, PostgresStoreError) and not _is_data_error(exc):
+                raise
+            raise rejected_deliveries(deliveries, exc) from exc
+
+    def _settle(self, deliveries: Seq[Delivery]) -> None:
         keys = sorted({d.key for d in deliveries})
         if len(keys) == len(deliveries):
             self._settle_once(deliveries)

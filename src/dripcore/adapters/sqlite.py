@@ -94,7 +94,7 @@ from ..model import (
 )
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
-from ._common import describe, dumps, dumps_text_map, sum_counters
+from ._common import describe, dumps, dumps_text_map, rejected_changes, rejected_deliveries, sum_counters
 
 __all__ = [
     "APPLICATION_ID",
@@ -1313,9 +1313,19 @@ class SQLiteStore(Store):
                 )
 
     def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
-        """Apply every change whose version still matches, in one transaction; return the refused ids."""
+        """Apply every change whose version still matches, in one transaction; return the refused ids.
+
+        Changes holding what SQLite can't encode (a lone surrogate, an integer beyond
+        64 bits) fail the whole transaction with :class:`~dripcore.errors.RecordRejected`
+        naming them."""
         if not changes:
             return []
+        try:
+            return self._commit(changes, owner)
+        except (UnicodeError, OverflowError, ValueError) as exc:
+            raise rejected_changes(changes, exc) from exc
+
+    def _commit(self, changes: Seq[Change], owner: str | None) -> list[str]:
         refused: list[str] = []
         with self._write("commit changes") as conn:
             fast = owner is not None and self._commit_claimed(conn, changes, owner)
@@ -1467,9 +1477,16 @@ class SQLiteStore(Store):
         return claimed
 
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
-        """Record delivery outcomes in one transaction; a finished message is left as it is."""
+        """Record delivery outcomes in one transaction; a finished message is left as it is.
+        Deliveries SQLite can't encode fail it with :class:`~dripcore.errors.RecordRejected`."""
         if not deliveries:
             return
+        try:
+            self._settle(deliveries)
+        except (UnicodeError, OverflowError, ValueError) as exc:
+            raise rejected_deliveries(deliveries, exc) from exc
+
+    def _settle(self, deliveries: Seq[Delivery]) -> None:
         with self._write("settle deliveries") as conn:
             rows = [
                 (
@@ -1625,6 +1642,11 @@ def _earliest(conn: sqlite3.Connection, sql: str) -> datetime | None:
     cursor = conn.execute(sql)
     try:
         for at, until in cursor:
+            if at.__class__ is not int or (until is not None and until.__class__ is not int):
+                # A corrupt row (text in a time column sorts after every number): it can't be
+                # claimed either, so it has no bearing on when work is next due.
+                log.error("a row with a due time of %r (lease until %r) is corrupt; ignored", at, until)
+                continue
             if best is not None and at >= best:
                 break
             candidate = at if until is None or until < at else until
