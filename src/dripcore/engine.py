@@ -443,6 +443,12 @@ class Drip:
         An edit bumps ``version`` and replans in-flight enrollments: they go on
         from where they were with the latest steps. Status changes go through
         :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
+
+        Retry-safe: enrollments are replanned first, page by page, and the edit
+        is stored last. If that fails part-way (a store error, a crash), the
+        stored sequence is still the old one, and calling ``save_sequence``
+        again with the same edit replans the rest (a replan is idempotent) and
+        stores it.
         """
         current = self.store.get_sequence(sequence.id)
         if current is None:
@@ -462,8 +468,10 @@ class Drip:
                 hint="use activate(), pause(), resume() or archive()",
             )  # fmt: skip
         stored = attrs.evolve(sequence, version=current.version + 1, paused_at=current.paused_at)
+        changed = self._replan(stored, current)
         self.store.save_sequence(stored, expected_version=current.version)
-        self._replan(stored, current)
+        if changed:
+            self._wake.set()
         return stored
 
     def _replan(self, sequence: Sequence, previous: Sequence) -> int:
@@ -475,13 +483,11 @@ class Drip:
         def pages() -> Iterator[list[Enrollment]]:
             nonlocal contacts
             for page in self._live(sequence_id=sequence.id):
-                contacts = self.contacts.get_many({e.contact_id for e in page})
+                # A contact that can't be looked up is replanned in the sequence's zone.
+                contacts = self._look_up_contacts({e.contact_id for e in page})[0]
                 yield page
 
-        changed = self._commit_all(transition, pages())
-        if changed:
-            self._wake.set()
-        return changed
+        return self._commit_all(transition, pages())
 
     def get_sequence(self, sequence_id: str) -> Sequence:
         """The sequence, or :class:`~dripcore.errors.SequenceNotFound`."""
@@ -501,6 +507,13 @@ class Drip:
 
         With ``enroll_existing`` (default: the sequence's own setting) the
         trigger list's current members are enrolled at once.
+
+        Retry-safe: the members are enrolled first, while the sequence is still
+        a draft (nothing is sent to them before it is active), and the status
+        changes last. If that fails part-way, the sequence is still a draft, and
+        calling ``activate`` again enrolls the rest (enrollment is idempotent)
+        and activates it. A member whose contact can't be looked up is logged
+        and left out.
         """
         sequence = self._sequence(sequence_id)
         if sequence.status is SequenceStatus.PAUSED:
@@ -512,13 +525,25 @@ class Drip:
                 sequence_id=sequence_id, status=sequence.status.value, action="activate",
                 hint="it has no active step to send",
             )  # fmt: skip
-        sequence = self._set_status(sequence, SequenceStatus.ACTIVE, None)
+        active = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None, version=sequence.version + 1)
         if sequence.enroll_existing if enroll_existing is None else enroll_existing:
-            for contact_id in self.contacts.members(sequence.trigger):
-                contact = self.contacts.get(contact_id)
+            self._enroll_members(active)
+        self.store.save_sequence(active, expected_version=sequence.version)
+        self._wake.set()
+        return active
+
+    def _enroll_members(self, sequence: Sequence) -> None:
+        """Enroll the trigger list's members into ``sequence`` (as it will be once active)."""
+        members = list(dict.fromkeys(self.contacts.members(sequence.trigger)))
+        for start in range(0, len(members), _PAGE):
+            page = members[start : start + _PAGE]
+            contacts, failed = self._look_up_contacts(set(page))
+            for contact_id, why in failed.items():
+                log.warning("member %s of %s's trigger list left out: %s", contact_id, sequence.id, why)
+            for contact_id in page:
+                contact = contacts.get(contact_id)
                 if contact is not None and contact.suppressed is None:
                     self._enroll(sequence, contact)
-        return sequence
 
     def pause(self, sequence_id: str) -> Sequence:
         """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
@@ -534,14 +559,28 @@ class Drip:
         contact, now, and later steps keep their delays: stale sends are
         bumped, never flooded. EXTEND: every due time moves later by the
         length of the pause.
+
+        All or nothing: the new status and (under EXTEND) every shifted due
+        time are written in one transaction
+        (:meth:`Store.resume_sequence <dripcore.ports.Store.resume_sequence>`),
+        so a resume that fails changed nothing and can simply be called again.
+        (On a store without that method, EXTEND shifts page by page and a
+        failure part-way leaves it half done.)
         """
         sequence = self._sequence(sequence_id)
         if sequence.status is not SequenceStatus.PAUSED:
             raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="resume")
         assert sequence.paused_at is not None
         now = self._now()
+        resumed = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None, version=sequence.version + 1)
         if (policy or sequence.pause_policy) is PausePolicy.EXTEND:
             shift = max(now - sequence.paused_at, timedelta(0))
+            try:
+                self.store.resume_sequence(resumed, expected_version=sequence.version, shift=shift)
+                self._wake.set()
+                return resumed
+            except NotImplementedError:
+                log.warning("%s has no resume_sequence: EXTEND shifts page by page", type(self.store).__name__)
 
             def extend(e: Enrollment) -> scheduler.Advance:
                 if e.status is not EnrollmentStatus.ACTIVE or e.next_step_due_at is None:
@@ -550,16 +589,20 @@ class Drip:
 
             # Shift before reactivating, so no tick sees the old due times.
             self._commit_all(extend, self._live(sequence_id=sequence_id))
-        sequence = self._set_status(sequence, SequenceStatus.ACTIVE, None)
+        self.store.save_sequence(resumed, expected_version=sequence.version)
         self._wake.set()
-        return sequence
+        return resumed
 
     def archive(self, sequence_id: str) -> Sequence:
-        """End a sequence for good: every active or paused enrollment exits (reason ARCHIVED)."""
+        """End a sequence for good: every active or paused enrollment exits (reason ARCHIVED).
+
+        Retry-safe: the sequence is archived first (nothing more is sent), then
+        its enrollments exit page by page. If that fails part-way, calling
+        ``archive`` again on the archived sequence exits the rest.
+        """
         sequence = self._sequence(sequence_id)
-        if sequence.status is SequenceStatus.ARCHIVED:
-            return sequence
-        sequence = self._set_status(sequence, SequenceStatus.ARCHIVED, None)
+        if sequence.status is not SequenceStatus.ARCHIVED:
+            sequence = self._set_status(sequence, SequenceStatus.ARCHIVED, None)
         now = self._now()
         self._commit_all(lambda e: scheduler.exit(e, ExitReason.ARCHIVED, now), self._live(sequence_id=sequence_id))
         return sequence

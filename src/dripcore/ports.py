@@ -455,6 +455,20 @@ class Store(ABC):
         id exists; otherwise the stored version must equal ``expected_version``.
         """
 
+    def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
+        """Save ``sequence`` (resumed: ACTIVE) at ``expected_version`` and move the next due
+        time of each of its ACTIVE enrollments ``shift`` later (bumping their versions), in
+        one transaction; return how many moved.
+
+        This is the EXTEND resume policy applied all or nothing, so a resume that fails
+        can be called again without shifting anyone twice. Raises
+        :class:`~dripcore.errors.ConcurrencyConflict` (and changes nothing) as
+        :meth:`save_sequence` does. Optional: a store without it raises
+        ``NotImplementedError`` and the engine shifts enrollments page by page instead
+        (which a failure half-way leaves half done).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement resume_sequence")
+
     @abstractmethod
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence and its finished enrollments.

@@ -73,6 +73,24 @@ class MemoryStore(Store):
                 )  # fmt: skip
             self._sequences[sequence.id] = sequence
 
+    def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
+        """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, at once."""
+        with self._lock:
+            current = self._sequences.get(sequence.id)
+            if current is None or current.version != expected_version:
+                raise ConcurrencyConflict(
+                    kind="sequence", id=sequence.id, expected=expected_version,
+                    actual=None if current is None else current.version,
+                )  # fmt: skip
+            moved = {
+                e.id: attrs.evolve(e, next_step_due_at=e.next_step_due_at + shift, version=e.version + 1)
+                for e in self._enrollments.values()
+                if e.sequence_id == sequence.id and e.status is EnrollmentStatus.ACTIVE and e.next_step_due_at
+            }  # computed in full before anything is written: all or nothing
+            self._sequences[sequence.id] = sequence
+            self._enrollments.update(moved)
+            return len(moved)
+
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence with no live enrollments, and everything of it."""
         with self._lock:

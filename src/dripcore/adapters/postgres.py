@@ -1009,42 +1009,61 @@ class PostgresStore(Store):
     def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
         """Insert (``expected_version=None``) or replace at the expected version, atomically."""
         body = dumps(self._converter.unstructure(sequence))
+        self._run(
+            "save a sequence", lambda cur: self._save_sequence(cur, sequence, body, expected_version), replay_safe=False
+        )
+
+    def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
+        """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, in one transaction."""
+        body = dumps(self._converter.unstructure(sequence))
+
+        def work(cur: psycopg.Cursor[Any]) -> int:
+            self._save_sequence(cur, sequence, body, expected_version)
+            cur.execute(
+                f"UPDATE {self._s}.enrollments SET next_due = next_due + %s, version = version + 1 "
+                "WHERE sequence_id = %s AND status = 'active' AND next_due IS NOT NULL",
+                (shift, sequence.id),
+            )
+            return cur.rowcount
+
+        # Not replayed: a lost COMMIT that did apply would be refused (version), never applied twice.
+        return self._run("resume a sequence", work, replay_safe=False)
+
+    def _save_sequence(
+        self, cur: psycopg.Cursor[Any], sequence: Sequence, body: str, expected_version: int | None
+    ) -> None:
         live = sequence.status is SequenceStatus.ACTIVE
-
-        def work(cur: psycopg.Cursor[Any]) -> None:
-            row = cur.execute(
-                f"SELECT status, version FROM {self._s}.sequences WHERE id = %s FOR UPDATE", (sequence.id,)
-            ).fetchone()
-            if expected_version is None:
-                if row is not None:
-                    raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=row[1])
-                try:
-                    with cur.connection.transaction():
-                        cur.execute(
-                            f"INSERT INTO {self._s}.sequences (id, status, version, body) VALUES (%s, %s, %s, %s)",
-                            (sequence.id, sequence.status.value, sequence.version, body),
-                        )
-                except pg_errors.UniqueViolation:
-                    raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=None) from None
-            elif row is None or row[1] != expected_version:
-                raise ConcurrencyConflict(
-                    kind="sequence", id=sequence.id, expected=expected_version, actual=None if row is None else row[1]
-                )
-            else:
-                cur.execute(
-                    f"UPDATE {self._s}.sequences SET status = %s, version = %s, body = %s WHERE id = %s",
-                    (sequence.status.value, sequence.version, body, sequence.id),
-                )
-            was_live = row is not None and row[0] == "active"
-            if live != was_live:
-                cur.execute(
-                    f"UPDATE {self._s}.enrollments SET seq_live = %s WHERE sequence_id = %s AND seq_live <> %s",
-                    (live, sequence.id, live),
-                )
-                if live:
-                    self._notify(cur, datetime.now(UTC))
-
-        self._run("save a sequence", work, replay_safe=False)
+        row = cur.execute(
+            f"SELECT status, version FROM {self._s}.sequences WHERE id = %s FOR UPDATE", (sequence.id,)
+        ).fetchone()
+        if expected_version is None:
+            if row is not None:
+                raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=row[1])
+            try:
+                with cur.connection.transaction():
+                    cur.execute(
+                        f"INSERT INTO {self._s}.sequences (id, status, version, body) VALUES (%s, %s, %s, %s)",
+                        (sequence.id, sequence.status.value, sequence.version, body),
+                    )
+            except pg_errors.UniqueViolation:
+                raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=None) from None
+        elif row is None or row[1] != expected_version:
+            raise ConcurrencyConflict(
+                kind="sequence", id=sequence.id, expected=expected_version, actual=None if row is None else row[1]
+            )
+        else:
+            cur.execute(
+                f"UPDATE {self._s}.sequences SET status = %s, version = %s, body = %s WHERE id = %s",
+                (sequence.status.value, sequence.version, body, sequence.id),
+            )
+        was_live = row is not None and row[0] == "active"
+        if live != was_live:
+            cur.execute(
+                f"UPDATE {self._s}.enrollments SET seq_live = %s WHERE sequence_id = %s AND seq_live <> %s",
+                (live, sequence.id, live),
+            )
+            if live:
+                self._notify(cur, datetime.now(UTC))
 
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence with no live enrollments, and its enrollments, messages and counters."""

@@ -1073,25 +1073,41 @@ class SQLiteStore(Store):
         """Insert (``expected_version=None``) or replace at the expected version, atomically."""
         body = dumps(self._converter.unstructure(sequence))
         with self._write("save a sequence") as conn:
-            row = conn.execute("SELECT status, version FROM sequences WHERE id = ?", (sequence.id,)).fetchone()
-            if expected_version is None:
-                if row is not None:
-                    raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=row[1])
-            elif row is None or row[1] != expected_version:
-                raise ConcurrencyConflict(
-                    kind="sequence", id=sequence.id, expected=expected_version, actual=None if row is None else row[1]
-                )
-            conn.execute(
-                "INSERT OR REPLACE INTO sequences (id, status, version, body) VALUES (?, ?, ?, ?)",
-                (sequence.id, sequence.status.value, sequence.version, body),
+            self._save_sequence(conn, sequence, body, expected_version)
+
+    def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
+        """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, in one transaction."""
+        body = dumps(self._converter.unstructure(sequence))
+        micros = shift // _MICROSECOND
+        with self._write("resume a sequence") as conn:
+            self._save_sequence(conn, sequence, body, expected_version)
+            return conn.execute(
+                "UPDATE enrollments SET next_due = next_due + ?, version = version + 1 "
+                "WHERE sequence_id = ? AND status = 'active' AND next_due IS NOT NULL",
+                (micros, sequence.id),
+            ).rowcount
+
+    @staticmethod
+    def _save_sequence(conn: sqlite3.Connection, sequence: Sequence, body: str, expected_version: int | None) -> None:
+        row = conn.execute("SELECT status, version FROM sequences WHERE id = ?", (sequence.id,)).fetchone()
+        if expected_version is None:
+            if row is not None:
+                raise ConcurrencyConflict(kind="sequence", id=sequence.id, expected=0, actual=row[1])
+        elif row is None or row[1] != expected_version:
+            raise ConcurrencyConflict(
+                kind="sequence", id=sequence.id, expected=expected_version, actual=None if row is None else row[1]
             )
-            was_live = row is not None and row[0] == "active"
-            live = sequence.status is SequenceStatus.ACTIVE
-            if live != was_live:
-                conn.execute(
-                    "UPDATE enrollments SET seq_live = ? WHERE sequence_id = ? AND seq_live != ?",
-                    (int(live), sequence.id, int(live)),
-                )
+        conn.execute(
+            "INSERT OR REPLACE INTO sequences (id, status, version, body) VALUES (?, ?, ?, ?)",
+            (sequence.id, sequence.status.value, sequence.version, body),
+        )
+        was_live = row is not None and row[0] == "active"
+        live = sequence.status is SequenceStatus.ACTIVE
+        if live != was_live:
+            conn.execute(
+                "UPDATE enrollments SET seq_live = ? WHERE sequence_id = ? AND seq_live != ?",
+                (int(live), sequence.id, int(live)),
+            )
 
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence with no live enrollments, and its enrollments, messages and counters."""

@@ -83,7 +83,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ..adapters.memory import MemoryStore
-from ..errors import ConcurrencyConflict, DripcoreError, SequenceNotFound, SequenceStateError
+from ..errors import ConcurrencyConflict, DripcoreError, SequenceNotFound, SequenceStateError, UnreadableRecord
 from ..model import (
     UTC,
     Enrollment,
@@ -262,6 +262,30 @@ class SequenceContract(_Fixtures):
         assert store.counters("seq") == {}
         assert store.get_enrollment("x1") is not None
         assert store.counters("other") == {(1, "sent"): 1}
+
+    def test_resume_sequence_shifts_active_enrollments_and_saves_in_one_go(self, store: Store) -> None:
+        """resume_sequence stores the resumed sequence and moves only its ACTIVE enrollments, bumping their
+        versions; on a stale version it raises ConcurrencyConflict and changes nothing. (Optional: a store
+        that raises NotImplementedError is skipped.)"""
+        e1, e2, e3 = sample_enrollment("e1", due=T0), sample_enrollment("e2", due=T0), sample_enrollment("e3")
+        other = sample_enrollment("x1", sequence_id="other", due=T0)
+        paused_sequence = sample_sequence(status=SequenceStatus.PAUSED)
+        _setup(store, e1, paused(e2), finished(e3), other, sequences=(paused_sequence, sample_sequence("other")))
+        resumed = sample_sequence(version=2)
+        try:
+            with pytest.raises(ConcurrencyConflict):
+                store.resume_sequence(resumed, expected_version=7, shift=HOUR)
+        except NotImplementedError:
+            pytest.skip("the store does not implement the optional resume_sequence")
+        assert store.get_sequence("seq") == paused_sequence
+        assert store.get_enrollment("e1") == e1
+        assert store.resume_sequence(resumed, expected_version=1, shift=HOUR) == 1
+        assert store.get_sequence("seq") == resumed
+        assert store.get_enrollment("e1") == attrs.evolve(e1, next_step_due_at=T0 + HOUR, version=e1.version + 1)
+        assert store.get_enrollment("e2") == paused(e2)
+        assert store.get_enrollment("e3") == finished(e3)
+        assert store.get_enrollment("x1") == other
+        assert store.claim_due(T0 + HOUR, limit=10, lease=HOUR, owner="w1") != [], "its enrollments are claimable"
 
 
 # --------------------------------------------------------------------------- enrollments
@@ -975,6 +999,22 @@ class BrokenRecordContract(_Fixtures):
         assert store.claim_due(T0, limit=10, lease=HOUR, owner="w2") == [], "the broken row is leased too"
         store.release(["e2"], owner="w1", until=T0 + HOUR)
         assert store.claim_due(T0 + 30 * MINUTE, limit=10, lease=HOUR, owner="w2") == []
+
+    def test_a_broken_row_is_named_by_look_ups_and_does_not_stop_the_others(
+        self, store: Store, break_enrollment: Callable[[Store, str], None] | None
+    ) -> None:
+        """get_enrollment of a broken row raises UnreadableRecord naming it (so the engine sets that one
+        aside, and never takes it for the store failing); next_due_at and listings still answer."""
+        if break_enrollment is None:
+            pytest.skip("no `break_enrollment` fixture: the kit can't corrupt a row of this store")
+        _setup(store, sample_enrollment("e1", due=T0 - MINUTE), sample_enrollment("e2", due=T0 - 2 * MINUTE))
+        break_enrollment(store, "e2")
+        with pytest.raises(UnreadableRecord) as info:
+            store.get_enrollment("e2")
+        assert "e2" in str(info.value)
+        store.next_due_at()
+        store.count_due(T0)
+        assert _ids(store.find_enrollments(sequence_id="seq")) == ["e1"]
 
 
 # --------------------------------------------------------------------------- several processes
