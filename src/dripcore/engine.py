@@ -40,12 +40,23 @@ from typing import Any
 import attrs
 
 from . import scheduler
+from ._checks import (
+    MAX_COUNT,
+    check_count,
+    check_day,
+    check_flag,
+    check_id,
+    check_opt_enum,
+    check_opt_id,
+    check_span,
+)
 from .errors import (
     ConcurrencyConflict,
     ContactNotFound,
     DripcoreError,
     EnrollmentConflict,
     EnrollmentNotFound,
+    InvalidArgument,
     InvalidEngagement,
     InvalidTriggerEvent,
     PermanentSendError,
@@ -105,6 +116,7 @@ log = logging.getLogger("dripcore")
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
 _PAGE = 500
+_MAX_IDLE = 366 * 86_400  # seconds: a year (longer waits overflow the platform's timers)
 
 
 # Errors of one record, not of the store: the record is set aside, the store is fine.
@@ -314,10 +326,17 @@ class Drip:
         id_factory: Callable[[], str] | None = None,
         frequency_cap: FrequencyCap | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: must be at least 1")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts!r}: must be at least 1")
+        check_count(batch_size, "batch_size", minimum=1, maximum=100_000)
+        check_count(max_attempts, "max_attempts", minimum=1, maximum=10_000)
+        for name, span in (("lease", lease), ("set_aside_for", set_aside_for), ("retry_base", retry_base),
+                           ("retry_cap", retry_cap)):  # fmt: skip
+            check_span(span, name, minimum=timedelta(microseconds=1), maximum=timedelta(days=3660))
+        if worker_id is not None:
+            check_id(worker_id, "worker_id")
+        for name, port, kind in (("store", store, Store), ("sender", sender, MailSender),
+                                 ("contacts", contacts, ContactDirectory)):  # fmt: skip
+            if not isinstance(port, kind):
+                raise InvalidArgument(name, port, f"must be a {kind.__name__}, not {type(port).__name__}")
         self.store = store
         self.sender = sender
         self.contacts = contacts
@@ -348,19 +367,19 @@ class Drip:
         return to_utc(self.clock.now(), "clock.now()")
 
     def _sequence(self, sequence_id: str) -> Sequence:
-        sequence = self.store.get_sequence(sequence_id)
+        sequence = self.store.get_sequence(check_id(sequence_id, "sequence_id"))
         if sequence is None:
             raise SequenceNotFound(sequence_id)
         return sequence
 
     def _contact(self, contact_id: str) -> Contact:
-        contact = self.contacts.get(contact_id)
+        contact = self.contacts.get(check_id(contact_id, "contact_id"))
         if contact is None:
             raise ContactNotFound(contact_id)
         return contact
 
     def _enrollment(self, enrollment_id: str) -> Enrollment:
-        enrollment = self.store.get_enrollment(enrollment_id)
+        enrollment = self.store.get_enrollment(check_id(enrollment_id, "enrollment_id"))
         if enrollment is None:
             raise EnrollmentNotFound(enrollment_id)
         return enrollment
@@ -450,6 +469,8 @@ class Drip:
         again with the same edit replans the rest (a replan is idempotent) and
         stores it.
         """
+        if not isinstance(sequence, Sequence):
+            raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
         current = self.store.get_sequence(sequence.id)
         if current is None:
             if sequence.status not in (SequenceStatus.DRAFT, SequenceStatus.ACTIVE):
@@ -495,7 +516,7 @@ class Drip:
 
     def sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
         """Every sequence (of one status), ordered by id."""
-        return self.store.list_sequences(status)
+        return self.store.list_sequences(check_opt_enum(status, SequenceStatus, "status"))
 
     def _set_status(self, sequence: Sequence, status: SequenceStatus, paused_at: datetime | None) -> Sequence:
         updated = attrs.evolve(sequence, status=status, paused_at=paused_at, version=sequence.version + 1)
@@ -515,6 +536,8 @@ class Drip:
         and activates it. A member whose contact can't be looked up is logged
         and left out.
         """
+        if enroll_existing is not None:
+            check_flag(enroll_existing, "enroll_existing")
         sequence = self._sequence(sequence_id)
         if sequence.status is SequenceStatus.PAUSED:
             return self.resume(sequence_id)
@@ -567,6 +590,7 @@ class Drip:
         (On a store without that method, EXTEND shifts page by page and a
         failure part-way leaves it half done.)
         """
+        policy = check_opt_enum(policy, PausePolicy, "policy")
         sequence = self._sequence(sequence_id)
         if sequence.status is not SequenceStatus.PAUSED:
             raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="resume")
@@ -609,7 +633,7 @@ class Drip:
 
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence; refused while it has active or paused enrollments."""
-        self.store.delete_sequence(sequence_id)
+        self.store.delete_sequence(check_id(sequence_id, "sequence_id"))
 
     # ------------------------------------------------------------------ enrollment
 
@@ -701,6 +725,7 @@ class Drip:
 
     def resume_enrollment(self, enrollment_id: str, *, policy: PausePolicy | None = None) -> Enrollment:
         """Resume one paused enrollment (policy: the sequence's, unless given)."""
+        policy = check_opt_enum(policy, PausePolicy, "policy")
         now = self._now()
         enrollment = self._enrollment(enrollment_id)
         sequence = self._sequence(enrollment.sequence_id)
@@ -712,7 +737,7 @@ class Drip:
         return self._apply_one(enrollment_id, lambda e: scheduler.exit(e, ExitReason.MANUAL, now))
 
     def _contact_exits(self, contact_id: str, reason: ExitReason) -> int:
-        self.contacts.suppress(contact_id, reason)
+        self.contacts.suppress(check_id(contact_id, "contact_id"), reason)
         now = self._now()
         return self._commit_all(lambda e: scheduler.exit(e, reason, now), self._live(contact_id=contact_id))
 
@@ -733,7 +758,7 @@ class Drip:
     def _engaged(self, enrollment_id: str, position: int, what: str) -> Enrollment:
         """The enrollment, after checking that the step's email was actually sent."""
         enrollment = self._enrollment(enrollment_id)
-        if position.__class__ is not int or position < 1:
+        if position.__class__ is not int or not 1 <= position <= MAX_COUNT:
             raise InvalidEngagement(f"{what}.position", position, "must be a step position (>= 1)")
         message = self.store.get_message(idempotency_key(enrollment_id, position))
         if message is None or message.email is None:
@@ -806,6 +831,7 @@ class Drip:
         products do, or a little before the first zone's midnight) and the
         enrollments wait for their local midnight.
         """
+        day = check_day(day, "day")
         created: list[Enrollment] = []
         leap_day_today = day.month == 2 and day.day == 28 and not _is_leap(day.year)
         for sequence in self.store.list_sequences(SequenceStatus.ACTIVE):
@@ -1437,6 +1463,10 @@ class Drip:
         ``KeyboardInterrupt``/``SystemExit``, and an exception raised by your
         own ``on_tick`` callback, which is yours to handle.
         """
+        if not isinstance(idle, (int, float)) or isinstance(idle, bool) or not 0 < idle <= _MAX_IDLE:
+            raise InvalidArgument("idle", idle, f"must be a number of seconds, more than 0 and at most {_MAX_IDLE}")
+        if max_ticks is not None:
+            check_count(max_ticks, "max_ticks", minimum=1)
         self._stop.clear()
         ticks = 0
         backoff = 0.0
@@ -1514,12 +1544,12 @@ class Drip:
         ``contact_id`` narrows it to one contact's enrollments (oldest first).
         """
         self._sequence(sequence_id)
-        if limit < 0 or offset < 0:
-            raise ValueError(f"limit={limit!r}, offset={offset!r}: must not be negative")
+        status = check_opt_enum(status, EnrollmentStatus, "status")
         statuses = None if status is None else (status,)
         return self.store.find_enrollments(
-            sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
-        )
+            sequence_id=sequence_id, contact_id=check_opt_id(contact_id, "contact_id"), statuses=statuses,
+            limit=check_count(limit, "limit"), offset=check_count(offset, "offset"),
+        )  # fmt: skip
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment:
         """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""

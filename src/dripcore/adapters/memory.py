@@ -16,6 +16,24 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from .._checks import (
+    MAX_SPAN,
+    check_claim,
+    check_count,
+    check_counters,
+    check_enums,
+    check_flag,
+    check_id,
+    check_ids,
+    check_instant,
+    check_key,
+    check_opt_enum,
+    check_opt_id,
+    check_opt_instant,
+    check_record,
+    check_records,
+    check_span,
+)
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError
 from ..model import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
@@ -51,16 +69,21 @@ class MemoryStore(Store):
 
     def get_sequence(self, sequence_id: str) -> Sequence | None:
         """The sequence, or None."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._lock:
             return self._sequences.get(sequence_id)
 
     def list_sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
         """All sequences (of one status), ordered by id."""
+        status = check_opt_enum(status, SequenceStatus, "status")
         with self._lock:
             return [s for _, s in sorted(self._sequences.items()) if status is None or s.status is status]
 
     def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
         """Insert (``expected_version=None``) or replace at the expected version."""
+        check_record(sequence, Sequence, "sequence")
+        if expected_version is not None:
+            check_count(expected_version, "expected_version")
         with self._lock:
             current = self._sequences.get(sequence.id)
             if expected_version is None:
@@ -75,6 +98,9 @@ class MemoryStore(Store):
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
         """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, at once."""
+        check_record(sequence, Sequence, "sequence")
+        check_count(expected_version, "expected_version")
+        check_span(shift, "shift", maximum=MAX_SPAN)
         with self._lock:
             current = self._sequences.get(sequence.id)
             if current is None or current.version != expected_version:
@@ -93,6 +119,7 @@ class MemoryStore(Store):
 
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence with no live enrollments, and everything of it."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._lock:
             sequence = self._sequences.get(sequence_id)
             if sequence is None:
@@ -122,6 +149,9 @@ class MemoryStore(Store):
         self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
     ) -> tuple[Enrollment, bool]:
         """Insert unless the contact is already (or, without re-entry, was) in the sequence for that key."""
+        check_record(enrollment, Enrollment, "enrollment")
+        check_flag(allow_reentry, "allow_reentry")
+        counters = check_counters(counters)
         with self._lock:
             identity = (enrollment.sequence_id, enrollment.contact_id, enrollment.key)
             previous = [self._enrollments[i] for i in self._by_identity.get(identity, ())]
@@ -139,6 +169,7 @@ class MemoryStore(Store):
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
         """The enrollment, or None."""
+        enrollment_id = check_id(enrollment_id, "enrollment_id")
         with self._lock:
             return self._enrollments.get(enrollment_id)
 
@@ -153,6 +184,11 @@ class MemoryStore(Store):
         after: str | None = None,
     ) -> list[Enrollment]:
         """Enrollments matching the filters, ordered by id."""
+        sequence_id = check_opt_id(sequence_id, "sequence_id")
+        contact_id = check_opt_id(contact_id, "contact_id")
+        statuses = check_enums(statuses, EnrollmentStatus, "statuses")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+        after = check_opt_id(after, "after")
         wanted = None if statuses is None else frozenset(statuses)
         with self._lock:
             found = [
@@ -179,6 +215,7 @@ class MemoryStore(Store):
 
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
         """Lease the earliest due enrollments of active sequences to ``owner``."""
+        now, limit, lease, owner = check_claim(now, limit, lease, owner)
         now = to_utc(now, "now")
         with self._lock:
             due = [e for e in self._enrollments.values() if self._claimable(e, now)]
@@ -191,6 +228,8 @@ class MemoryStore(Store):
 
     def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
         """End (or, with ``until``, extend) ``owner``'s leases."""
+        enrollment_ids = check_ids(enrollment_ids, "enrollment_ids")
+        owner, until = check_id(owner, "owner"), check_opt_instant(until, "until")
         with self._lock:
             for enrollment_id in enrollment_ids:
                 lease = self._leases.get(enrollment_id)
@@ -203,6 +242,8 @@ class MemoryStore(Store):
 
     def commit(self, changes: Seq[Change], *, owner: str | None = None) -> list[str]:
         """Apply every change whose version still matches; return the refused ids."""
+        check_records(changes, Change, "changes")
+        owner = check_opt_id(owner, "owner")
         refused: list[str] = []
         with self._lock:
             for change in changes:
@@ -243,6 +284,7 @@ class MemoryStore(Store):
 
     def count_due(self, now: datetime) -> int:
         """How many enrollments claim_due could return at ``now``, leases aside."""
+        now = check_instant(now, "now")
         now = to_utc(now, "now")
         with self._lock:
             return sum(
@@ -259,6 +301,7 @@ class MemoryStore(Store):
 
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
         """Lease the oldest pending messages whose next attempt is due."""
+        now, limit, lease, owner = check_claim(now, limit, lease, owner)
         now = to_utc(now, "now")
         with self._lock:
             ready = [
@@ -276,6 +319,8 @@ class MemoryStore(Store):
 
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
         """Record delivery outcomes; settling a finished message again changes nothing."""
+        check_records(deliveries, Delivery, "deliveries")
+        owner = check_opt_id(owner, "owner")
         with self._lock:
             for delivery in deliveries:
                 message = self._outbox.get(delivery.key)
@@ -302,6 +347,7 @@ class MemoryStore(Store):
 
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None."""
+        key = check_key(key)
         with self._lock:
             return self._outbox.get(key)
 
@@ -309,6 +355,9 @@ class MemoryStore(Store):
         self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[OutboxMessage]:
         """Outbox messages matching the filters, ordered by (created_at, key)."""
+        status = check_opt_enum(status, OutboxStatus, "status")
+        enrollment_id = check_opt_id(enrollment_id, "enrollment_id")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
         with self._lock:
             found = [
                 m
@@ -321,6 +370,8 @@ class MemoryStore(Store):
 
     def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
         """Emails queued for the contact in ``[since, until)`` (pending or delivered)."""
+        contact_id = check_id(contact_id, "contact_id")
+        since, until = check_instant(since, "since"), check_instant(until, "until")
         since, until = to_utc(since, "since"), to_utc(until, "until")
         with self._lock:
             return sum(
@@ -331,6 +382,8 @@ class MemoryStore(Store):
 
     def prune_messages(self, settled_before: datetime, *, batch_size: int = 10_000) -> int:
         """Delete settled (delivered or failed) messages settled before ``settled_before``."""
+        settled_before = check_instant(settled_before, "settled_before")
+        batch_size = check_count(batch_size, "batch_size", minimum=1)
         cutoff = to_utc(settled_before, "settled_before")
         with self._lock:
             old = [
@@ -361,10 +414,12 @@ class MemoryStore(Store):
 
     def bump(self, counters: Seq[Counter]) -> None:
         """Apply counter increments."""
+        counters = check_counters(counters)
         with self._lock:
             self._bump(counters)
 
     def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
         """Every counter of a sequence."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._lock:
             return {(p, n): v for (s, p, n), v in self._counters.items() if s == sequence_id and v}

@@ -112,6 +112,24 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "dripcore.adapters.postgres needs psycopg 3 and psycopg-pool: pip install 'dripcore[postgres]'"
     ) from exc
 
+from .._checks import (
+    MAX_SPAN,
+    check_claim,
+    check_count,
+    check_counters,
+    check_enums,
+    check_flag,
+    check_id,
+    check_ids,
+    check_instant,
+    check_key,
+    check_opt_enum,
+    check_opt_id,
+    check_opt_instant,
+    check_record,
+    check_records,
+    check_span,
+)
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError, UnreadableRecord
 from ..model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
@@ -975,6 +993,7 @@ class PostgresStore(Store):
 
     def get_sequence(self, sequence_id: str) -> Sequence | None:
         """The sequence, or None; :class:`CorruptRecord` if its row can't be read."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         row = self._run(
             "get a sequence",
             lambda cur: cur.execute(
@@ -987,6 +1006,7 @@ class PostgresStore(Store):
 
     def list_sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
         """All sequences (of one status), ordered by id; unreadable rows are logged and left out."""
+        status = check_opt_enum(status, SequenceStatus, "status")
         if status is None:
             sql, params = f"SELECT id, body::text FROM {self._s}.sequences ORDER BY id", ()
         else:
@@ -1008,6 +1028,9 @@ class PostgresStore(Store):
 
     def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
         """Insert (``expected_version=None``) or replace at the expected version, atomically."""
+        check_record(sequence, Sequence, "sequence")
+        if expected_version is not None:
+            check_count(expected_version, "expected_version")
         body = dumps(self._converter.unstructure(sequence))
         self._run(
             "save a sequence", lambda cur: self._save_sequence(cur, sequence, body, expected_version), replay_safe=False
@@ -1015,6 +1038,9 @@ class PostgresStore(Store):
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
         """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, in one transaction."""
+        check_record(sequence, Sequence, "sequence")
+        check_count(expected_version, "expected_version")
+        check_span(shift, "shift", maximum=MAX_SPAN)
         body = dumps(self._converter.unstructure(sequence))
 
         def work(cur: psycopg.Cursor[Any]) -> int:
@@ -1067,6 +1093,7 @@ class PostgresStore(Store):
 
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence with no live enrollments, and its enrollments, messages and counters."""
+        sequence_id = check_id(sequence_id, "sequence_id")
 
         def work(cur: psycopg.Cursor[Any]) -> None:
             row = cur.execute(
@@ -1104,6 +1131,9 @@ class PostgresStore(Store):
         self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
     ) -> tuple[Enrollment, bool]:
         """Insert unless the contact is already (or, without re-entry, was) in the sequence for that key."""
+        check_record(enrollment, Enrollment, "enrollment")
+        check_flag(allow_reentry, "allow_reentry")
+        counters = check_counters(counters)
         e = enrollment
 
         def work(cur: psycopg.Cursor[Any]) -> tuple[Seq[Any] | None, bool]:
@@ -1165,6 +1195,7 @@ class PostgresStore(Store):
         and rolls back the current batch (earlier batches stay). Single adds wait
         while a batch is being written.
         """
+        check_flag(allow_reentry, "allow_reentry")
         created = 0
         iterator = iter(enrollments)
         while True:
@@ -1235,6 +1266,7 @@ class PostgresStore(Store):
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
         """The enrollment, or None; :class:`CorruptRecord` if its row can't be read."""
+        enrollment_id = check_id(enrollment_id, "enrollment_id")
         row = self._run(
             "get an enrollment",
             lambda cur: cur.execute(
@@ -1256,6 +1288,11 @@ class PostgresStore(Store):
         after: str | None = None,
     ) -> list[Enrollment]:
         """Enrollments matching every filter, ordered by id (unreadable rows are logged and left out)."""
+        sequence_id = check_opt_id(sequence_id, "sequence_id")
+        contact_id = check_opt_id(contact_id, "contact_id")
+        statuses = check_enums(statuses, EnrollmentStatus, "statuses")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+        after = check_opt_id(after, "after")
         where: list[str] = []
         params: list[Any] = []
         if sequence_id is not None:
@@ -1290,6 +1327,7 @@ class PostgresStore(Store):
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
         """Lease the earliest due enrollments of active sequences, with no PENDING message, to ``owner``
         (``FOR UPDATE SKIP LOCKED``: concurrent claimers skip each other's rows)."""
+        now, limit, lease, owner = check_claim(now, limit, lease, owner)
         at = to_utc(now, "now")
         until = at + lease
         sql = (
@@ -1315,6 +1353,8 @@ class PostgresStore(Store):
 
     def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
         """End ``owner``'s leases (or, with ``until``, keep them until then)."""
+        enrollment_ids = check_ids(enrollment_ids, "enrollment_ids")
+        owner, until = check_id(owner, "owner"), check_opt_instant(until, "until")
         ids = sorted(set(enrollment_ids))
         if not ids:
             return
@@ -1338,6 +1378,8 @@ class PostgresStore(Store):
         Changes PostgreSQL can't hold (NUL in text or JSON, a lone surrogate, an integer
         beyond 64 bits) fail the whole transaction with
         :class:`~dripcore.errors.RecordRejected` naming them."""
+        check_records(changes, Change, "changes")
+        owner = check_opt_id(owner, "owner")
         if not changes:
             return []
         ids = sorted({c.enrollment.id for c in changes})
@@ -1416,6 +1458,7 @@ class PostgresStore(Store):
     def next_due_for(self, sequence_id: str) -> datetime | None:
         """The earliest due time of the sequence's ACTIVE enrollments (whatever the sequence's status),
         for operators' overviews; reads that sequence's rows."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         sql = f"SELECT min(next_due) FROM {self._s}.enrollments WHERE sequence_id = %s AND status = 'active'"
         return self._run(  # type: ignore[no-any-return]
             "find a sequence's next due time",
@@ -1426,6 +1469,7 @@ class PostgresStore(Store):
 
     def count_due(self, now: datetime) -> int:
         """How many ACTIVE enrollments of ACTIVE sequences are due at ``now``, leased or not."""
+        now = check_instant(now, "now")
         at = to_utc(now, "now")
         sql = f"SELECT count(*) FROM {self._s}.enrollments WHERE status = 'active' AND seq_live AND next_due <= %s"
         return self._run(
@@ -1436,6 +1480,7 @@ class PostgresStore(Store):
 
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
         """Lease the oldest pending messages whose next attempt is due to ``owner`` (``SKIP LOCKED``)."""
+        now, limit, lease, owner = check_claim(now, limit, lease, owner)
         at = to_utc(now, "now")
         sql = (
             f"WITH ready AS (SELECT ctid FROM {self._s}.outbox WHERE status = 'pending' AND next_attempt_at <= %(at)s "
@@ -1461,6 +1506,8 @@ class PostgresStore(Store):
         """Record delivery outcomes in one transaction; a finished message is left as it is.
         Deliveries PostgreSQL can't hold (NUL in text, a lone surrogate) fail it with
         :class:`~dripcore.errors.RecordRejected` naming them."""
+        check_records(deliveries, Delivery, "deliveries")
+        owner = check_opt_id(owner, "owner")
         if not deliveries:
             return
         try:
@@ -1545,6 +1592,7 @@ class PostgresStore(Store):
 
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None; :class:`CorruptRecord` if its row can't be read."""
+        key = check_key(key)
         row = self._run(
             "get an outbox message",
             lambda cur: cur.execute(
@@ -1564,6 +1612,9 @@ class PostgresStore(Store):
         self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[OutboxMessage]:
         """Outbox messages matching the filters, ordered by ``(created_at, key)``."""
+        status = check_opt_enum(status, OutboxStatus, "status")
+        enrollment_id = check_opt_id(enrollment_id, "enrollment_id")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
@@ -1588,6 +1639,8 @@ class PostgresStore(Store):
 
     def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
         """Emails queued for the contact (PENDING or DELIVERED) with ``since <= created_at < until``."""
+        contact_id = check_id(contact_id, "contact_id")
+        since, until = check_instant(since, "since"), check_instant(until, "until")
         start, end = to_utc(since, "since"), to_utc(until, "until")
         sql = (
             f"SELECT count(*) FROM {self._s}.outbox WHERE contact_id = %s AND created_at >= %s AND created_at < %s "
@@ -1620,6 +1673,8 @@ class PostgresStore(Store):
         history as the longest frequency-cap window (``count_messages`` counts
         what is left). Deletes in batches, one transaction each.
         """
+        settled_before = check_instant(settled_before, "settled_before")
+        batch_size = check_count(batch_size, "batch_size", minimum=1)
         cutoff = to_utc(settled_before, "settled_before")
         sql = (
             f"DELETE FROM {self._s}.outbox WHERE key IN (SELECT key FROM {self._s}.outbox WHERE status <> 'pending' "
@@ -1652,6 +1707,7 @@ class PostgresStore(Store):
 
     def bump(self, counters: Seq[Counter]) -> None:
         """Apply counter increments in one transaction."""
+        counters = check_counters(counters)
         totals: dict[tuple[str, int, str], int] = {}
         sum_counters(counters, totals)
         if any(totals.values()):
@@ -1659,6 +1715,7 @@ class PostgresStore(Store):
 
     def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
         """Every non-zero counter of a sequence (its shard rows summed)."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         sql = (
             f"SELECT position, name, sum(value) FROM {self._s}.counters WHERE sequence_id = %s "
             "GROUP BY position, name HAVING sum(value) <> 0"

@@ -80,6 +80,24 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .._checks import (
+    MAX_SPAN,
+    check_claim,
+    check_count,
+    check_counters,
+    check_enums,
+    check_flag,
+    check_id,
+    check_ids,
+    check_instant,
+    check_key,
+    check_opt_enum,
+    check_opt_id,
+    check_opt_instant,
+    check_record,
+    check_records,
+    check_span,
+)
 from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError, UnreadableRecord
 from ..model import (
     _ID_MAX,
@@ -1045,12 +1063,14 @@ class SQLiteStore(Store):
 
     def get_sequence(self, sequence_id: str) -> Sequence | None:
         """The sequence, or None; :class:`CorruptRecord` if its row can't be read."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._read("get a sequence") as conn:
             row = conn.execute("SELECT body FROM sequences WHERE id = ?", (sequence_id,)).fetchone()
             return None if row is None else self._decode_sequence(sequence_id, row[0])
 
     def list_sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
         """All sequences (of one status), ordered by id; unreadable rows are logged and left out."""
+        status = check_opt_enum(status, SequenceStatus, "status")
         with self._read("list sequences") as conn:
             if status is None:
                 rows = conn.execute("SELECT id, body FROM sequences ORDER BY id").fetchall()
@@ -1071,12 +1091,18 @@ class SQLiteStore(Store):
 
     def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
         """Insert (``expected_version=None``) or replace at the expected version, atomically."""
+        check_record(sequence, Sequence, "sequence")
+        if expected_version is not None:
+            check_count(expected_version, "expected_version")
         body = dumps(self._converter.unstructure(sequence))
         with self._write("save a sequence") as conn:
             self._save_sequence(conn, sequence, body, expected_version)
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
         """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, in one transaction."""
+        check_record(sequence, Sequence, "sequence")
+        check_count(expected_version, "expected_version")
+        check_span(shift, "shift", maximum=MAX_SPAN)
         body = dumps(self._converter.unstructure(sequence))
         micros = shift // _MICROSECOND
         with self._write("resume a sequence") as conn:
@@ -1111,6 +1137,7 @@ class SQLiteStore(Store):
 
     def delete_sequence(self, sequence_id: str) -> None:
         """Delete a sequence with no live enrollments, and its enrollments, messages and counters."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._write("delete a sequence") as conn:
             row = conn.execute("SELECT status FROM sequences WHERE id = ?", (sequence_id,)).fetchone()
             if row is None:
@@ -1151,6 +1178,9 @@ class SQLiteStore(Store):
         self, enrollment: Enrollment, *, allow_reentry: bool, counters: Seq[Counter] = ()
     ) -> tuple[Enrollment, bool]:
         """Insert unless the contact is already (or, without re-entry, was) in the sequence for that key."""
+        check_record(enrollment, Enrollment, "enrollment")
+        check_flag(allow_reentry, "allow_reentry")
+        counters = check_counters(counters)
         with self._write("add an enrollment") as conn:
             existing = self._existing(conn, enrollment)
             if existing is not None and (existing[1] or not allow_reentry):
@@ -1198,6 +1228,7 @@ class SQLiteStore(Store):
         that already exists raises :class:`~dripcore.errors.ConcurrencyConflict`
         and rolls back the current batch (earlier batches stay).
         """
+        check_flag(allow_reentry, "allow_reentry")
         created = 0
         iterator = iter(enrollments)
         while True:
@@ -1233,6 +1264,7 @@ class SQLiteStore(Store):
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
         """The enrollment, or None; :class:`CorruptRecord` if its row can't be read."""
+        enrollment_id = check_id(enrollment_id, "enrollment_id")
         with self._read("get an enrollment") as conn:
             row = conn.execute(
                 f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE id = ?", (enrollment_id,)
@@ -1250,6 +1282,11 @@ class SQLiteStore(Store):
         after: str | None = None,
     ) -> list[Enrollment]:
         """Enrollments matching every filter, ordered by id (unreadable rows are logged and left out)."""
+        sequence_id = check_opt_id(sequence_id, "sequence_id")
+        contact_id = check_opt_id(contact_id, "contact_id")
+        statuses = check_enums(statuses, EnrollmentStatus, "statuses")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+        after = check_opt_id(after, "after")
         where: list[str] = []
         params: list[Any] = []
         if sequence_id is not None:
@@ -1284,6 +1321,7 @@ class SQLiteStore(Store):
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
         """Lease the earliest due enrollments of active sequences, with no PENDING message, to
         ``owner``: one write transaction reads them through the due index and records the leases."""
+        now, limit, lease, owner = check_claim(now, limit, lease, owner)
         at = _instant(to_utc(now, "now"))
         until = _instant(to_utc(now, "now") + lease)
         with self._write("claim due enrollments") as conn:
@@ -1312,6 +1350,8 @@ class SQLiteStore(Store):
 
     def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
         """End ``owner``'s leases (or, with ``until``, keep them until then)."""
+        enrollment_ids = check_ids(enrollment_ids, "enrollment_ids")
+        owner, until = check_id(owner, "owner"), check_opt_instant(until, "until")
         ids = [(i, owner) for i in enrollment_ids]
         if not ids:
             return
@@ -1334,6 +1374,8 @@ class SQLiteStore(Store):
         Changes holding what SQLite can't encode (a lone surrogate, an integer beyond
         64 bits) fail the whole transaction with :class:`~dripcore.errors.RecordRejected`
         naming them."""
+        check_records(changes, Change, "changes")
+        owner = check_opt_id(owner, "owner")
         if not changes:
             return []
         try:
@@ -1450,6 +1492,7 @@ class SQLiteStore(Store):
     def next_due_for(self, sequence_id: str) -> datetime | None:
         """The earliest due time of the sequence's ACTIVE enrollments (whatever the sequence's status),
         for operators' overviews; reads that sequence's rows."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._read("find a sequence's next due time") as conn:
             row = conn.execute(
                 "SELECT min(next_due) FROM enrollments WHERE sequence_id = ? AND status = 'active'", (sequence_id,)
@@ -1458,6 +1501,7 @@ class SQLiteStore(Store):
 
     def count_due(self, now: datetime) -> int:
         """How many ACTIVE enrollments of ACTIVE sequences are due at ``now``, leased or not."""
+        now = check_instant(now, "now")
         at = _instant(to_utc(now, "now"))
         with self._read("count due enrollments") as conn:
             return int(
@@ -1471,6 +1515,7 @@ class SQLiteStore(Store):
 
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
         """Lease the oldest pending messages whose next attempt is due to ``owner``."""
+        now, limit, lease, owner = check_claim(now, limit, lease, owner)
         at = _instant(to_utc(now, "now"))
         until = _instant(to_utc(now, "now") + lease)
         with self._write("claim outbox messages") as conn:
@@ -1495,6 +1540,8 @@ class SQLiteStore(Store):
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
         """Record delivery outcomes in one transaction; a finished message is left as it is.
         Deliveries SQLite can't encode fail it with :class:`~dripcore.errors.RecordRejected`."""
+        check_records(deliveries, Delivery, "deliveries")
+        owner = check_opt_id(owner, "owner")
         if not deliveries:
             return
         try:
@@ -1539,6 +1586,7 @@ class SQLiteStore(Store):
 
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None; :class:`CorruptRecord` if its row can't be read."""
+        key = check_key(key)
         with self._read("get an outbox message") as conn:
             row = conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -1552,6 +1600,9 @@ class SQLiteStore(Store):
         self, *, status: OutboxStatus | None = None, enrollment_id: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[OutboxMessage]:
         """Outbox messages matching the filters, ordered by ``(created_at, key)``."""
+        status = check_opt_enum(status, OutboxStatus, "status")
+        enrollment_id = check_opt_id(enrollment_id, "enrollment_id")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
@@ -1577,6 +1628,8 @@ class SQLiteStore(Store):
     def count_messages(self, contact_id: str, since: datetime, until: datetime) -> int:
         """Emails queued for the contact (PENDING or DELIVERED) with ``since <= created_at < until``;
         one range read of an index on (contact, created_at)."""
+        contact_id = check_id(contact_id, "contact_id")
+        since, until = check_instant(since, "since"), check_instant(until, "until")
         start, end = _instant(to_utc(since, "since")), _instant(to_utc(until, "until"))
         with self._read("count a contact's messages") as conn:
             return int(
@@ -1604,6 +1657,8 @@ class SQLiteStore(Store):
         counts what is left). Deletes in batches, one short transaction each,
         so workers sharing the file are never held up for long.
         """
+        settled_before = check_instant(settled_before, "settled_before")
+        batch_size = check_count(batch_size, "batch_size", minimum=1)
         cutoff = _instant(to_utc(settled_before, "settled_before"))
         total = 0
         while True:
@@ -1621,6 +1676,7 @@ class SQLiteStore(Store):
 
     def bump(self, counters: Seq[Counter]) -> None:
         """Apply counter increments in one transaction."""
+        counters = check_counters(counters)
         totals: dict[tuple[str, int, str], int] = {}
         sum_counters(counters, totals)
         if not totals:
@@ -1630,6 +1686,7 @@ class SQLiteStore(Store):
 
     def counters(self, sequence_id: str) -> Mapping[tuple[int, str], int]:
         """Every non-zero counter of a sequence (one index range read)."""
+        sequence_id = check_id(sequence_id, "sequence_id")
         with self._read("read counters") as conn:
             rows = conn.execute(
                 "SELECT position, name, value FROM counters WHERE sequence_id = ? AND value != 0", (sequence_id,)
