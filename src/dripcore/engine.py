@@ -1543,13 +1543,14 @@ class Drip:
 
         ``contact_id`` narrows it to one contact's enrollments (oldest first).
         """
-        self._sequence(sequence_id)
         status = check_opt_enum(status, EnrollmentStatus, "status")
+        contact_id = check_opt_id(contact_id, "contact_id")
+        limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+        self._sequence(sequence_id)
         statuses = None if status is None else (status,)
         return self.store.find_enrollments(
-            sequence_id=sequence_id, contact_id=check_opt_id(contact_id, "contact_id"), statuses=statuses,
-            limit=check_count(limit, "limit"), offset=check_count(offset, "offset"),
-        )  # fmt: skip
+            sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
+        )
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment:
         """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""
