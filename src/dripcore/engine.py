@@ -385,14 +385,23 @@ class Drip:
         return enrollment
 
     def _publish(self, events: Seq[Event], errors: list[TickError] | None = None) -> None:
+        """Hand events to the sink. A sink that raises on a batch is given its events one at a
+        time, so one bad event costs only itself (the events it took before raising may reach
+        it twice: sinks are at least once); each failure is reported under its enrollment."""
         if not events or self.events is None:
             return
         try:
             self.events.publish(events)
+            return
         except Exception as exc:
-            log.exception("event sink failed on %d events", len(events))
-            if errors is not None:
-                errors.append(TickError(kind="events", id=events[0].enrollment_id, error=repr(exc)))
+            if len(events) == 1:
+                log.exception("event sink failed on %s of %s", events[0].wire_name, events[0].enrollment_id)
+                if errors is not None:
+                    errors.append(TickError(kind="events", id=events[0].enrollment_id, error=_describe(exc)))
+                return
+            log.warning("event sink failed on %d events (%s); one at a time now", len(events), _describe(exc))
+        for event in events:
+            self._publish((event,), errors)
 
     def _change(
         self,
@@ -902,6 +911,8 @@ class Drip:
         contact fails, the directory itself is down: that raises, for the
         tick to be tried again.
         """
+        if not contact_ids:
+            return {}, {}
         try:
             return self._checked_contacts(self.contacts.get_many(contact_ids), contact_ids)
         except Exception as exc:
@@ -1043,6 +1054,9 @@ class Drip:
                     tally.skipped += 1
                 elif isinstance(event, StepFailed):
                     tally.failed += 1
+                    if event.reason == "render":  # a template or its data is broken: worth telling
+                        key = idempotency_key(event.enrollment_id, event.position)
+                        tally.errors.append(TickError(kind="message", id=key, error=_safe_text(event.error)))
             for message in change.outbox:
                 if message.status is OutboxStatus.PENDING:
                     outgoing.append(message)
