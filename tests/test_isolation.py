@@ -69,6 +69,7 @@ from dripcore.ports import (
     ContactDirectory,
     Delivery,
     Email,
+    RateLimiter,
     Rendered,
     Renderer,
     Store,
@@ -1061,3 +1062,33 @@ class TestRun:
         with pytest.raises(HostError, match="metrics exporter"):
             bench.drip.run(on_tick=on_tick, max_ticks=5, idle=60)
         assert len(seen) == 1
+
+
+class BrokenLimiter(RateLimiter):
+    """A host's rate limiter that fails for a while."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def available(self, now: datetime) -> int | None:
+        return None
+
+    def consume(self, count: int, now: datetime) -> int:
+        if self.down:
+            raise HostError("rate limiter backend unreachable")
+        return count
+
+
+def test_a_tick_that_fails_as_a_whole_gives_its_claims_back(store: Store) -> None:
+    """When something of the whole batch fails (here the host's rate limiter), the tick raises and leaves
+    the batch claimable at once, not after the lease: the next tick, once it works, sends everyone."""
+    bench = Bench(store).populate()
+    limiter = BrokenLimiter()
+    bench.drip.rate_limiter = limiter
+    with pytest.raises(HostError):
+        bench.drip.tick()
+    assert bench.sent_keys() == []
+    limiter.down = False
+    report = bench.drip.tick()  # same instant: the lease (five minutes) has not run out
+    assert report.claimed == HEALTHY + 1
+    assert_went_out(bench, [bench.bad, *bench.healthy], 1)

@@ -1014,18 +1014,21 @@ class Drip:
                 log.exception("enrollment %s set aside", before.id)
                 put_aside("enrollment", before.id, _describe(exc))
 
-        if self.frequency_cap is not None and changes:
-            changes = self._apply_frequency_cap(changes, by_id, sequences, contacts, now, tally)
-
-        if self.rate_limiter is not None:
-            sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
-            granted = self.rate_limiter.consume(len(sending), now) if sending else 0
-            if granted < len(sending):
-                held = {c.enrollment.id for c in sending[granted:]}
-                changes = [c for c in changes if c.enrollment.id not in held]
-                tally.deferred += len(held)
-                reopen = self.rate_limiter.next_opening(now)
-                self.store.release(held, owner=self.worker_id, until=reopen)
+        try:  # the batch as a whole: a failure here (a store error, your rate limiter) gives it back
+            if self.frequency_cap is not None and changes:
+                changes = self._apply_frequency_cap(changes, by_id, sequences, contacts, now, tally)
+            if self.rate_limiter is not None:
+                sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
+                granted = self.rate_limiter.consume(len(sending), now) if sending else 0
+                if granted < len(sending):
+                    held = {c.enrollment.id for c in sending[granted:]}
+                    changes = [c for c in changes if c.enrollment.id not in held]
+                    tally.deferred += len(held)
+                    reopen = self.rate_limiter.next_opening(now)
+                    self.store.release(held, owner=self.worker_id, until=reopen)
+        except Exception:
+            self._release_claims([e.id for e in enrollments], set_aside, now)
+            raise
         if idle:
             self.store.release(idle, owner=self.worker_id)
 
