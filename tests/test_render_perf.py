@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import liquid.token
@@ -235,3 +236,20 @@ def test_a_shared_renderer_counts_every_lookup_across_threads() -> None:
     info = renderer.cache_info()
     assert info.hits + info.misses == 6 * 200 * 2
     assert info.currsize <= 3
+
+
+# --------------------------------------------------------------------------- the limits' benchmark keeps working
+
+
+def test_bench_render_limits_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_render_limits.py --quick prints its figures (no timing asserts)."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import bench_render_limits
+    finally:
+        sys.path.remove(benchmarks)
+    lines = bench_render_limits.main(["--quick"])
+    assert capsys.readouterr().out.strip().splitlines() == lines
+    assert len(lines) == 3 + len(bench_render_limits.ADVERSARIAL)
+    assert all("x" in line for line in lines)  # each figure has its ratio

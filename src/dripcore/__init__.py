@@ -78,7 +78,15 @@ from .model import (
     parse_wait,
 )
 from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, SequenceSummary, StepStats
-from .render import LiquidRenderer, MemoryTemplateStore, RenderError, Template, TemplateStore
+from .render import (
+    LiquidRenderer,
+    MemoryTemplateStore,
+    RenderError,
+    RenderLimitExceeded,
+    RenderLimits,
+    Template,
+    TemplateStore,
+)
 from .scheduler import (
     Advance,
     PlannedStep,
@@ -147,6 +155,8 @@ __all__ = [
     "RecordRejected",
     "ReentryPolicy",
     "RenderError",
+    "RenderLimitExceeded",
+    "RenderLimits",
     "SendError",
     "SendWindow",
     "SenderIdentity",

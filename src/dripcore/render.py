@@ -36,9 +36,16 @@ Unknown variables
 Unsubscribe
     ``{{ unsubscribe_url }}`` is always defined, by the ``unsubscribe_url``
     callable ``(contact, enrollment) -> str`` (or a pattern string, see
-    :func:`unsubscribe_link`). A body whose output does not contain the link
-    gets a footer with it (an HTML and a text variant, both configurable):
-    the link is always included. Every rendering also carries the
+    :func:`unsubscribe_link`). A body that does not show the link gets a
+    footer with it (an HTML and a text variant, both configurable): the link
+    is always included. A text body shows it when the URL occurs in it. An
+    HTML body shows it only where a reader can see and click it: in visible
+    text or as the href of a link with something to click, not inside a
+    comment, ``<head>``, ``<script>``, ``<style>`` or the like, an element
+    hidden by its style (``display:none``, ``visibility:hidden``, zero size
+    or opacity), its ``hidden`` attribute or a ``<style>`` rule, nor in
+    another attribute. When in doubt the footer is added, and where a reader
+    sees it (not inside an element or comment the body leaves open). Every rendering also carries the
     ``List-Unsubscribe`` header and, for an ``https`` link,
     ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058, which
     requires an https URI).
@@ -65,6 +72,33 @@ Caching and errors
     line; oversized or binary content raises :class:`InvalidContent` naming
     the field. The engine sets that one message aside and the tick goes on.
 
+Bounded rendering
+    Templates are untrusted input: whoever edits a sequence writes code the
+    workers run. So what one rendering may cost is bounded (see
+    :class:`RenderLimits`, passed as ``LiquidRenderer(limits=...)``; the
+    defaults in brackets), and a template past a bound fails its own message,
+    in bounded time, with an error naming the sequence, step, field and
+    limit.
+
+    - Compiling. python-liquid's lexer takes quadratic time on some sources
+      (an opener never closed, a long run of whitespace inside markup, many
+      ``(`` with no ``..`` after them): a linear scan refuses those before it
+      sees them, as :class:`InvalidContent`, and a field may hold at most
+      ``max_markup`` characters of markup [50,000], which keeps a compilation
+      to a fraction of a second. A refusal is cached like a compilation.
+    - Time. A message's Liquid rendering, all fields together, may take
+      ``time`` seconds of wall-clock time [0.25]; the clock is read at every
+      loop iteration and every filter call on a large value, and each filter
+      call is itself bounded, so a render stops within milliseconds of it.
+      Plain ``{{ name }}`` templates are not timed: they can't run long.
+    - Memory and output. A range ``(a..b)`` and a sequence a filter takes or
+      makes hold at most ``max_items`` items [10,000]; a string a filter takes
+      or makes, and every body once rendered, at most ``max_body`` characters
+      [1,000,000]; filters that could outgrow their input (``join``,
+      ``replace``, ``split``) or compare every pair (``uniq``) are checked
+      before they run; loops iterate at most ``loop_iterations`` times in all
+      [100,000], and what ``assign`` and ``capture`` hold is bounded too.
+
 Liquid on demand
     A template made only of text and plain ``{{ name }}`` outputs (most drip
     emails) is rendered by substitution, with the output Liquid would give;
@@ -89,12 +123,19 @@ Why python-liquid rather than Jinja2's sandbox
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import re
 import sys
 import threading
 from abc import ABC, abstractmethod
+from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from html import unescape
+from time import perf_counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from urllib.parse import quote
@@ -118,6 +159,8 @@ __all__ = [
     "LiquidRenderer",
     "MemoryTemplateStore",
     "RenderError",
+    "RenderLimitExceeded",
+    "RenderLimits",
     "SimpleRenderer",
     "Template",
     "TemplateNotFound",
@@ -204,6 +247,69 @@ class TemplateNotFound(RenderError):
 
 class InvalidContent(RenderError):
     """Content that can't be an email: oversized, binary, or not text. ``field`` names it."""
+
+
+class RenderLimitExceeded(RenderError):
+    """A rendering went past one of its :class:`RenderLimits`; ``limit`` names which.
+
+    ``limit`` is ``"time"``, ``"max_items"``, ``"max_body"`` (a string a filter
+    takes or makes), ``"loop_iterations"`` or ``"namespace"`` (what
+    ``assign`` and ``capture`` may hold).
+    """
+
+    def __init__(self, *, limit: str, **where: Any) -> None:
+        self.limit = limit
+        super().__init__(**where)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{attribute.name}={value!r}: must be a positive number")
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name}={value!r}: must be a positive integer")
+
+
+@attrs.frozen(kw_only=True)
+class RenderLimits:
+    """What rendering one message may cost; past a limit, that message fails with a :class:`RenderError`.
+
+    ``time``
+        Seconds of wall-clock time the Liquid rendering of one message may
+        take, its fields together (default 0.25: a heavy legitimate template
+        takes milliseconds, and a batch of 500 runaway messages then still
+        fits in the engine's five-minute lease). The clock is read on
+        entering a loop and at every iteration, at every ``assign`` and at
+        every filter call on a large value, and every filter works on
+        bounded input, so a render stops within milliseconds of the limit.
+        Plain ``{{ name }}`` templates can't run long and are not timed.
+    ``max_markup``
+        Characters of Liquid markup (``{{ ... }}`` and ``{% ... %}``,
+        delimiters included) in one template field (default 50,000; a large
+        real template holds a few thousand). Compiling costs microseconds per
+        markup character, so this bounds compilation to a fraction of a second.
+    ``max_items``
+        The longest sequence a filter may take or make (``split``, ``sort``,
+        ``concat``, ``join``...) and the longest range ``(a..b)`` (default
+        10,000). ``size``, ``first``, ``last`` and ``default`` take any.
+    ``loop_iterations``
+        Iterations of all loops together, nested loops multiplied (default 100,000).
+
+    Strings a filter takes or makes are bounded by the renderer's ``max_body``.
+
+    >>> RenderLimits(time=1.0).max_items
+    10000
+    """
+
+    time: float = attrs.field(default=0.25, validator=_positive)
+    max_markup: int = attrs.field(default=50_000, validator=_positive_int)
+    max_items: int = attrs.field(default=10_000, validator=_positive_int)
+    loop_iterations: int = attrs.field(default=100_000, validator=_positive_int)
 
 
 # --------------------------------------------------------------------------- templates by id
@@ -334,17 +440,44 @@ class _Liquid:
     Most templates are plain substitutions (:class:`_Simple`) and the package
     costs ~15 MiB once imported, so nothing here runs until a template does
     need Liquid. :func:`_liquid` makes the one instance.
+
+    The extensions bound a rendering (see :class:`RenderLimits`), through
+    python-liquid's own extension points: a ``RenderContext`` subclass that
+    checks the deadline on every ``assign``, on entering a loop and on every
+    iteration (it wraps the loop's iterator); every filter of the
+    environment wrapped to check the deadline (on a large input) and the
+    size of what it takes and makes; and range literals ``(a..b)`` given a
+    bounded class once a template is parsed (a range is lazy, but
+    ``contains`` or a filter would walk it). Between two checks a render
+    does at most one loop iteration's worth of template, bounded by the
+    template's size, or one filter call on bounded input.
     """
 
     def __init__(self) -> None:
-        from liquid import Environment
-        from liquid.exceptions import LiquidError, OutputStreamLimitError, UndefinedError
+        from liquid import Environment, RenderContext
+        from liquid.builtin.expressions.primitive import RangeLiteral
+        from liquid.exceptions import (
+            LiquidError,
+            LocalNamespaceLimitError,
+            LoopIterationLimitError,
+            OutputStreamLimitError,
+            ResourceLimitError,
+            UndefinedError,
+        )
+        from liquid.output import LimitedStringIO
         from liquid.undefined import Undefined
 
         class UnknownVariableError(UndefinedError):
             def __init__(self, variable: str, token: Any) -> None:
                 super().__init__(f"unknown variable {variable!r}", token=token)
                 self.variable = variable
+
+        class LimitError(ResourceLimitError):
+            """One of dripcore's :class:`RenderLimits` was hit; ``limit`` names it."""
+
+            def __init__(self, message: str, *, limit: str) -> None:
+                super().__init__(message, token=None)
+                self.limit = limit
 
         class OutputStrictUndefined(Undefined):
             """Undefined that may be tested (``if``, ``default``) but not output, filtered or looped over."""
@@ -388,20 +521,289 @@ class _Liquid:
             def __eq__(self, other: object) -> bool:
                 return isinstance(other, Undefined) or other is None
 
-        def environment(*, html: bool, strict: bool, max_chars: int) -> Environment:
+        class GuardedContext(RenderContext):
+            """A render context that stops at its deadline (checked on assign, loop entry and every iteration).
+
+            Writes are not checked: each comes from a node that takes bounded
+            time (a loop checks on each iteration, a filter on its call), so
+            looking at the clock there too would only cost.
+            """
+
+            __slots__ = ("deadline",)
+            deadline: float
+
+            def __init__(self, template: Any, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+                super().__init__(template, *args, **kwargs)
+                parent = kwargs.get("parent_context")
+                if deadline is None:  # a copy for {% render %}: the parent's deadline
+                    deadline = parent.deadline if isinstance(parent, GuardedContext) else math.inf
+                self.deadline = deadline
+
+            def check(self) -> None:
+                if perf_counter() > self.deadline:
+                    self.late()
+
+            def late(self) -> NoReturn:
+                late(self.env)
+
+            def assign(self, key: str, val: Any) -> None:
+                self.check()
+                super().assign(key, val)
+
+            @contextmanager
+            def loop(self, namespace: Mapping[str, object], forloop: Any) -> Iterator[Any]:
+                self.check()
+                if hasattr(forloop, "it"):
+                    forloop.it = self._ticking(forloop.it)
+                with super().loop(namespace, forloop) as context:
+                    yield context
+
+            def _ticking(self, items: Iterator[object]) -> Iterator[object]:
+                deadline = self.deadline
+                for item in items:
+                    if perf_counter() > deadline:
+                        self.late()
+                    yield item
+
+        class BoundedRange(RangeLiteral):
+            """A range literal ``(a..b)`` of at most ``max_items`` items."""
+
+            __slots__ = ()
+
+            def evaluate(self, context: Any) -> range:
+                items = super().evaluate(context)
+                _check_items(items, context.env.max_items, "a range")
+                return items
+
+        def bound_ranges(template: BoundTemplate) -> BoundTemplate:
+            """Give every range literal of ``template`` the bounded class (its parse tree walked once)."""
+            static = RenderContext(template)
+            nodes = list(template.nodes)
+            while nodes:
+                node = nodes.pop()
+                expressions = list(node.expressions())
+                while expressions:
+                    expression = expressions.pop()
+                    if type(expression) is RangeLiteral:
+                        expression.__class__ = BoundedRange
+                    expressions.extend(expression.children())
+                nodes.extend(node.children(static, include_partials=False))
+            return template
+
+        def _check_items(value: Any, limit: int, what: str) -> None:
+            try:
+                count = len(value)
+            except OverflowError:  # a range past sys.maxsize
+                count = sys.maxsize
+            if count > limit:
+                raise LimitError(f"{what} of {count:,} items, more than the limit of {limit:,}", limit="max_items")
+
+        # The deadline of the guarded render running on this thread, for the filters: asking python-liquid
+        # for the context instead (with_context) would make it build a partial on every filter call.
+        running = threading.local()
+
+        def late(env: Any) -> NoReturn:
+            raise LimitError(f"took longer than the render time limit of {env.time_limit:g} s", limit="time")
+
+        def guarded_filter(name: str, function: Callable[..., Any], env: Any) -> Callable[..., Any]:
+            """``function`` checking the deadline, what it is given (before the call) and what it makes."""
+            wants_context = getattr(function, "with_context", False)
+            wants_environment = getattr(function, "with_environment", False)
+            checks_input = name not in _CONSTANT_TIME_FILTERS
+            precheck = _FILTER_PRECHECKS.get(name)
+            max_chars, max_items = env.max_chars, env.max_items
+
+            def guarded(left: Any, *args: Any, **kwargs: Any) -> Any:
+                # Short strings and small numbers, the usual input, are let through at once: a call
+                # on them takes microseconds, and the loop around it, if any, checks the clock.
+                kind = left.__class__
+                if not (
+                    (kind is str and len(left) <= _SHORT)
+                    or (kind is int and -_SMALL < left < _SMALL)
+                    or kind in _SCALARS
+                ):
+                    if perf_counter() > getattr(running, "deadline", math.inf):
+                        late(env)
+                    if checks_input:
+                        _check_value(name, "was given", left, env)
+                if checks_input:
+                    for arg in args:
+                        kind = arg.__class__
+                        if not (
+                            (kind is str and len(arg) <= _SHORT)
+                            or (kind is int and -_SMALL < arg < _SMALL)
+                            or kind in _SCALARS
+                        ):
+                            _check_value(name, "was given", arg, env)
+                    for arg in kwargs.values():
+                        if arg is not kwargs.get("context"):
+                            _check_value(name, "was given", arg, env)
+                    if precheck is not None:
+                        problem = precheck(left, args, max_items, max_chars)
+                        if problem is not None:
+                            raise LimitError(f"filter {name!r} {problem[0]}", limit=problem[1])
+                if wants_environment:
+                    kwargs["environment"] = env
+                result = function(left, *args, **kwargs)
+                kind = result.__class__
+                if not (
+                    (kind is str and len(result) <= max_chars)
+                    or (kind is int and -_SMALL < result < _SMALL)
+                    or kind in _SCALARS
+                ):
+                    _check_value(name, "would make", result, env)
+                return result
+
+            if wants_context:  # python-liquid passes it on
+                guarded.with_context = True  # type: ignore[attr-defined]
+            return guarded
+
+        def _check_value(name: str, verb: str, value: Any, env: Any) -> None:
+            kind = value.__class__
+            if kind is int and -_SMALL < value < _SMALL:
+                return  # the usual case, at once
+            if kind is str or isinstance(value, str):
+                if len(value) > env.max_chars:
+                    raise LimitError(
+                        f"filter {name!r} {verb} a string of {len(value):,} characters, "
+                        f"more than the limit of {env.max_chars:,}",
+                        limit="max_body",
+                    )
+            elif isinstance(value, (list, tuple, dict, range)):
+                _check_items(value, env.max_items, f"filter {name!r} {verb} a sequence")
+                if verb == "would make" and not isinstance(value, range):
+                    text = _text_size(value)
+                    if text > env.max_chars:
+                        raise LimitError(
+                            f"filter {name!r} would make a sequence holding {text:,} characters, "
+                            f"more than the limit of {env.max_chars:,}",
+                            limit="max_body",
+                        )
+            elif isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+                raise LimitError(f"filter {name!r} {verb} a number of more than {_MAX_INT_BITS:,} bits", limit="number")
+
+        def environment(*, html: bool, strict: bool, max_chars: int, limits: RenderLimits | None = None) -> Environment:
+            bounds = limits or RenderLimits()
+            chars = max_chars
+
             class Limited(Environment):
                 # Bounds for a runaway template: every loop's iterations multiplied,
-                # the output in UTF-8 bytes, and what assign/capture may hold.
-                loop_iteration_limit: ClassVar[int | None] = 100_000
-                output_stream_limit: ClassVar[int | None] = 4 * max_chars
-                local_namespace_limit: ClassVar[int | None] = 8 * max_chars
+                # the output in UTF-8 bytes, and what assign/capture may hold;
+                # the rest are read by the guards above.
+                loop_iteration_limit: ClassVar[int | None] = bounds.loop_iterations
+                output_stream_limit: ClassVar[int | None] = 4 * chars
+                local_namespace_limit: ClassVar[int | None] = 8 * chars
+                time_limit: ClassVar[float] = bounds.time
+                max_items: ClassVar[int] = bounds.max_items
+                max_chars: ClassVar[int] = chars
 
-            return Limited(autoescape=html, undefined=OutputStrictUndefined if strict else Undefined)
+            env = Limited(autoescape=html, undefined=OutputStrictUndefined if strict else Undefined)
+            env.filters = {name: guarded_filter(name, function, env) for name, function in env.filters.items()}
+            return env
+
+        def render(template: BoundTemplate, values: Mapping[str, Any], deadline: float) -> str:
+            """What ``template.render(values)`` gives, within the deadline and the guards."""
+            context = GuardedContext(template, globals=template.make_globals(values), deadline=deadline)
+            buffer = LimitedStringIO(template.env.output_stream_limit or sys.maxsize)
+            running.deadline = deadline
+            try:
+                template.render_with_context(context, buffer)
+            finally:
+                running.deadline = math.inf
+            return buffer.getvalue()
 
         self.environment = environment
+        self.bound_ranges = bound_ranges
+        self.render = render
         self.liquid_error = LiquidError
+        self.limit_error = LimitError
+        self.loop_limit_error = LoopIterationLimitError
+        self.namespace_limit_error = LocalNamespaceLimitError
         self.output_limit_error = OutputStreamLimitError
         self.unknown_variable_error = UnknownVariableError
+
+
+# Filters that take constant time whatever they are given: never refused for the size of their input.
+_CONSTANT_TIME_FILTERS = frozenset({"size", "first", "last", "default"})
+# A number a filter makes may have at most this many bits (Python prints at most 4,300 digits anyway).
+_MAX_INT_BITS = 14_000
+_SMALL = 1 << 62
+_SHORT = 1_000
+_SCALARS = frozenset({float, bool, type(None)})  # fixed size: nothing to check
+
+
+def _text_size(items: Any) -> int:
+    """Roughly how many characters printing ``items`` takes (each string's length, each number's digits)."""
+    size = 0
+    for item in items.values() if isinstance(items, dict) else items:
+        if isinstance(item, (str, list, tuple, dict)):
+            size += len(item)
+        elif isinstance(item, int):
+            size += item.bit_length() // 3 + 1
+        else:
+            size += 24
+    return size
+
+
+def _join_precheck(left: Any, args: tuple[Any, ...], max_items: int, max_chars: int) -> tuple[str, str] | None:
+    separator = str(args[0]) if args else " "
+    if isinstance(left, range):
+        widest = max(len(str(left[0])), len(str(left[-1]))) if left else 0
+        size = len(left) * (widest + len(separator))
+    elif isinstance(left, (list, tuple)):
+        size = _text_size(left) + len(left) * len(separator)
+    else:
+        return None
+    if size > max_chars:
+        return f"would make a string of about {size:,} characters, more than the limit of {max_chars:,}", "max_body"
+    return None
+
+
+def _replace_precheck(left: Any, args: tuple[Any, ...], max_items: int, max_chars: int) -> tuple[str, str] | None:
+    if not isinstance(left, str) or not args:
+        return None
+    old = str(args[0])
+    new = str(args[1]) if len(args) > 1 else ""
+    size = len(left) + left.count(old) * (len(new) - len(old))
+    if size > max_chars:
+        return f"would make a string of {size:,} characters, more than the limit of {max_chars:,}", "max_body"
+    return None
+
+
+def _split_precheck(left: Any, args: tuple[Any, ...], max_items: int, max_chars: int) -> tuple[str, str] | None:
+    if not isinstance(left, str):
+        return None
+    separator = str(args[0]) if args and args[0] is not None else ""
+    pieces = len(left) if not separator or separator == " " else left.count(separator) + 1
+    if pieces > max_items:
+        return f"would make a sequence of up to {pieces:,} items, more than the limit of {max_items:,}", "max_items"
+    return None
+
+
+def _uniq_precheck(left: Any, args: tuple[Any, ...], max_items: int, max_chars: int) -> tuple[str, str] | None:
+    # python-liquid's uniq compares every pair: allow it the work of a max_items-long linear pass, squared down.
+    limit = max(1, math.isqrt(100 * max_items))
+    if isinstance(left, (list, tuple, range)) and len(left) > limit:
+        return f"was given {len(left):,} items; it compares every pair, so it takes at most {limit:,}", "max_items"
+    return None
+
+
+def _strip_html_precheck(left: Any, args: tuple[Any, ...], max_items: int, max_chars: int) -> tuple[str, str] | None:
+    # An HTML parser in Python, about a microsecond a character: a tenth of the string limit.
+    limit = max(1, max_chars // 10)
+    if isinstance(left, str) and len(left) > limit:
+        return f"was given {len(left):,} characters; it parses HTML, so it takes at most {limit:,}", "max_body"
+    return None
+
+
+# Filters whose cost or result can outgrow what they are given: what the call would take or make, before it runs.
+_FILTER_PRECHECKS: dict[str, Callable[[Any, tuple[Any, ...], int, int], tuple[str, str] | None]] = {
+    "join": _join_precheck,
+    "replace": _replace_precheck,
+    "split": _split_precheck,
+    "uniq": _uniq_precheck,
+    "strip_html": _strip_html_precheck,
+}
 
 
 _liquid_lock = threading.Lock()
@@ -420,10 +822,118 @@ def _liquid() -> _Liquid:
 
 @attrs.frozen
 class _Broken:
-    """A template that failed to compile, cached so it is not parsed again."""
+    """A template that failed to compile, cached so it is not parsed again.
+
+    ``refused`` marks one dripcore refused before python-liquid saw it (too
+    much markup, or markup its lexer would take quadratic time over): that
+    is :class:`InvalidContent`, the rest a plain :class:`RenderError`.
+    """
 
     reason: str
     line: int | None
+    refused: bool = False
+
+
+# --------------------------------------------------------------------------- what python-liquid can compile fast
+#
+# python-liquid's lexer is one regular expression, tried at each position
+# where the last token ended: raw/doc blocks, ``{{ ... }}``, ``{% ... %}``, text.
+# Two things make it quadratic, both in liquid/lex.py:
+#
+# - An opener with no closer after it. The output rule
+#   ``{{-?\s*(?P<stmt>(?:(?!-?}})[\s\S])*(?<!\s))\s*-?}}`` (and the tag and raw
+#   rules likewise) scans to the end of the source before it fails, and the
+#   text rule then advances one character when an opener follows at once, so
+#   ``{{`` repeated n times is n scans of the rest of the source (20,000 of
+#   them: 73 s), and an opener followed by a long word or run of whitespace
+#   backtracks through it, a scan to the end per character.
+# - A run of whitespace inside markup that the stmt group has to give back
+#   (``{{`` + spaces + ``}}``, a tag with only whitespace after its name):
+#   ``(?<!\s)`` fails at each position and the greedy ``\s*`` before it
+#   backtracks one character at a time, quadratic in the run. The
+#   ``{% liquid %}`` tag's own lexer (``(?P<expr>.*?)[ \t\r]*?(\n+|$)``) and
+#   the inline comment check are quadratic in runs of whitespace too.
+#
+# And the expression lexer (liquid/builtin/expressions/_tokenize.py) looks
+# ahead from every ``(`` for a ``..`` (``\((?=.+?\.\.)``) and from every ``["``
+# for its closing quote and bracket, to the end of the expression when
+# there is none. Past those, compiling is linear but not cheap (a few
+# microseconds per character of markup), hence ``max_markup``.
+#
+# _markup_problem finds the markups the lexer will see (the same boundaries,
+# found with str.find: linear), refuses an opener that is never closed, and
+# adds up what the quadratic paths would cost inside the rest.
+
+_OPENER = re.compile(r"\{[{%]")
+_RAW_OPEN = re.compile(r"\{%-?\s*(raw|doc)\s*-?%\}")
+_RAW_CLOSE = {
+    "raw": re.compile(r"\{%-?\s*endraw\s*-?%\}"),
+    "doc": re.compile(r"\{%-?\s*enddoc\s*-?%\}"),
+}
+_LONG_SPACE = re.compile(r"\s{16,}")
+# A "(" with no ".." soon after, a "[" + quote with no closing quote and "]" soon after: each a scan to the end.
+_FAR_RANGE = re.compile(r"\((?!.{0,64}?\.\.)", re.DOTALL)
+_FAR_QUOTE = re.compile(r"\[\s*([\"'])(?!.{0,64}?\1\s*\])", re.DOTALL)
+# Characters python-liquid's regular expressions may scan beyond one pass, summed over a template:
+# about 0.2 s of the slowest kind on a slow machine, and a thousand times what real templates need.
+_LEXER_BUDGET = 1_000_000
+
+
+def _markup_problem(source: str, max_markup: int) -> tuple[str, int | None] | None:
+    """Why python-liquid should not be given ``source`` (a reason and a line), or None when it compiles fast."""
+    at = markup = cost = worst_cost = 0
+    worst_at = -1
+    while True:
+        opener = _OPENER.search(source, at)
+        if opener is None:
+            break
+        start = opener.start()
+        if source[start + 1] == "{":
+            close = source.find("}}", start + 2)
+            if close < 0:
+                return "'{{' is never closed by '}}'", _line_at(source, start)
+        else:
+            raw = _RAW_OPEN.match(source, start)
+            if raw is not None:
+                end = _RAW_CLOSE[raw.group(1)].search(source, raw.end())
+                if end is None:
+                    return f"'{raw.group()}' is never closed by '{{% end{raw.group(1)} %}}'", _line_at(source, start)
+                markup += raw.end() - start + end.end() - end.start()
+                at = end.end()
+                continue
+            close = source.find("%}", start + 2)
+            if close < 0:
+                return "'{%' is never closed by '%}'", _line_at(source, start)
+        at = close + 2
+        markup += at - start
+        if markup > max_markup:
+            return f"more than {max_markup:,} characters of Liquid markup (the limit)", None
+        if close - start < 18:
+            continue  # too short for any of the costly cases to matter
+        here = 0
+        for run in _LONG_SPACE.finditer(source, start + 2, close):
+            here += (run.end() - run.start()) ** 2 // 2
+        if source.find("(", start + 2, close) >= 0:
+            for far in _FAR_RANGE.finditer(source, start + 2, close):
+                here += close - far.start()
+        if source.find("[", start + 2, close) >= 0:
+            for far in _FAR_QUOTE.finditer(source, start + 2, close):
+                here += close - far.start()
+        if here:
+            cost += here
+            if here > worst_cost:
+                worst_cost, worst_at = here, start
+            if cost > _LEXER_BUDGET:
+                return (
+                    "Liquid markup too costly to parse: a long run of whitespace inside it, "
+                    "or many '(' or '[\"' with no '..' or closing quote after them",
+                    _line_at(source, worst_at),
+                )
+    return None
+
+
+def _line_at(source: str, index: int) -> int:
+    return source.count("\n", 0, index) + 1
 
 
 _SIMPLE_OUTPUT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -465,7 +975,8 @@ class _Simple:
             return None
         return cls(tuple(parts))
 
-    def render(self, values: Mapping[str, Any], *, html: bool, strict: bool) -> str | None:
+    def render(self, values: Mapping[str, Any], *, html: bool, strict: bool, limit: int | None = None) -> str | None:
+        """The output, or None when only Liquid can say (or when the values alone pass ``limit`` characters)."""
         parts = self.parts
         if len(parts) == 1:
             return parts[0]
@@ -477,10 +988,14 @@ class _Simple:
             return None if text is None else parts[0] + text + parts[2]
         out = list(parts)
         get = values.get
+        size, budget = 0, sys.maxsize if limit is None else limit
         for i in range(1, len(parts), 2):
             text = _printed(get(parts[i], _MISSING), html, strict)
             if text is None:
                 return None
+            size += len(text)
+            if size > budget:
+                return None  # too long: Liquid stops at its output limit, and says so
             out[i] = text
         return "".join(out)
 
@@ -499,9 +1014,12 @@ def _printed(value: object, html: bool, strict: bool) -> str | None:
 
 
 class _Compiled:
-    """A cached template: its substitution fast path, if it has one, and its Liquid compilation once made."""
+    """A cached template: its substitution fast path, if it has one, and its Liquid compilation once made.
 
-    __slots__ = ("constant", "liquid", "simple")
+    ``layout`` is where a simple HTML template's outputs land, worked out on first need.
+    """
+
+    __slots__ = ("constant", "layout", "liquid", "simple")
 
     def __init__(self, simple: _Simple | None, liquid: BoundTemplate | _Broken | None) -> None:
         self.simple = simple
@@ -509,6 +1027,7 @@ class _Compiled:
         self.constant = simple.parts[0] if simple is not None and len(simple.parts) == 1 else None
         # None until needed: a simple template only needs Liquid for a value it can't print.
         self.liquid = liquid
+        self.layout: _HtmlLayout | None = None
 
 
 @attrs.frozen
@@ -570,8 +1089,17 @@ class LiquidRenderer(Renderer):
     the default is :func:`placeholder_unsubscribe_url` (never resolves: set
     yours in production). ``templates`` resolves ``template_id`` steps.
     ``footer_html`` and ``footer_text`` are Liquid templates that must show
-    ``{{ unsubscribe_url }}``. ``cache_size`` bounds the compiled-template
-    cache; ``max_body`` bounds every body, before and after rendering, in characters.
+    ``{{ unsubscribe_url }}`` (the HTML one where a reader can see and click
+    it). ``cache_size`` bounds the compiled-template cache; ``max_body``
+    bounds every body, before and after rendering, and
+    every string a filter takes or makes, in characters (default 1,000,000).
+    ``limits`` (a :class:`RenderLimits`) bounds the rest of what a template
+    may cost; its defaults: 0.25 s of rendering per message, 50,000
+    characters of Liquid markup per field, 10,000 items per sequence or range,
+    100,000 loop iterations. A template past a limit fails that message only,
+    with a :class:`RenderLimitExceeded` (or :class:`InvalidContent` for a
+    template refused before it is compiled) naming the sequence, step, field
+    and limit.
 
     >>> from datetime import datetime, timezone
     >>> renderer = LiquidRenderer(unsubscribe_url="https://example.com/u/{enrollment_id}")
@@ -600,17 +1128,21 @@ class LiquidRenderer(Renderer):
         footer_text: str = DEFAULT_FOOTER_TEXT,
         cache_size: int = 512,
         max_body: int = 1_000_000,
+        limits: RenderLimits = RenderLimits(),  # frozen: one shared default is safe
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size={cache_size!r}: must be at least 1")
         if max_body < 1:
             raise ValueError(f"max_body={max_body!r}: must be at least 1")
+        if not isinstance(limits, RenderLimits):
+            raise TypeError(f"limits={limits!r}: must be a RenderLimits")
         self._unsubscribe_url: UnsubscribeUrl = (
             unsubscribe_link(unsubscribe_url) if isinstance(unsubscribe_url, str) else unsubscribe_url
         )
         self.templates = templates
         self.cache_size = cache_size
         self.max_body = max_body
+        self.limits = limits
         self._max_chars = max_body  # the Liquid environments' limits, fixed at construction
         self._envs: dict[tuple[bool, bool], Environment] = {}  # (html, strict), made on first need
         self._cache: OrderedDict[tuple[bool, bool, str], _Compiled] = OrderedDict()
@@ -639,12 +1171,16 @@ class LiquidRenderer(Renderer):
             self._footers[html] = template
         if (str(escape(probe["unsubscribe_url"])) if html else probe["unsubscribe_url"]) not in shown:
             raise ValueError(f"{name} must show {{{{ unsubscribe_url }}}}: {source!r}")
+        if html and not _shows_link(shown, probe["unsubscribe_url"]):
+            raise ValueError(
+                f"{name} must show {{{{ unsubscribe_url }}}} where a reader can see and click it: {source!r}"
+            )
         return simple
 
     def _environment(self, html: bool, strict: bool) -> Environment:
         env = self._envs.get((html, strict))
         if env is None:
-            made = _liquid().environment(html=html, strict=strict, max_chars=self._max_chars)
+            made = _liquid().environment(html=html, strict=strict, max_chars=self._max_chars, limits=self.limits)
             with self._lock:
                 env = self._envs.setdefault((html, strict), made)
         return env
@@ -675,10 +1211,14 @@ class LiquidRenderer(Renderer):
         return compiled
 
     def _compile_liquid(self, source: str, html: bool, strict: bool) -> BoundTemplate | _Broken:
+        problem = _markup_problem(source, self.limits.max_markup)
+        if problem is not None:
+            return _Broken(problem[0], problem[1], refused=True)
         env = self._environment(html, strict)
+        liquid = _liquid()
         try:
-            return env.from_string(source)
-        except _liquid().liquid_error as exc:
+            return liquid.bound_ranges(env.from_string(source))
+        except liquid.liquid_error as exc:
             return _Broken(_reason(exc), _line(exc))
         except Exception as exc:  # the template is untrusted input: report, never crash the tick
             return _Broken(_reason(exc), None)
@@ -692,21 +1232,21 @@ class LiquidRenderer(Renderer):
         values = template_variables(contact, enrollment)
         values["unsubscribe_url"] = url
         strict = sequence.unknown_variables is UnknownVariables.ERROR
+        clock: list[float] = []  # the message's deadline, once a field needs Liquid
 
-        subject = _one_line(self._render("subject", subject_source, values, False, strict, step, sequence))
+        subject = _one_line(self._render("subject", subject_source, values, False, strict, step, sequence, clock)[0])
         if len(subject) > MAX_SUBJECT:
             raise InvalidContent(
                 reason=f"longer than {MAX_SUBJECT} characters once rendered", **_where(sequence, step, "subject")
             )
         html = text = None
         if html_source is not None:
-            html = self._render("html", html_source, values, True, strict, step, sequence)
-            if url not in html and str(escape(url)) not in html:
-                html = _insert_html_footer(html, self._render_footer(values, True))
+            html, compiled = self._render("html", html_source, values, True, strict, step, sequence, clock)
+            html = self._with_html_footer(html, compiled, values, url)
             if len(html) > self.max_body or not html.isascii():  # else _check_output has nothing to find
                 self._check_output("html", html, step, sequence)
         if text_source is not None:
-            text = self._render("text", text_source, values, False, strict, step, sequence)
+            text = self._render("text", text_source, values, False, strict, step, sequence, clock)[0]
             if url not in text:
                 footer = self._render_footer(values, False)
                 text = f"{text.rstrip()}\n\n{footer}\n" if text.strip() else f"{footer}\n"
@@ -718,6 +1258,27 @@ class LiquidRenderer(Renderer):
             headers = {"List-Unsubscribe": f"<{url}>"}
         # Read-only already: Rendered keeps it as it is rather than copying it.
         return Rendered(subject=subject, html=html, text=text, headers=MappingProxyType(headers))
+
+    def _with_html_footer(self, html: str, compiled: _Compiled | None, values: Mapping[str, Any], url: str) -> str:
+        """``html`` with the footer added, unless a reader can see and click the link in it.
+
+        ``compiled`` is the template when its plain-substitution path made
+        ``html``: where its outputs land is then known from the template.
+        """
+        layout = None
+        if compiled is not None and compiled.simple is not None:
+            layout = compiled.layout
+            if layout is None:  # two threads may both work it out: the same template gives the same layout
+                layout = compiled.layout = _HtmlLayout.of(compiled.simple)
+            shown = layout.shows(compiled.simple, values, html, url)
+        else:
+            shown = None
+        if shown is None:
+            shown = _shows_link(html, url)
+        if shown:
+            return html
+        at = layout.footer_position(html) if layout is not None else None
+        return _insert_html_footer(html, self._render_footer(values, True), at)
 
     def _render_footer(self, values: Mapping[str, Any], html: bool) -> str:
         simple = self._simple_footers[html]
@@ -820,7 +1381,9 @@ class LiquidRenderer(Renderer):
         strict: bool,
         step: Step,
         sequence: Sequence,
-    ) -> str:
+        clock: list[float],
+    ) -> tuple[str, _Compiled | None]:
+        """The rendered field, and its compiled template when its plain-substitution path made it."""
         key = (html, strict, source)
         cache, lock = self._cache, self._lock
         lock.acquire()  # not `with`: this runs for every field of every email, and a with block costs more
@@ -837,25 +1400,45 @@ class LiquidRenderer(Renderer):
             compiled = self._compile(key)
         constant = compiled.constant
         if constant is not None and len(constant) <= self.max_body:
-            return constant
+            return constant, compiled
         simple = compiled.simple
         if simple is not None:
-            rendered = simple.render(values, html=html, strict=strict)
+            rendered = simple.render(values, html=html, strict=strict, limit=self.max_body)
             if rendered is not None and len(rendered) <= self.max_body:
-                return rendered
+                return rendered, compiled
         template = compiled.liquid
         if template is None:  # two threads may both compile it: the same source gives the same template
             template = compiled.liquid = self._compile_liquid(source, html, strict)
         if isinstance(template, _Broken):
-            raise RenderError(reason=template.reason, **_where(sequence, step, field, template.line))
+            error = InvalidContent if template.refused else RenderError
+            raise error(reason=template.reason, **_where(sequence, step, field, template.line))
         liquid = _liquid()
+        if not clock:
+            clock.append(perf_counter() + self.limits.time)
         try:
-            return template.render(values)
+            return liquid.render(template, values, clock[0]), None
         except liquid.unknown_variable_error as exc:
             raise UnknownVariable(variable=exc.variable, **_where(sequence, step, field, _line(exc))) from None
         except liquid.output_limit_error:
             raise InvalidContent(
                 reason=f"longer than {self.max_body} characters once rendered", **_where(sequence, step, field)
+            ) from None
+        except liquid.limit_error as exc:
+            raise RenderLimitExceeded(
+                limit=exc.limit, reason=_reason(exc), **_where(sequence, step, field, _line(exc))
+            ) from None
+        except liquid.loop_limit_error as exc:
+            raise RenderLimitExceeded(
+                limit="loop_iterations",
+                reason=f"loop iteration limit reached: at most {self.limits.loop_iterations:,} iterations, "
+                "nested loops multiplied",
+                **_where(sequence, step, field, _line(exc)),
+            ) from None
+        except liquid.namespace_limit_error as exc:
+            raise RenderLimitExceeded(
+                limit="namespace",
+                reason="assign and capture hold too much (about 8 bytes per character of max_body)",
+                **_where(sequence, step, field, _line(exc)),
             ) from None
         except liquid.liquid_error as exc:
             raise RenderError(reason=_reason(exc), **_where(sequence, step, field, _line(exc))) from None
@@ -863,12 +1446,600 @@ class LiquidRenderer(Renderer):
             raise RenderError(reason=_reason(exc), **_where(sequence, step, field)) from exc
 
 
-def _insert_html_footer(html: str, footer: str) -> str:
+# --------------------------------------------------------------------------- is the link visible in the HTML?
+#
+# The footer is left out only when a reader can see the link and click it.
+# Not shown: inside a comment (conditional comments included: Outlook only),
+# in <head>, <script>, <style>, <template>, <title>, <noscript>, <textarea> and
+# the like; in an element hidden by its style attribute (display:none,
+# visibility:hidden, opacity:0, a zero font size, height or width,
+# mso-hide:all), its hidden attribute, or a class or id that a <style> rule
+# hides (any such rule, media queries included); in an attribute other than
+# an <a>'s href; in the text of a link that goes elsewhere; in an <a href>
+# with nothing visible to click. An href counts when it is the link, or the
+# link followed by "?", "&" or "#". Where the scan can't tell, it says "not
+# shown", and the footer is added; the footer itself goes where it is seen
+# (not into an element or comment left open at the end). A document with
+# more than 2,000 comments, hidden elements and the like, or CSS hiding more
+# than 64 classes and ids, is not followed: not shown, footer first.
+#
+# The scan looks for hidden constructs with str.find and literal-led regular
+# expressions, so it costs per construct, not per tag (tens of microseconds
+# for a 16 KB email). A plain {{ name }} template does not pay even that per
+# email: its escaped outputs can't open a tag, a comment or a quote, so where
+# each output lands is worked out once from the template (_HtmlLayout).
+
+_HIDDEN_CONTENT = (
+    "head", "script", "style", "template", "title", "noscript", "textarea", "iframe", "object",
+    "select", "xmp", "noembed", "noframes", "plaintext",
+)  # fmt: skip
+_NAME_END = frozenset(" \t\n\r\f/>")
+_SPECIAL = re.compile("<(!--|" + "|".join(_HIDDEN_CONTENT) + ")")
+_ATTRIBUTE_END = _NAME_END | {"="}
+# A CSS value that may hide, after a colon: the property before it is checked in _hiding_declarations.
+_HIDING_VALUE = re.compile(r":\s*(?:none|hidden|collapse|all|0+(?:\.0*)?(?![\d.])|\.0+(?![\d.]))")
+_HIDING_PROPERTY = re.compile(
+    r"(?<![\w-])(display|visibility|mso-hide|opacity|font-size|(?:max-)?height|(?:max-)?width)\s*$"
+)
+_HIDING_VALUES = {
+    "display": ("none",),
+    "visibility": ("hidden", "collapse"),
+    "mso-hide": ("all",),
+}
+_CSS_NAME = re.compile(r"([.#])(-?[_a-z][\w-]*)")
+# A tag from its "<" to its ">" (or to the end: a browser drops a tag the document ends in),
+# quoted attribute values skipped. The name is matched
+# atomically ((?=(...))\2, as Python 3.10 has no (?>...)) and the rest is deterministic,
+# so a match costs time linear in the tag even when it fails.
+_TAG_AT = re.compile(
+    r"<(/?)(?=([a-z][^\s/>\"']*))\2([^\"'>]*(?:(?:\"[^\"]*(?:\"|\Z)|'[^']*(?:'|\Z))[^\"'>]*)*)(?:>|\Z)"
+)
+_ATTRIBUTE = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
+)
+_A_END = re.compile(r"</a[\s>]")
+_BODY_START = re.compile(r"<body(?=[\s/>])[^>]*>")
+_TAG_OR_TEXT = re.compile(r"<[^>]*>?|[^<]+")
+_INVISIBLE_TEXT = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]+")
+
+
+def _lower(html: str) -> str:
+    """``html`` in lower case, each character where it was.
+
+    Only U+0130 (capital I with a dot) lowers to two characters; it becomes
+    a dotless i first, which changes nothing the scan looks for (ASCII).
+    """
+    return html.lower() if html.isascii() else html.replace("\u0130", "\u0131").lower()
+
+
+def _find_all(low: str, needle: str, start: int = 0, end: int | None = None) -> Iterator[int]:
+    """Every position of ``needle`` in ``low[start:end]``, with str.find (far faster than a regex on CPython)."""
+    end = len(low) if end is None else end
+    at = low.find(needle, start, end)
+    while at >= 0:
+        yield at
+        at = low.find(needle, at + 1, end)
+
+
+def _starts_tag(low: str, at: int, name: str) -> bool:
+    """Whether ``low[at:]`` opens a tag called ``name`` ("<name" then a space, "/" or ">")."""
+    return low.startswith(name, at + 1) and low[at + 1 + len(name) : at + 2 + len(name)] in _NAME_END
+
+
+class _Hidden:
+    """The parts of an HTML document no reader sees: sorted, disjoint, half-open ranges.
+
+    ``open_at_end`` says one of them was never closed (a comment, an element),
+    so what is appended to the document falls inside it; ``styles`` are the
+    ranges of the ``<style>`` elements' CSS; ``unsure`` says the document
+    hides too much to follow (so many CSS rules hiding classes), and no link
+    in it counts as shown.
+    """
+
+    def __init__(
+        self, ranges: list[tuple[int, int]], *, open_at_end: bool, styles: list[tuple[int, int]], unsure: bool = False
+    ) -> None:
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(ranges):
+            if merged and start <= merged[-1][1]:
+                if end > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        self.starts = [start for start, _ in merged]
+        self.ranges = merged
+        self.open_at_end = open_at_end
+        self.styles = styles
+        self.style_starts = [start for start, _ in styles]
+        self.unsure = unsure
+
+    def __contains__(self, position: object) -> bool:
+        assert isinstance(position, int)
+        i = bisect_right(self.starts, position) - 1
+        return i >= 0 and position < self.ranges[i][1]
+
+    def splits(self, position: int) -> bool:
+        """Whether text inserted at ``position`` would land inside a hidden range (not at its start)."""
+        i = bisect_right(self.starts, position - 1) - 1
+        return i >= 0 and position < self.ranges[i][1]
+
+    def in_style(self, position: int) -> bool:
+        """Whether ``position`` is in the CSS of a ``<style>`` element."""
+        i = bisect_right(self.style_starts, position) - 1
+        return i >= 0 and position < self.styles[i][1]
+
+
+_Attribute = tuple[str, int, int, bool]  # name, where its value starts and ends, whether it is quoted
+
+
+class _Doc:
+    """An HTML document (lower-cased, positions kept) and what the scan learns of it, each learnt once.
+
+    Every question costs time linear in the document over all the questions
+    asked, not per question: tags are parsed once (memo), a cursor finds the
+    tag around positions given in increasing order without looking back
+    further than its last position, and links are indexed once.
+    """
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+        self.low = _lower(html)
+        self._tags: dict[int, re.Match[str] | None] = {}  # the tag found walking back from a "<"
+        self._attributes: dict[int, list[_Attribute]] = {}
+        self._links: tuple[list[int], list[int]] | None = None
+        self._hidden: _Hidden | None = None
+
+    def tag_at(self, at: int) -> re.Match[str] | None:
+        """The tag starting with the "<" at ``at`` (or, if that one is in a quoted value, an earlier one)."""
+        if at in self._tags:
+            return self._tags[at]
+        low, tag, look = self.low, None, at
+        for _ in range(3):  # a "<" in a quoted attribute value: look a little further back
+            tag = _TAG_AT.match(low, look)
+            if tag is not None:
+                break
+            look = low.rfind("<", 0, look)
+            if look < 0:
+                break
+        self._tags[at] = tag
+        return tag
+
+    def cursor(self) -> Callable[[int], re.Match[str] | None]:
+        """The tag a position is inside of (name or attributes), or None in text; positions in increasing order."""
+        last, last_lt = 0, -1
+
+        def around(position: int) -> re.Match[str] | None:
+            nonlocal last, last_lt
+            lt = self.low.rfind("<", last, position) if position >= last else self.low.rfind("<", 0, position)
+            if lt < 0 and position >= last:
+                lt = last_lt
+            last, last_lt = position, lt
+            if lt < 0:
+                return None
+            tag = self.tag_at(lt)
+            return tag if tag is not None and tag.start() <= position < tag.end() else None
+
+        return around
+
+    def attributes(self, tag: re.Match[str]) -> list[_Attribute]:
+        """The attributes of ``tag``: name, where the value is, whether it is quoted."""
+        found = self._attributes.get(tag.start())
+        if found is None:
+            found = []
+            base = tag.start(3)
+            for attribute in _ATTRIBUTE.finditer(tag.group(3)):
+                for group in (2, 3, 4):
+                    if attribute.group(group) is not None:
+                        value_start, value_end = base + attribute.start(group), base + attribute.end(group)
+                        found.append((attribute.group(1), value_start, value_end, group != 4))
+                        break
+                else:
+                    found.append((attribute.group(1), base + attribute.end(), base + attribute.end(), False))
+            self._attributes[tag.start()] = found
+        return found
+
+    def attribute_at(self, tag: re.Match[str], position: int) -> _Attribute | None:
+        """The attribute of ``tag`` whose value holds ``position``, if any."""
+        for attribute in self.attributes(tag):
+            if attribute[1] <= position < attribute[2]:
+                return attribute
+        return None
+
+    def href(self, tag: re.Match[str]) -> tuple[int, int] | None:
+        """Where the href value of ``tag`` is."""
+        for name, start, end, _ in self.attributes(tag):
+            if name == "href":
+                return start, end
+        return None
+
+    def link_around(self, position: int) -> re.Match[str] | None:
+        """The <a> start tag whose element text at ``position`` is in, if any."""
+        if self._links is None:
+            low = self.low
+            starts = [at for at in _find_all(low, "<a") if _starts_tag(low, at, "a")]
+            ends = [found.start() for found in _A_END.finditer(low)]
+            self._links = starts, ends
+        starts, ends = self._links
+        i = bisect_right(starts, position) - 1
+        if i < 0:
+            return None
+        start = starts[i]
+        j = bisect_right(ends, start)
+        if j < len(ends) and ends[j] < position:
+            return None  # closed before position
+        tag = self.tag_at(start)
+        return tag if tag is not None and tag.start() == start and tag.end() <= position else None
+
+    def link_end(self, tag: re.Match[str]) -> int:
+        """Where the content of the <a> that ``tag`` opens ends."""
+        self.link_around(tag.end())  # builds the index
+        assert self._links is not None
+        starts, ends = self._links
+        j = bisect_right(ends, tag.end() - 1)
+        k = bisect_right(starts, tag.start())
+        candidates = [len(self.low)]
+        if j < len(ends):
+            candidates.append(ends[j])
+        if k < len(starts):
+            candidates.append(starts[k])  # a new <a> closes the open one
+        return min(candidates)
+
+    def clickable(self, tag: re.Match[str], ignore: str = "") -> bool:
+        """Whether the <a> that ``tag`` opens shows something to click (text or an image), ``ignore`` aside."""
+        low, hidden = self.low, self.hidden()
+        for piece in _TAG_OR_TEXT.finditer(low, tag.end(), self.link_end(tag)):
+            if piece.start() in hidden:
+                continue
+            text = piece.group()
+            if text.startswith("<"):
+                if _starts_tag(low, piece.start(), "img"):
+                    return True
+            elif _INVISIBLE_TEXT.sub("", unescape(text.replace(ignore, "") if ignore else text)):
+                return True
+        return False
+
+    def hidden(self) -> _Hidden:
+        """The parts of the document no reader sees (see the notes above)."""
+        if self._hidden is None:
+            self._hidden = _hidden_parts(self)
+        return self._hidden
+
+
+def _element_end(low: str, tag: re.Match[str], skip: _Hidden) -> int | None:
+    """Where the element ``tag`` opens ends (after its matching end tag), or None if it never does."""
+    name = tag.group(2)
+    if name in _VOID:
+        return tag.end()
+    depth = 1
+    at = tag.end()
+    while True:
+        at = low.find("<", at)
+        if at < 0:
+            return None
+        closing = low.startswith("/", at + 1)
+        if _starts_tag(low, at + closing, name) and at not in skip:
+            depth += -1 if closing else 1
+            if depth == 0:
+                close = low.find(">", at)
+                return None if close < 0 else close + 1
+        at += 1
+
+
+def _special_starts(low: str) -> Iterator[tuple[int, str]]:
+    """Where comments and the elements whose content is never shown may start, in document order."""
+    for found in _SPECIAL.finditer(low):
+        name = found.group(1)
+        if name == "!--" or low[found.end() : found.end() + 1] in _NAME_END:
+            yield found.start(), name
+
+
+def _hiding_declarations(low: str, start: int = 0, end: int | None = None) -> Iterator[int]:
+    """Where a CSS declaration that hides (display:none, opacity:0...) starts in ``low[start:end]``."""
+    for value in _HIDING_VALUE.finditer(low, start, len(low) if end is None else end):
+        before = _HIDING_PROPERTY.search(low, max(start, value.start() - 24), value.start())
+        if before is None:
+            continue
+        word = value.group()[1:].strip()
+        allowed = _HIDING_VALUES.get(before.group(1))
+        if (word[0] in "0." and allowed is None) or (allowed is not None and word in allowed):
+            yield before.start(1)
+
+
+# Past this many CSS names hidden, or this many comments, hidden elements and the like, the scan gives
+# up (it stays linear, but each costs microseconds of Python): no link counts as shown, and the footer
+# goes at the very start.
+_MAX_HIDDEN_NAMES = 64
+_MAX_CONSTRUCTS = 2_000
+
+
+def _hidden_parts(doc: _Doc) -> _Hidden:
+    """The parts of a document no reader sees (see the notes above)."""
+    low = doc.low
+    ranges: list[tuple[int, int]] = []
+    styles: list[tuple[int, int]] = []
+    open_at_end = seen_head = False
+    at = 0
+    for count, (start, name) in enumerate(_special_starts(low)):  # comments and the like, in order
+        if count > _MAX_CONSTRUCTS:
+            return _Hidden(ranges, open_at_end=True, styles=styles, unsure=True)
+        if start < at:
+            continue  # inside the last one
+        if name == "!--":  # <!-- ... -->, or <!--> and <!---> (empty)
+            if low.startswith(">", start + 4):
+                end = start + 5
+            elif low.startswith("->", start + 4):
+                end = start + 6
+            else:
+                close = low.find("-->", start + 4)
+                end = len(low) if close < 0 else close + 3
+                open_at_end = open_at_end or close < 0
+            ranges.append((start, end))
+            at = end
+            continue
+        open_end = low.find(">", start)
+        open_end = len(low) if open_end < 0 else open_end + 1
+        if name == "head":  # ends at </head> or <body>; what is inside is scanned too (its <style>)
+            if not seen_head:  # a second <head> is ignored, as browsers do
+                seen_head = True
+                ends = [i for i in (low.find("</head", open_end), low.find("<body", open_end)) if i >= 0]
+                ranges.append((start, min(ends) if ends else len(low)))
+                open_at_end = open_at_end or not ends
+            at = open_end
+            continue
+        close = low.find("</" + name, open_end) if name != "plaintext" else -1
+        gt = low.find(">", close) if close >= 0 else -1
+        end = len(low) if gt < 0 else gt + 1
+        open_at_end = open_at_end or gt < 0
+        if name == "style":
+            styles.append((open_end, len(low) if close < 0 else close))
+        ranges.append((start, end))
+        at = end
+    skip = _Hidden(ranges, open_at_end=open_at_end, styles=styles)
+
+    hiding: set[int] = set()  # start tags of elements hidden by their own attributes
+    looked_at = 0
+
+    def hide_elements(positions: Iterator[int], attribute_name: str, *, in_value: bool) -> bool:
+        """Add the elements hidden by ``attribute_name`` at ``positions``; False past _MAX_CONSTRUCTS."""
+        nonlocal looked_at
+        around = doc.cursor()  # positions come in increasing order
+        for position in positions:
+            looked_at += 1
+            if looked_at > _MAX_CONSTRUCTS:
+                return False
+            if position in skip:
+                continue
+            tag = around(position)
+            if tag is None or tag.group(1) or tag.start() in skip:
+                continue
+            for name, value_start, value_end, _ in doc.attributes(tag):
+                if name == attribute_name and (value_start <= position < value_end or not in_value):
+                    hiding.add(tag.start())
+                    break
+        return True
+
+    hidden_names: set[str] = set()
+    braces = 0
+    for start, end in styles:  # rules that hide: their selectors' classes and ids
+        boundary, opened, selector_start = start, -1, start
+        for brace in re.finditer(r"[{}]", low[start:end]):
+            braces += 1
+            if braces > 2 * _MAX_CONSTRUCTS or len(hidden_names) > _MAX_HIDDEN_NAMES:
+                return _Hidden(ranges, open_at_end=True, styles=styles, unsure=True)
+            position = start + brace.start()
+            if brace.group() == "{":
+                selector_start, opened = boundary, position
+            elif opened >= 0:  # an innermost rule: selector { declarations }
+                if next(_hiding_declarations(low, opened + 1, position), None) is not None:
+                    hidden_names.update(kind + name for kind, name in _CSS_NAME.findall(low, selector_start, opened))
+                opened = -1
+            boundary = position + 1
+    hidden_attributes = (
+        i for i in _find_all(low, "hidden") if low[i - 1 : i].isspace() and low[i + 6 : i + 7] in _ATTRIBUTE_END
+    )
+    followed = (
+        len(hidden_names) <= _MAX_HIDDEN_NAMES
+        and hide_elements(_hiding_declarations(low), "style", in_value=True)
+        and hide_elements(hidden_attributes, "hidden", in_value=False)
+        and all(
+            hide_elements(
+                (i for i in _find_all(low, name[1:]) if _is_word(low, i, len(name) - 1)),
+                "class" if name[0] == "." else "id",
+                in_value=True,
+            )
+            for name in sorted(hidden_names)
+        )
+    )
+    if not followed:
+        return _Hidden(ranges, open_at_end=True, styles=styles, unsure=True)
+    covered = -1
+    for tag_start in sorted(hiding):
+        if tag_start < covered:
+            continue  # inside a hidden element already: its own end needn't be looked for
+        tag = doc.tag_at(tag_start)
+        assert tag is not None
+        element_end = _element_end(low, tag, skip)
+        covered = len(low) if element_end is None else element_end
+        ranges.append((tag_start, covered))
+        open_at_end = open_at_end or element_end is None
+    return _Hidden(ranges, open_at_end=open_at_end, styles=styles)
+
+
+def _is_word(low: str, at: int, length: int) -> bool:
+    """Whether ``low[at:at + length]`` is a whole CSS name (no name character just before or after)."""
+    before, after = low[at - 1 : at] if at else "", low[at + length : at + length + 1]
+    return not (before.isalnum() or before in ("-", "_")) and not (after.isalnum() or after in ("-", "_"))
+
+
+def _is_the_link(target: str, url: str) -> bool:
+    """Whether an href to ``target`` (its value read, entities decoded) goes to ``url``."""
+    target = target.strip()
+    return target == url or (target.startswith(url) and target[len(url) : len(url) + 1] in ("?", "&", "#"))
+
+
+# Past this many occurrences of the link, none of them shown, the scan stops: not shown.
+_MAX_LINKS_LOOKED_AT = 64
+
+
+def _shows_link(html: str, url: str) -> bool:
+    """Whether a reader of ``html`` can see ``url`` and click it (see the notes above)."""
+    escaped = str(escape(url))
+    if url not in html and escaped not in html:
+        return False
+    doc = _Doc(html)
+    hidden = doc.hidden()
+    if hidden.unsure:
+        return False
+    positions = heapq.merge(*(_find_all(html, form) for form in {url, escaped}))
+    around = doc.cursor()
+    for position in itertools.islice(positions, _MAX_LINKS_LOOKED_AT):
+        if position in hidden:
+            continue
+        tag = around(position)
+        if tag is None:  # in text: shown, unless inside a link that goes elsewhere (or nowhere)
+            tag = doc.link_around(position)
+            if tag is None:
+                return True
+        elif tag.group(2) != "a" or tag.group(1):
+            continue  # in some other tag's attribute
+        href = doc.href(tag)
+        if href is not None and _is_the_link(unescape(html[href[0] : href[1]]), url) and doc.clickable(tag):
+            return True
+    return False
+
+
+def _footer_position(html: str) -> int:
+    """Where the footer goes: before the last </body> or at the end, unless that is inside something
+    hidden left open (an element, a comment): then just after <body>, or at the very start."""
     ends = list(_BODY_END.finditer(html))
-    if not ends:
-        return html + footer
-    at = ends[-1].start()
+    at = ends[-1].start() if ends else len(html)
+    low = _lower(html)
+    if _SPECIAL.search(low) is None and "hidden" not in low and next(_hiding_declarations(low), None) is None:
+        return at  # nothing that hides: no scan
+    hidden = _Doc(html).hidden()
+    if hidden.unsure:
+        return 0
+    if hidden.splits(at) if at < len(html) else hidden.open_at_end:
+        body = _BODY_START.search(low)
+        at = body.end() if body is not None and not hidden.splits(body.end()) else 0
+    return at
+
+
+def _insert_html_footer(html: str, footer: str, at: int | None = None) -> str:
+    """``html`` with ``footer`` at ``at``, by default where :func:`_footer_position` says."""
+    if at is None:
+        at = _footer_position(html)
     return html[:at] + footer + html[at:]
+
+
+# What a plain template's output shows, per output, worked out once from the template.
+_SHOWN, _LINKED, _UNSEEN, _ASK = range(4)
+# A plain template with more outputs than this is scanned per email instead (its layout is not worth it).
+_MAX_LAID_OUT = 1_000
+
+
+@attrs.frozen
+class _HtmlLayout:
+    """Where the outputs of a simple HTML template land, from the template alone.
+
+    Each ``{{ name }}`` lands somewhere: ``_SHOWN`` (visible text, not inside
+    a link), ``_LINKED`` (the whole href of a visible <a> with something to
+    click), ``_UNSEEN`` (hidden, in another attribute, or in a link to a
+    fixed address), ``_ASK`` (scan the output). ``names`` maps each name to
+    how many outputs print it and the set of places they land (a value is
+    the same wherever it is printed). It is None when an output can change
+    what is hidden (it lands in a style, class, id or unquoted attribute, or
+    in CSS), or when there are too many outputs: every output is then
+    scanned. ``footer`` is where the footer goes: 0 before </body> or at the
+    end, 1 just after <body>, 2 at the very start.
+    """
+
+    names: tuple[tuple[str, int, frozenset[int]], ...] | None
+    footer: int
+
+    @classmethod
+    def of(cls, simple: _Simple) -> _HtmlLayout:
+        """Work the layout out by scanning the template with a marker in place of each output."""
+        marker = "\ue000"  # private use: no tag, quote, entity or CSS in it
+        parts = simple.parts
+        skeleton = marker.join(parts[::2])
+        # Outputs can't open or close anything, so the footer's place is the template's.
+        at = _footer_position(skeleton)
+        ends = list(_BODY_END.finditer(skeleton))
+        footer = 0 if at == (ends[-1].start() if ends else len(skeleton)) else 1 if at > 0 else 2
+        if len(parts) // 2 > _MAX_LAID_OUT or any(marker in part for part in parts[::2]):
+            return cls(names=None, footer=footer)
+        doc = _Doc(skeleton)
+        hidden, low, around = doc.hidden(), doc.low, doc.cursor()
+        outputs: list[int] = []
+        for position in _find_all(skeleton, marker):
+            if hidden.in_style(position) or hidden.unsure:
+                return cls(names=None, footer=footer)
+            tag = around(position)
+            if tag is not None:
+                attribute = doc.attribute_at(tag, position)
+                if attribute is None or not attribute[3] or attribute[0] in ("style", "class", "id"):
+                    return cls(names=None, footer=footer)
+                if position in hidden or tag.group(2) != "a" or tag.group(1) or attribute[0] != "href":
+                    outputs.append(_UNSEEN)
+                elif skeleton[attribute[1] : attribute[2]].strip() == marker and doc.clickable(tag, marker):
+                    outputs.append(_LINKED)
+                else:
+                    outputs.append(_ASK)
+                continue
+            if position in hidden:
+                outputs.append(_UNSEEN)
+                continue
+            link = doc.link_around(position)
+            href = None if link is None else doc.href(link)
+            if link is None:
+                outputs.append(_SHOWN)
+            elif href is not None and marker in low[href[0] : href[1]]:
+                outputs.append(_ASK)  # the link's address is an output too
+            else:
+                outputs.append(_UNSEEN)
+        names: dict[str, tuple[int, set[int]]] = {}
+        for name, where in zip(parts[1::2], outputs, strict=True):
+            count, places = names.setdefault(name, (0, set()))
+            names[name] = (count + 1, places | {where})
+        return cls(
+            names=tuple((name, count, frozenset(places)) for name, (count, places) in names.items()), footer=footer
+        )
+
+    def shows(self, simple: _Simple, values: Mapping[str, Any], html: str, url: str) -> bool | None:
+        """Whether ``html`` (rendered from ``simple`` with ``values``) shows ``url``; None when a scan must say."""
+        names = self.names
+        if names is None:
+            return None
+        found, ask = 0, False
+        for name, count, places in names:
+            # An escaped value holds escape(url) exactly where the value holds url.
+            value = values.get(name)
+            if value.__class__ is not str or url not in value:
+                continue
+            found += value.count(url) * count
+            if _SHOWN in places:
+                return True
+            if _LINKED in places and _is_the_link(value, url):  # the href is the escaped value: read, it is value
+                return True
+            ask = ask or _ASK in places
+        if ask:
+            return None
+        # Shown by no output: still shown if the template's own text holds it (then the scan says where).
+        escaped = str(escape(url))
+        total = html.count(escaped) if escaped == url else html.count(escaped) + html.count(url)
+        return None if found < total else False
+
+    def footer_position(self, html: str) -> int:
+        """Where the footer goes in an output of the template."""
+        if self.footer == 2:
+            return 0
+        if self.footer == 1:
+            body = _BODY_START.search(_lower(html))
+            return 0 if body is None else body.end()
+        ends = list(_BODY_END.finditer(html))
+        return ends[-1].start() if ends else len(html)
 
 
 SimpleRenderer = LiquidRenderer
