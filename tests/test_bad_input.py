@@ -11,6 +11,7 @@ from dripcore import (
     Condition,
     ConditionType,
     Contact,
+    DecodeError,
     Delay,
     DripcoreError,
     DuplicateStepPosition,
@@ -316,5 +317,19 @@ class TestSerializationInput:
 
     def test_extra_keys_are_refused(self) -> None:
         conv = make_converter()
-        with pytest.raises(Exception, match="surprise"):
+        with pytest.raises(DecodeError) as info:
             conv.structure({"amount": 1, "unit": "days", "surprise": 1}, Delay)
+        assert_names(info, "surprise", 1)
+
+    def test_a_value_of_the_wrong_json_type_is_refused_by_path(self) -> None:
+        conv = make_converter()
+        with pytest.raises(DecodeError) as info:
+            conv.structure({"id": "s", "name": "S", "steps": [{"position": 1, "template_id": "t", "active": 0}]},
+                           Sequence)  # fmt: skip
+        assert_names(info, "steps[0].active", 0)
+
+    def test_a_model_error_keeps_its_class_and_takes_the_path(self) -> None:
+        conv = make_converter()
+        with pytest.raises(InvalidContact) as info:
+            conv.structure({"id": "c1", "email": "not-an-email"}, Contact)
+        assert_names(info, "email", "not-an-email")

@@ -34,7 +34,17 @@ from dripcore import (
 )
 from dripcore.serialization import format_instant, parse_instant
 
-from .strategies import contacts, enrollments, instants, sequences, trigger_events, waits, windows
+from .strategies import (
+    contacts,
+    edge_sequences,
+    enrollments,
+    instants,
+    range_edge_instants,
+    sequences,
+    trigger_events,
+    waits,
+    windows,
+)
 
 conv = make_converter()
 
@@ -136,3 +146,24 @@ def test_instants_format_as_utc_with_z(at: datetime) -> None:
     text = format_instant(at)
     assert text.endswith("Z")
     assert parse_instant(text) == at
+
+
+@given(edge_sequences(), range_edge_instants)
+def test_sequences_with_the_longest_waits_and_edge_instants_round_trip(sequence: Sequence, at: datetime) -> None:
+    """Ten-year delays, expiries, windows, and a pause at either end of the accepted range."""
+    paused = attrs.evolve(sequence, status="paused", paused_at=at)
+    assert round_trip(paused, Sequence) == paused
+
+
+@given(range_edge_instants, st.sampled_from(["zoë@exämple.com", "用户@例子.广告", "o'brien+x@mail.example.ie"]))
+def test_contacts_with_international_addresses_and_edge_instants_round_trip(at: datetime, email: str) -> None:
+    contact = Contact(id="c1", email=email, first_name="Zoë", created_at=at, metadata={"ünïcode": ["ok", 1]})
+    assert round_trip(contact, Contact) == contact
+
+
+def test_decoding_errors_are_validation_errors_naming_the_path() -> None:
+    """What a web handler catches: one family, with the path of the offending value."""
+    with pytest.raises(ValidationError) as info:
+        conv.structure({"id": "s", "name": "S", "steps": [{"position": 1, "template_id": "t", "active": "no"}]},
+                       Sequence)  # fmt: skip
+    assert info.value.field == "steps[0].active"

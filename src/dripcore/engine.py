@@ -86,6 +86,7 @@ from .model import (
     StepSkipped,
     TriggerEvent,
     TriggerType,
+    check_text,
     to_utc,
 )
 from .ports import (
@@ -235,8 +236,10 @@ class FrequencyCap:
                 raise ValidationError(f"frequency_cap.{name}", value, "must be a positive integer")
         if (self.per_window is None) is not (self.window is None):
             raise ValidationError("frequency_cap.window", self.window, "per_window and window go together")
-        if self.window is not None and (not isinstance(self.window, timedelta) or self.window <= timedelta(0)):
-            raise ValidationError("frequency_cap.window", self.window, "must be a positive timedelta")
+        if self.window is not None and (
+            not isinstance(self.window, timedelta) or not timedelta(0) < self.window <= timedelta(days=3660)
+        ):
+            raise ValidationError("frequency_cap.window", self.window, "must be a timedelta of 0 to 3660 days")
         if self.per_day is None and self.per_window is None:
             raise ValidationError("frequency_cap", None, "give per_day and/or per_window")
         if not isinstance(self.over, CapAction):
@@ -796,8 +799,8 @@ class Drip:
         email was never sent (a click for an unknown mailing).
         """
         enrollment = self._engaged(enrollment_id, position, "click")
-        if link is not None and (not isinstance(link, str) or not link.strip() or len(link) > 2048):
-            raise InvalidEngagement("click.link", link, "must be a non-empty URL of at most 2048 characters")
+        if link is not None:
+            check_text(link, "click.link", InvalidEngagement, max_len=2048)
         item = (position, link or "")
         if item in enrollment.clicked:
             return False
@@ -1243,8 +1246,12 @@ class Drip:
         return result
 
     def _backoff(self, attempts: int) -> timedelta:
-        delay: timedelta = self.retry_base * (2 ** max(attempts - 1, 0))
-        return min(delay, self.retry_cap)
+        # The doubling stops once it passes the cap (a huge exponent would overflow a timedelta).
+        doublings = min(max(attempts - 1, 0), 40)
+        if self.retry_base * 2**doublings >= self.retry_cap:
+            return self.retry_cap
+        delay: timedelta = self.retry_base * 2**doublings
+        return delay
 
     def _deliver_retries(self, messages: Seq[OutboxMessage], now: datetime, tally: _Tally) -> None:
         """Deliver messages from an earlier tick (retries, or a crashed worker's): a message

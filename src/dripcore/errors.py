@@ -89,6 +89,18 @@ class DripcoreError(Exception):
     """The root of every error dripcore raises on purpose."""
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short when long; never raises (an int of
+    thousands of digits can't be written, a value's own ``__repr__`` may fail)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<a {type(value).__name__} that can't be shown>"
+    return text if len(text) <= 300 else f"{text[:200]}...<{len(text)} characters>"
+
+
 class ValidationError(DripcoreError, ValueError):
     """A value was rejected at construction.
 
@@ -100,7 +112,7 @@ class ValidationError(DripcoreError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        super().__init__(f"{field}={_shown(value)}: {reason}")
 
 
 class InvalidArgument(ValidationError):

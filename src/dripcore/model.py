@@ -31,6 +31,7 @@ from .errors import (
     InvalidContact,
     InvalidDelay,
     InvalidEnrollment,
+    InvalidInstant,
     InvalidSequence,
     InvalidStep,
     InvalidTimezone,
@@ -55,6 +56,8 @@ __all__ = [
     "Event",
     "EVENT_TYPES",
     "ExitReason",
+    "MAX_INSTANT",
+    "MIN_INSTANT",
     "PausePolicy",
     "ReentryPolicy",
     "SendWindow",
@@ -87,7 +90,32 @@ UTC = timezone.utc
 MAX_DELAY = timedelta(days=3660)
 _MAX_DELAY_SECONDS = int(MAX_DELAY.total_seconds())
 
+# The instants dripcore accepts: from MIN_INSTANT (included) to MAX_INSTANT (excluded).
+# The bounds are chosen so that no arithmetic dripcore does on accepted instants can leave
+# the range of ``datetime`` (years 1 to 9999). The largest is an EXTEND resume, which moves a
+# due time by the length of a pause: due + (now - paused_at) < MAX + (MAX - MIN) = year 8100;
+# then at most one delay (MAX_DELAY, ten years), a send-window move (at most 15 days), a retry
+# backoff or a lease (the engine bounds them by MAX_DELAY too), local-time conversions (a day)
+# and a DST gap (hours): below year 8200. Any result past MAX_INSTANT is refused with
+# InvalidInstant when it is put into a model value, so it never starts further arithmetic.
+# Below, nothing subtracts more than a day (or a frequency-cap window) from an accepted instant.
+# 1900 leaves room for imported sign-up dates; 5000 is far past any plan and keeps
+# MAX + (MAX - MIN) well inside datetime (9000 would not: a pause from 1900 to 8999 would push
+# a due time past year 9999).
+# Both bounds are midnight on January 1, so for a UTC datetime the test is on the year alone.
+_MIN_YEAR = 1900
+_MAX_YEAR = 5000
+MIN_INSTANT = datetime(_MIN_YEAR, 1, 1, tzinfo=UTC)
+"""The earliest instant dripcore accepts (1900-01-01T00:00:00Z); earlier ones raise
+:class:`~dripcore.errors.InvalidInstant`."""
+MAX_INSTANT = datetime(_MAX_YEAR, 1, 1, tzinfo=UTC)
+"""The first instant dripcore no longer accepts (5000-01-01T00:00:00Z): every accepted instant is
+before it, so adding any delay, send window, retry or pause shift to one can't overflow."""
+_INSTANT_RANGE = "outside the instants dripcore schedules (1900-01-01T00:00:00Z to 5000-01-01T00:00:00Z)"
+
 _ID_MAX = 255
+# Positions and versions are stored in 32-bit integer columns (PostgreSQL's ``integer``).
+_MAX_INT32 = 2**31 - 1
 _E = TypeVar("_E", bound=enum.Enum)
 
 
@@ -103,7 +131,7 @@ def _enum(cls: type[_E], field: str, error: type[ValidationError] = ValidationEr
             return value
         try:
             return by_value[value]
-        except (KeyError, TypeError):
+        except Exception:  # unknown, or not hashable (or a caller's object whose hash fails)
             choices = ", ".join(repr(v) for v in by_value)
             raise error(field, value, f"not a {cls.__name__}; expected one of {choices}") from None
 
@@ -118,15 +146,26 @@ def _opt_enum(cls: type[_E], field: str, error: type[ValidationError] = Validati
 def to_utc(value: Any, field: str = "datetime", error: type[ValidationError] = NaiveDatetimeError) -> datetime:
     """Return ``value`` (an aware datetime, pendulum's included) as a plain UTC datetime.
 
-    Raises :class:`~dripcore.errors.NaiveDatetimeError` for a naive datetime and
-    for anything that is not a datetime.
+    Raises :class:`~dripcore.errors.NaiveDatetimeError` (or ``error``) for a naive datetime
+    and for anything that is not a datetime, and
+    :class:`~dripcore.errors.InvalidInstant` for an instant before :data:`MIN_INSTANT` or
+    from :data:`MAX_INSTANT` on; ``field`` names the value in the error.
     """
     if not isinstance(value, datetime):
         raise error(field, value, "expected a timezone-aware datetime")
-    offset = value.utcoffset()
+    try:
+        offset = value.utcoffset()
+    except Exception:  # a tzinfo of the caller's that fails: the instant is unusable, whatever the cause
+        raise error(field, value, "its time zone gives no usable UTC offset") from None
     if offset is None:
         raise error(field, value, "naive datetime: attach a time zone (dripcore stores UTC instants)")
+    # An offset is less than a day, so a year outside (MIN - 1, MAX] can't come back into range;
+    # checked before the subtraction, which could overflow at the ends of the calendar.
+    if not _MIN_YEAR - 1 <= value.year <= _MAX_YEAR:
+        raise InvalidInstant(field, value, _INSTANT_RANGE)
     u = value.replace(tzinfo=None) - offset
+    if not _MIN_YEAR <= u.year < _MAX_YEAR:
+        raise InvalidInstant(field, value, _INSTANT_RANGE)
     return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=UTC)
 
 
@@ -134,20 +173,23 @@ def to_utc(value: Any, field: str = "datetime", error: type[ValidationError] = N
 # lone surrogates (undecodable bytes, which no store can encode) and the Unicode line and
 # paragraph separators (a line break to a header or a log line).
 _NOT_SINGLE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+# What no text at all may hold, multi-line text included: NUL (PostgreSQL can't store it, and it
+# ends C strings) and lone surrogates (they have no UTF-8 encoding).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 def check_text(
-    value: Any, field: str, error: type[ValidationError], *, max_len: int = _ID_MAX
+    value: Any, field: str, error: type[ValidationError], *, max_len: int = _ID_MAX, allow_blank: bool = False
 ) -> str:
     """``value`` if it is a non-blank, single-line string of at most ``max_len`` characters
     with no control character, lone surrogate or line separator; else ``error`` naming ``field``.
 
     The rule of every id (sequence, enrollment, contact, key) and one-line text of the model;
-    stores and the engine apply it to ids given to them directly.
+    stores and the engine apply it to ids given to them directly. With ``allow_blank``, an
+    empty or all-spaces string is accepted too (an optional name).
     """
-    if value.__class__ is not str:
-        if not isinstance(value, str):
-            raise error(field, value, f"must be a string, not {type(value).__name__}")
+    if value.__class__ is not str and not isinstance(value, str):
+        raise error(field, value, f"must be a string, not {type(value).__name__}")
     if not value.isprintable():  # printable text holds none of what is refused: the usual case ends here
         bad = _NOT_SINGLE_LINE.search(value)
         if bad is not None:
@@ -156,16 +198,37 @@ def check_text(
             )
     if len(value) > max_len:
         raise error(field, value, f"longer than {max_len} characters")
-    if not value or value.isspace():
+    if not allow_blank and (not value or value.isspace()):
         raise error(field, value, "must be a non-empty string")
     return value
 
 
-def _text(field: str, error: type[ValidationError], *, max_len: int = _ID_MAX) -> Callable[[Any, Any, Any], None]:
-    """A validator for a non-empty, single-line string (:func:`check_text`)."""
+def _check_storable(value: str, field: str, error: type[ValidationError]) -> None:
+    """Refuse a string holding NUL or a lone surrogate, which no store can encode."""
+    if value.isascii() and "\x00" not in value:  # ASCII holds no surrogate: the usual case ends here
+        return
+    bad = _UNSTORABLE.search(value)
+    if bad is not None:
+        shown = value if len(value) <= 80 else f"{value[:40]}...<{len(value)} characters>"
+        what = "a NUL character (binary content)" if bad.group() == "\x00" else "a lone surrogate (undecodable bytes)"
+        raise error(field, shown, f"holds {what} at offset {bad.start()}, which no store can encode")
+
+
+def _text(
+    field: str, error: type[ValidationError], *, max_len: int = _ID_MAX, allow_blank: bool = False
+) -> Callable[[Any, Any, Any], None]:
+    """A validator for a single-line string (:func:`check_text`)."""
 
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        check_text(value, field, error, max_len=max_len)
+        # The usual id ends here (a printable string holds no character check_text refuses).
+        if (
+            value.__class__ is str
+            and value.isprintable()
+            and len(value) <= max_len
+            and (allow_blank or (value and not value.isspace()))
+        ):
+            return
+        check_text(value, field, error, max_len=max_len, allow_blank=allow_blank)
 
     return check
 
@@ -180,64 +243,198 @@ def _opt_text(field: str, error: type[ValidationError], *, max_len: int = _ID_MA
     return opt
 
 
-def _json_safe(value: Any, field: str, error: type[ValidationError], depth: int = 0) -> None:
-    if depth > 32:
-        raise error(field, value, "nested too deeply")
-    if value is None or isinstance(value, (bool, int, str)):
-        return
-    if isinstance(value, float):
+_MAX_BODY = 1_000_000
+
+
+def _check_body(value: Any, field: str, error: type[ValidationError]) -> None:
+    """Multi-line text (an email body, a description): a string of at most ``_MAX_BODY``
+    characters with no NUL or lone surrogate; newlines and tabs are fine."""
+    if not isinstance(value, str):
+        raise error(field, value, "must be a string")
+    if len(value) > _MAX_BODY:
+        raise error(field, f"<{len(value)} characters>", f"longer than {_MAX_BODY} characters")
+    _check_storable(value, field, error)
+
+
+def _body(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        # The usual body ends here: ASCII holds no lone surrogate, and NUL is found by a memchr.
+        if value.__class__ is str and len(value) <= _MAX_BODY and value.isascii() and "\x00" not in value:
+            return
+        _check_body(value, field, error)
+
+    return check
+
+
+def _opt_body(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    check = _body(field, error)
+
+    def opt(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return opt
+
+
+def _opt_str(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    """A validator for free text that is only required to be a string (or None)."""
+
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value is not None and not isinstance(value, str):
+            raise error(field, value, f"must be a string, not {type(value).__name__}")
+
+    return check
+
+
+# Python refuses to turn an integer of more than 4300 digits into text (and so into JSON);
+# 13,000 bits is under 3,914 digits.
+_MAX_JSON_INT_BITS = 13_000
+_MAX_DEPTH = 32
+
+
+def _key_path(field: str, key: str) -> str:
+    return f"{field}.{key}" if key.isprintable() and key.isascii() else f"{field}[{key!r}]"
+
+
+def _json_problem(value: Any, depth: int) -> tuple[str, Any, str] | None:
+    """What makes ``value`` not JSON-safe and storable, as (path suffix, offending value, reason);
+    None when it is fine. The path is built only on failure: the usual small mapping of short
+    strings and numbers costs one type test per value."""
+    kind = value.__class__
+    if kind is str:
+        if value.isascii() and "\x00" not in value:
+            return None
+        bad = _UNSTORABLE.search(value)
+        if bad is None:
+            return None
+        what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate"
+        return "", value, f"holds {what} at offset {bad.start()}, which no store can encode"
+    if value is None or kind is bool:
+        return None
+    if kind is int:
+        if value.bit_length() > _MAX_JSON_INT_BITS:
+            return "", f"<int of {value.bit_length()} bits>", "too large a number for JSON"
+        return None
+    if kind is float:
         if not math.isfinite(value):
-            raise error(field, value, "not a finite number (JSON has no NaN or infinity)")
-        return
+            return "", value, "not a finite number (JSON has no NaN or infinity)"
+        return None
+    if depth >= _MAX_DEPTH:
+        return "", "<nested value>", f"nested more than {_MAX_DEPTH} levels deep"
+    if kind is dict or kind is MappingProxyType or isinstance(value, Mapping):
+        for key, item in value.items():
+            if key.__class__ is not str:
+                return "", key, f"mapping keys must be strings, not {type(key).__name__}"
+            if not key.isascii() or "\x00" in key:
+                problem = _json_problem(key, depth + 1)
+                if problem is not None:
+                    return _key_path("", key), key, "a key that " + problem[2]
+            # The usual values (short ASCII text, small numbers) end here, without a call.
+            item_kind = item.__class__
+            if item_kind is str:
+                if item.isascii() and "\x00" not in item:
+                    continue
+            elif item_kind is int:
+                if item.bit_length() <= _MAX_JSON_INT_BITS:
+                    continue
+            elif item is None or item_kind is bool:
+                continue
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return _key_path("", key) + problem[0], problem[1], problem[2]
+        return None
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _json_safe(item, f"{field}[{i}]", error, depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise error(field, key, "mapping keys must be strings")
-            _json_safe(item, f"{field}.{key}", error, depth + 1)
-        return
-    raise error(field, value, f"{type(value).__name__} is not JSON-safe")
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return f"[{i}]{problem[0]}", problem[1], problem[2]
+        return None
+    # Subclasses of str, int and float (an IntEnum member...) are written to JSON as their value.
+    if isinstance(value, str):
+        return _json_problem(str.__str__(value), depth)
+    if isinstance(value, int):
+        return _json_problem(int(value), depth)
+    if isinstance(value, float):
+        return _json_problem(float(value), depth)
+    return "", value, f"{type(value).__name__} is not JSON-safe"
+
+
+def _json_safe(value: Any, field: str, error: type[ValidationError]) -> None:
+    """Refuse what JSON can't hold or no store can encode: objects other than None, booleans,
+    numbers, strings, lists and string-keyed mappings; NaN and infinities; integers of thousands
+    of digits; NUL or lone surrogates in a string, key or value, at any depth; nesting deeper
+    than 32 levels."""
+    problem = _json_problem(value, 0)
+    if problem is not None:
+        path, item, reason = problem
+        raise error(field + path, item, reason)
 
 
 _EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
 def _frozen_mapping(field: str, error: type[ValidationError]) -> Callable[[Any], Mapping[str, Any]]:
-    """A converter that validates a JSON-safe mapping and wraps it read-only."""
+    """A converter that validates a JSON-safe mapping and wraps it read-only.
+
+    A read-only mapping is checked but not copied (it is what an evolve passes on)."""
 
     def convert(value: Any) -> Mapping[str, Any]:
-        if value.__class__ is MappingProxyType:
+        if value is _EMPTY_MAPPING:
             return value
-        if value.__class__ is dict and not value:
+        kind = value.__class__
+        if (kind is dict or kind is MappingProxyType) and not value:
             return _EMPTY_MAPPING  # the default of every record without one: shared, it can't change
-        if not isinstance(value, Mapping):
+        if kind is not dict and kind is not MappingProxyType and not isinstance(value, Mapping):
             raise error(field, value, "expected a mapping of strings to JSON-safe values")
-        _json_safe(value, field, error)
-        return MappingProxyType(dict(value))
+        try:
+            _json_safe(value, field, error)
+            return value if kind is MappingProxyType else MappingProxyType(dict(value))
+        except ValidationError:
+            raise
+        except Exception:  # a mapping of the caller's that fails as it is read
+            raise error(field, value, "a mapping that can't be read") from None
 
     return convert
 
 
-def _is_click(item: Any) -> bool:
-    return len(item) == 2 and item[0].__class__ is int and isinstance(item[1], str)
+def _position(value: Any) -> bool:
+    """Whether ``value`` is a step position: an int from 1 to 2**31 - 1 (not a bool)."""
+    return value.__class__ is int and 0 < value <= _MAX_INT32
 
 
 def _frozenset_of(kind: type, field: str, error: type[ValidationError]) -> Callable[[Any], frozenset[Any]]:
+    """A converter to a frozenset of step positions (``kind`` int) or of (position, link) clicks
+    (``kind`` tuple; a link is any storable string, "" for a click on no particular link)."""
+
+    def check(item: Any) -> Any:
+        if kind is int:
+            if not _position(item):
+                raise error(field, item, "expected step positions (integers from 1 to 2**31 - 1)")
+            return item
+        if item.__class__ is list:
+            item = tuple(item)
+        if item.__class__ is not tuple or len(item) != 2 or not _position(item[0]) or not isinstance(item[1], str):
+            raise error(field, item, "expected (position, link) pairs")
+        _check_storable(item[1], field, error)
+        return item
+
     def convert(value: Any) -> frozenset[Any]:
         if value.__class__ is frozenset:
-            return value
+            if not value:
+                return value
+            if kind is int:  # (what an evolve passes on: checked again, without a copy)
+                for v in value:
+                    if v.__class__ is not int or not 0 < v <= _MAX_INT32:
+                        break
+                else:
+                    return value
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
             raise error(field, value, "expected a set")
-        result: frozenset[Any] = frozenset(tuple(v) if kind is tuple and isinstance(v, list) else v for v in value)
-        for item in result:
-            if not isinstance(item, kind) or isinstance(item, bool):
-                raise error(field, item, f"expected {kind.__name__} items")
-            if kind is tuple and not _is_click(item):
-                raise error(field, item, "expected (position, link) pairs")
-        return result
+        try:
+            items = list(value)
+        except Exception:  # an iterable of the caller's that fails: not a set we can read
+            raise error(field, value, "expected a set") from None
+        return frozenset([check(v) for v in items])
 
     return convert
 
@@ -250,11 +447,11 @@ def zone(name: str | None, field: str = "timezone") -> zoneinfo.ZoneInfo | None:
     """
     if name is None:
         return None
-    if not isinstance(name, str) or not name or name != name.strip():
+    if not isinstance(name, str) or not name or name != name.strip() or len(name) > _ID_MAX:
         raise InvalidTimezone(field, name, "expected an IANA time zone name such as 'Europe/Paris'")
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+    except Exception:  # not found, not a zone file, a name the file system refuses: all unknown zones
         raise InvalidTimezone(field, name, "not a known IANA time zone") from None
 
 
@@ -267,8 +464,16 @@ def _timezone_validator(field: str) -> Callable[[Any, Any, Any], None]:
 
 def _nonneg_int(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value.__class__ is not int or value < 0:
-            raise error(field, value, "must be a non-negative integer")
+        if value.__class__ is not int or not 0 <= value <= _MAX_INT32:
+            raise error(field, value, "must be an integer from 0 to 2**31 - 1")
+
+    return check
+
+
+def _position_validator(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not _position(value):
+            raise error(field, value, "must be a step position (an integer from 1 to 2**31 - 1)")
 
     return check
 
@@ -553,9 +758,18 @@ class WindowAction(enum.Enum):
 
 
 def _c_window_days(value: Iterable[int]) -> frozenset[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+    if value.__class__ is frozenset and value <= _ALL_DAYS:
+        return value
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise InvalidWindow("window.days", value, "expected weekday numbers, 0 (Monday) to 6 (Sunday)")
-    return frozenset(value)
+    try:
+        days = list(value)
+    except Exception:  # an iterable of the caller's that fails: not weekdays we can read
+        raise InvalidWindow("window.days", value, "expected weekday numbers, 0 (Monday) to 6 (Sunday)") from None
+    for day in days:
+        if day.__class__ is not int or not 0 <= day <= 6:
+            raise InvalidWindow("window.days", day, "weekdays go from 0 (Monday) to 6 (Sunday)")
+    return frozenset(days)
 
 
 def _c_window_outside(value: WindowAction | str) -> WindowAction:
@@ -749,13 +963,82 @@ class Condition:
         return clicked if kind is ConditionType.CLICKED else not clicked
 
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+# An email address is one plain RFC 5322 addr-spec, as RFC 5321 lets it travel: a dot-atom
+# local part (atext: letters, digits and !#$%&'*+-/=?^_`{|}~, dots between them), one "@",
+# and a domain of LDH labels (letters, digits, inner hyphens; 1 to 63 characters) joined by
+# dots. No display name, quoted local part, comment or [address literal]: those are where
+# "a, b@c", "x>,<v@evil.example" and "a;b@c" hide a second recipient or a header. Lengths
+# are RFC 5321's, in UTF-8 octets: 64 for the local part, 254 for the address (its 256-octet
+# path less the angle brackets). RFC 6531 addresses are accepted: a local part may hold any
+# printable non-ASCII character (no space, control or format character, no lone surrogate),
+# and a domain label may be a Unicode one that IDNA encodes to a valid LDH label.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LDH_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ASCII_ADDRESS = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_LDH_LABEL}(?:\.{_LDH_LABEL})*")
+_ASCII_LOCAL = re.compile(rf"{_ATEXT}+")
+_ASCII_LABEL = re.compile(_LDH_LABEL)
+_MAX_ADDRESS = 254
+_MAX_LOCAL = 64
+
+
+def _address_problem(value: str) -> str | None:
+    """Why ``value`` (a string) is not one plain address; None when it is."""
+    if len(value) <= _MAX_ADDRESS and _ASCII_ADDRESS.fullmatch(value) is not None:
+        return None if value.index("@") <= _MAX_LOCAL else f"a local part longer than {_MAX_LOCAL} characters"
+    # The uncommon cases: an internationalized address, or a refusal to explain.
+    local, at, domain = value.rpartition("@")
+    if not at or "@" in local:
+        return "expected exactly one '@'" if "@" in local else "no '@'"
+    for char in value:
+        if char.isascii():
+            if not char.isprintable() or char == " ":
+                return f"holds {char!r}: no space or control character"
+        elif not char.isprintable():  # (a lone surrogate, NEL, a separator or a format character)
+            return f"holds {char!r}: no space, control, format or undecodable character"
+    if len(value.encode("utf-8")) > _MAX_ADDRESS:
+        return f"longer than {_MAX_ADDRESS} octets (UTF-8)"
+    if not local:
+        return "nothing before the '@'"
+    if len(local.encode("utf-8")) > _MAX_LOCAL:
+        return f"a local part longer than {_MAX_LOCAL} octets (UTF-8)"
+    for atom in local.split("."):
+        if not atom:
+            return "a local part may not start or end with a dot, nor hold two in a row"
+        for char in atom:  # (non-ASCII characters were checked above)
+            if char.isascii() and _ASCII_LOCAL.fullmatch(char) is None:
+                return f"holds {char!r}, which a plain address can't (no quoting, display name or list)"
+    if not domain:
+        return "nothing after the '@'"
+    ascii_length = 0
+    for label in domain.split("."):
+        if label.isascii():
+            encoded = label
+        else:
+            try:
+                encoded = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                return f"the domain label {label!r} is not a valid internationalized name"
+        if _ASCII_LABEL.fullmatch(encoded) is None:
+            return f"the domain label {label!r} is not a host name label (letters, digits, inner hyphens; 1 to 63)"
+        ascii_length += len(encoded) + 1
+    if ascii_length - 1 > _MAX_ADDRESS - 2:
+        return "a domain longer than 252 characters"
+    return None
+
+
+def _check_email(value: Any, field: str, error: type[ValidationError]) -> str:
+    """``value`` if it is one plain email address (see above); else ``error`` naming ``field``."""
+    if value.__class__ is not str and not isinstance(value, str):
+        raise error(field, value, f"an email address is a string, not {type(value).__name__}")
+    problem = _address_problem(value)
+    if problem is not None:
+        raise error(field, value, f"not a single plain email address: {problem}")
+    return value
 
 
 def _email(field: str, error: type[ValidationError]) -> Callable[[Any, Any, Any], None]:
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if not isinstance(value, str) or len(value) > 320 or not _EMAIL_RE.match(value):
-            raise error(field, value, "not an email address")
+        _check_email(value, field, error)
 
     return check
 
@@ -779,23 +1062,6 @@ class SenderIdentity:
     reply_to: str | None = attrs.field(default=None, validator=_opt_email("sender.reply_to", InvalidStep))
 
 
-_MAX_BODY = 1_000_000
-
-
-def _opt_body(field: str) -> Callable[[Any, Any, Any], None]:
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, str):
-            raise InvalidStep(field, value, "must be a string")
-        if len(value) > _MAX_BODY:
-            raise InvalidStep(field, f"<{len(value)} characters>", f"longer than {_MAX_BODY} characters")
-        if "\x00" in value:
-            raise InvalidStep(field, value[:40], "contains a NUL character (binary content)")
-
-    return check
-
-
 @attrs.frozen(kw_only=True)
 class Step:
     """One email of a sequence.
@@ -814,19 +1080,19 @@ class Step:
     position: int
     delay: Delay | WaitUntil = attrs.field(factory=Delay.immediately)
     subject: str | None = attrs.field(default=None, validator=_opt_text("step.subject", InvalidStep, max_len=998))
-    html: str | None = attrs.field(default=None, validator=_opt_body("step.html"))
-    text: str | None = attrs.field(default=None, validator=_opt_body("step.text"))
+    html: str | None = attrs.field(default=None, validator=_opt_body("step.html", InvalidStep))
+    text: str | None = attrs.field(default=None, validator=_opt_body("step.text", InvalidStep))
     template_id: str | None = attrs.field(default=None, validator=_opt_text("step.template_id", InvalidStep))
     active: bool = True
     sender: SenderIdentity | None = None
     condition: Condition | None = None
     window: SendWindow | None = None
     expires_after: Delay | None = None
-    name: str = ""
+    name: str = attrs.field(default="", validator=_text("step.name", InvalidStep, allow_blank=True))
 
     def __attrs_post_init__(self) -> None:
-        if self.position.__class__ is not int or self.position < 1:
-            raise InvalidStep("step.position", self.position, "must be an integer >= 1")
+        if not _position(self.position):
+            raise InvalidStep("step.position", self.position, "must be an integer from 1 to 2**31 - 1")
         if not isinstance(self.delay, (Delay, WaitUntil)):
             raise InvalidStep("step.delay", self.delay, "must be a Delay or a WaitUntil (see parse_wait)")
         if self.window is not None and not isinstance(self.window, SendWindow):
@@ -854,8 +1120,6 @@ class Step:
                     self.condition.step,
                     f"step {self.position} can only depend on an earlier step",
                 )
-        if not isinstance(self.name, str) or len(self.name) > _ID_MAX:
-            raise InvalidStep("step.name", self.name, f"must be a string of at most {_ID_MAX} characters")
 
 
 # --------------------------------------------------------------------------- triggers
@@ -881,8 +1145,9 @@ def _trigger_value(type_: TriggerType, value: Any, field: str, error: type[Valid
         if type_ is TriggerType.ANNIVERSARY and error is InvalidTrigger:
             raise error(field, value, "an anniversary trigger needs 'birthday' or 'created'")
         return
-    if not isinstance(value, str) or not value.strip() or len(value) > _ID_MAX:
+    if not isinstance(value, str):
         raise error(field, value, "must be None (any) or a non-empty string")
+    check_text(value, field, error)
     if type_ is TriggerType.ANNIVERSARY and value not in ANNIVERSARY_FIELDS:
         raise error(field, value, "an anniversary trigger needs 'birthday' or 'created'")
 
@@ -987,7 +1252,7 @@ class TriggerEvent:
             contact_id=contact_id,
             value=product_id,
             key=order_id,
-            variables=variables or {},
+            variables={} if variables is None else variables,
         )
 
     @classmethod
@@ -1003,6 +1268,8 @@ class TriggerEvent:
     @classmethod
     def anniversary(cls, contact_id: str, field: str, *, year: int) -> TriggerEvent:
         """A contact's birthday or sign-up anniversary; keyed by year (once a year)."""
+        if year.__class__ is not int or not 1 <= year <= 9999:
+            raise InvalidTriggerEvent("event.key", year, "an anniversary's year is an integer from 1 to 9999")
         return cls(type=TriggerType.ANNIVERSARY, contact_id=contact_id, value=field, key=str(year))
 
 
@@ -1044,7 +1311,7 @@ class PausePolicy(enum.Enum):
 
 
 def _c_sequence_paused_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
         return value
     return to_utc(value, "sequence.paused_at")
 
@@ -1105,7 +1372,7 @@ class Sequence:
     trigger: Trigger = attrs.field(factory=lambda: Trigger(type=TriggerType.MANUAL))
     steps: tuple[Step, ...] = attrs.field(default=())
     status: SequenceStatus = attrs.field(default=SequenceStatus.DRAFT, converter=_c_sequence_status)
-    description: str = ""
+    description: str = attrs.field(default="", validator=_body("sequence.description", InvalidSequence))
     sender: SenderIdentity | None = None
     enroll_existing: bool = False
     reentry: ReentryPolicy = attrs.field(default=ReentryPolicy.NEVER, converter=_c_sequence_reentry)
@@ -1127,9 +1394,13 @@ class Sequence:
         if not isinstance(self.trigger, Trigger):
             raise InvalidSequence("sequence.trigger", self.trigger, "must be a Trigger")
         steps = self.steps
-        if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
-            raise InvalidSequence("sequence.steps", steps, "must be a sequence of Step")
-        steps = tuple(steps)
+        if steps.__class__ is not tuple:
+            if isinstance(steps, (str, bytes, Mapping)) or not isinstance(steps, Iterable):
+                raise InvalidSequence("sequence.steps", steps, "must be a sequence of Step")
+            try:
+                steps = tuple(steps)
+            except Exception:  # an iterable of the caller's that fails as it is read
+                raise InvalidSequence("sequence.steps", self.steps, "must be a sequence of Step") from None
         for step in steps:
             if not isinstance(step, Step):
                 raise InvalidSequence("sequence.steps", step, "must contain Step objects only")
@@ -1145,15 +1416,20 @@ class Sequence:
             cond = step.condition
             if cond is not None and cond.step not in seen:
                 raise InvalidCondition(f"steps[{step.position}].condition.step", cond.step, "no step has that position")
-        exit_on = tuple(self.exit_on)
+        exit_on = self.exit_on
+        if exit_on.__class__ is not tuple:
+            if isinstance(exit_on, (str, bytes, Mapping)) or not isinstance(exit_on, Iterable):
+                raise InvalidSequence("sequence.exit_on", exit_on, "must be a sequence of Trigger")
+            try:
+                exit_on = tuple(exit_on)
+            except Exception:  # an iterable of the caller's that fails as it is read
+                raise InvalidSequence("sequence.exit_on", self.exit_on, "must be a sequence of Trigger") from None
         for goal in exit_on:
             if not isinstance(goal, Trigger):
                 raise InvalidSequence("sequence.exit_on", goal, "must contain Trigger objects only")
         for name in ("enroll_existing",):
             if getattr(self, name).__class__ is not bool:
                 raise InvalidSequence(f"sequence.{name}", getattr(self, name), "must be True or False")
-        if not isinstance(self.description, str):
-            raise InvalidSequence("sequence.description", self.description, "must be a string")
         if self.sender is not None and not isinstance(self.sender, SenderIdentity):
             raise InvalidSequence("sequence.sender", self.sender, "must be a SenderIdentity")
         if self.window is not None and not isinstance(self.window, SendWindow):
@@ -1251,19 +1527,19 @@ def _c_enrollment_status(value: EnrollmentStatus | str) -> EnrollmentStatus:
 
 
 def _c_enrollment_enrolled_at(value: datetime) -> datetime:
-    if value.__class__ is datetime and value.tzinfo is UTC:
+    if value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR:
         return value
     return to_utc(value, "enrollment.enrolled_at")
 
 
 def _c_enrollment_next_step_due_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
         return value
     return to_utc(value, "enrollment.next_step_due_at")
 
 
 def _c_enrollment_last_step_sent_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
         return value
     return to_utc(value, "enrollment.last_step_sent_at")
 
@@ -1276,13 +1552,13 @@ def _c_enrollment_exit_reason(value: ExitReason | str | None) -> ExitReason | No
 
 
 def _c_enrollment_paused_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
         return value
     return to_utc(value, "enrollment.paused_at")
 
 
 def _c_enrollment_ended_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
         return value
     return to_utc(value, "enrollment.ended_at")
 
@@ -1355,16 +1631,16 @@ class Enrollment:
         # runs on every evolve of the dispatch hot path.
         status = self.status
         last = self.last_step_sent
-        if last.__class__ is not int or last < 0:
-            raise InvalidEnrollment("enrollment.last_step_sent", last, "must be a non-negative integer")
+        if last.__class__ is not int or not 0 <= last <= _MAX_INT32:
+            raise InvalidEnrollment("enrollment.last_step_sent", last, "must be an integer from 0 to 2**31 - 1")
         if (last == 0) is not (self.last_step_sent_at is None):
             raise InvalidEnrollment(
                 "enrollment.last_step_sent_at",
                 self.last_step_sent_at,
                 f"must be set exactly when a step was sent (last_step_sent={last})",
             )
-        if self.version.__class__ is not int or self.version < 0:
-            raise InvalidEnrollment("enrollment.version", self.version, "must be a non-negative integer")
+        if self.version.__class__ is not int or not 0 <= self.version <= _MAX_INT32:
+            raise InvalidEnrollment("enrollment.version", self.version, "must be an integer from 0 to 2**31 - 1")
         due = self.next_step_due_at
         reason = self.exit_reason
         if status is _ACTIVE or status is _PAUSED:
@@ -1417,7 +1693,7 @@ class Enrollment:
 
 
 def _c_contact_created_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
         return value
     return to_utc(value, "contact.created_at")
 
@@ -1447,8 +1723,8 @@ class Contact:
 
     id: str = attrs.field(validator=_text("contact.id", InvalidContact))
     email: str = attrs.field(validator=_email("contact.email", InvalidContact))
-    first_name: str = ""
-    last_name: str = ""
+    first_name: str = attrs.field(default="", validator=_text("contact.first_name", InvalidContact, allow_blank=True))
+    last_name: str = attrs.field(default="", validator=_text("contact.last_name", InvalidContact, allow_blank=True))
     birthday: date | None = None
     created_at: datetime | None = attrs.field(default=None, converter=_c_contact_created_at)
     timezone: str | None = attrs.field(default=None, validator=_timezone_validator("contact.timezone"))
@@ -1457,9 +1733,6 @@ class Contact:
     _zone: zoneinfo.ZoneInfo | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        for name, value in (("first_name", self.first_name), ("last_name", self.last_name)):
-            if not isinstance(value, str) or len(value) > _ID_MAX or "\n" in value or "\r" in value:
-                raise InvalidContact(f"contact.{name}", value, "must be a single-line string")
         if self.birthday is not None and (not isinstance(self.birthday, date) or isinstance(self.birthday, datetime)):
             raise InvalidContact("contact.birthday", self.birthday, "must be a date (not a datetime)")
         if self.suppressed is not None and self.suppressed not in SUPPRESSION_REASONS:
@@ -1552,8 +1825,15 @@ def _event_text(field: str) -> Callable[[Any, Any, Any], None]:
     return _text(field, ValidationError)
 
 
+def _event_key(_instance: Any, _attribute: Any, value: Any) -> None:
+    # Free text as far as the model goes (the published event schema asks only for a
+    # non-empty string); the engine builds it as "<enrollment id>:<position>".
+    if not isinstance(value, str) or not value:
+        raise ValidationError("event.idempotency_key", value, "must be a non-empty string")
+
+
 def _c_event_at(value: datetime) -> datetime:
-    if value.__class__ is datetime and value.tzinfo is UTC:
+    if value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR:
         return value
     return to_utc(value, "event.at")
 
@@ -1576,7 +1856,7 @@ class Subscribed(_LifecycleEvent):
 
     wire_name: ClassVar[str] = "sequence.subscribed"
 
-    key: str | None = None
+    key: str | None = attrs.field(default=None, validator=_opt_str("event.key", ValidationError))
 
 
 @attrs.frozen(kw_only=True)
@@ -1585,8 +1865,8 @@ class StepSent(_LifecycleEvent):
 
     wire_name: ClassVar[str] = "sequence.step.sent"
 
-    position: int
-    idempotency_key: str
+    position: int = attrs.field(validator=_position_validator("event.position", ValidationError))
+    idempotency_key: str = attrs.field(validator=_event_key)
 
 
 @attrs.frozen(kw_only=True)
@@ -1595,9 +1875,9 @@ class StepFailed(_LifecycleEvent):
 
     wire_name: ClassVar[str] = "sequence.step.failed"
 
-    position: int
-    error: str
-    reason: str | None = None
+    position: int = attrs.field(validator=_position_validator("event.position", ValidationError))
+    error: str = attrs.field(validator=_opt_str("event.error", ValidationError))
+    reason: str | None = attrs.field(default=None, validator=_opt_str("event.reason", ValidationError))
 
 
 _impl_event_reason = _enum(SkipReason, "event.reason")
@@ -1613,7 +1893,7 @@ class StepSkipped(_LifecycleEvent):
 
     wire_name: ClassVar[str] = "sequence.step.skipped"
 
-    position: int
+    position: int = attrs.field(validator=_position_validator("event.position", ValidationError))
     reason: SkipReason = attrs.field(converter=_c_event_reason)
 
 

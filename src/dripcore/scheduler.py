@@ -68,6 +68,8 @@ from .errors import (
     SequenceStateError,
 )
 from .model import (
+    MAX_INSTANT,
+    MIN_INSTANT,
     UTC,
     Cancelled,
     Completed,
@@ -199,7 +201,7 @@ _NO_EVENTS: tuple[Event, ...] = ()
 
 
 def _now(now: datetime) -> datetime:
-    if now.__class__ is datetime and now.tzinfo is UTC:
+    if now.__class__ is datetime and now.tzinfo is UTC and MIN_INSTANT <= now < MAX_INSTANT:
         return now
     return to_utc(now, "now")
 
