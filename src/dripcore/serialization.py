@@ -196,6 +196,17 @@ def _at(exc: BaseException, step: str | int) -> BaseException:
     return exc
 
 
+def _each(values: Any, structure: Callable[[Any, Any], Any], item_type: Any) -> list[Any]:
+    """Every item of ``values`` structured as ``item_type``; an error names the item's index."""
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(structure(v, item_type))
+        except Exception as exc:
+            raise _at(exc, i) from None
+    return out
+
+
 def _is_list(value: Any) -> bool:
     return value.__class__ is list or isinstance(value, (list, tuple))
 
@@ -431,13 +442,7 @@ def make_converter() -> cattrs.Converter:
             def structure_items(value: Any, _type: Any) -> tuple[Any, ...]:
                 if not _is_list(value):
                     raise _wrong(value, "a list")
-                out = []
-                for i, v in enumerate(value):
-                    try:
-                        out.append(item(v, item_type))
-                    except Exception as exc:
-                        raise _at(exc, i) from None
-                return tuple(out)
+                return tuple(_each(value, item, item_type))
 
             return structure_items
         parts = [(arg, hook(arg)) for arg in args]
@@ -466,13 +471,7 @@ def make_converter() -> cattrs.Converter:
         def structure_set(value: Any, _type: Any) -> frozenset[Any]:
             if not _is_list(value) and not isinstance(value, (set, frozenset)):
                 raise _wrong(value, "a list")
-            out = []
-            for i, v in enumerate(value):
-                try:
-                    out.append(item(v, item_type))
-                except Exception as exc:
-                    raise _at(exc, i) from None
-            return frozenset(out)
+            return frozenset(_each(value, item, item_type))
 
         return structure_set
 
