@@ -186,7 +186,8 @@ class TestRule6And7SendingAndScheduling:
         sends, final, events = run(seq, start(seq), T0 + timedelta(days=10))
         assert sends == [(1, T0), (2, T0 + timedelta(hours=24)), (3, T0 + timedelta(days=7))]
         assert final.status is EnrollmentStatus.COMPLETED
-        assert final.ended_at == T0 + timedelta(days=7)
+        # Completed by the call after the last send (the engine makes it once that email was delivered).
+        assert final.ended_at == T0 + timedelta(days=7, minutes=30)
         assert events == [Completed(enrollment_id="e1", sequence_id="welcome", contact_id="c1", at=final.ended_at)]
 
     def test_one_step_per_call_after_long_downtime(self) -> None:
@@ -217,7 +218,9 @@ class TestRule6And7SendingAndScheduling:
         ) in events  # fmt: skip
         assert final.status is EnrollmentStatus.COMPLETED
 
-    def test_inactive_last_step_completes_with_the_previous_send(self) -> None:
+    def test_inactive_last_step_completes_right_after_the_previous_send(self) -> None:
+        """After the last active step goes, the enrollment is due at once; the next call skips the
+        inactive tail and completes it (no delay waited)."""
         seq = Sequence(
             id="welcome",
             name="Welcome",
@@ -226,8 +229,28 @@ class TestRule6And7SendingAndScheduling:
         )
         result = advance(start(seq), T0, sequence=seq)
         assert result.send is not None
-        assert result.enrollment.status is EnrollmentStatus.COMPLETED
-        assert [type(e) for e in result.events] == [StepSkipped, Completed]
+        assert result.enrollment.status is EnrollmentStatus.ACTIVE
+        assert result.enrollment.next_step_due_at == T0
+        assert result.events == ()
+        done = advance(result.enrollment, T0, sequence=seq)
+        assert done.send is None
+        assert done.enrollment.status is EnrollmentStatus.COMPLETED
+        assert [type(e) for e in done.events] == [StepSkipped, Completed]
+
+    def test_the_last_send_leaves_the_enrollment_due_and_the_next_call_completes_it(self) -> None:
+        """COMPLETED never comes in the same call as a send: the last step goes, the enrollment stays ACTIVE
+        and due at the send time, and the next advance (once that email is delivered) completes it."""
+        seq = Sequence(id="one", name="One", status=SequenceStatus.ACTIVE, steps=(step(1),))
+        sent = advance(start(seq), T0, sequence=seq)
+        assert sent.send is not None
+        assert (sent.enrollment.status, sent.enrollment.last_step_sent) == (EnrollmentStatus.ACTIVE, 1)
+        assert sent.enrollment.next_step_due_at == T0
+        assert not any(isinstance(e, Completed) for e in sent.events)
+        later = T0 + timedelta(minutes=3)
+        done = advance(sent.enrollment, later, sequence=seq)
+        assert done.send is None
+        assert (done.enrollment.status, done.enrollment.ended_at) == (EnrollmentStatus.COMPLETED, later)
+        assert [type(e) for e in done.events] == [Completed]
 
     def test_sequence_with_no_active_step_completes_without_sending(self) -> None:
         seq = Sequence(id="s", name="S", status=SequenceStatus.ACTIVE, steps=(step(1, active=False),))

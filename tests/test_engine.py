@@ -387,21 +387,27 @@ class TestTickAndDelivery:
         w.clock.set(datetime(2026, 3, 3, 0, 0, 1, tzinfo=UTC))
         assert w.drip.tick().sent == 1
 
-    def test_render_error_sets_that_one_message_aside(self, world: World) -> None:
+    def test_render_error_fails_that_message_and_holds_its_enrollment(self, world: World) -> None:
+        """A step that can't be rendered fails alone; its enrollment is held (never moved on silently)
+        until an operator releases it, and then goes on to its next step."""
         steps = (Step(position=1, template_id="missing"), step(2, Delay.hours(1)))
         world.drip.save_sequence(welcome(id="tpl", name="T", trigger=Trigger(type="manual"), steps=steps))
         enrollment, _ = world.drip.enroll("tpl", "ana")
         world.drip.enroll("welcome", "bo")
         report = world.drip.tick()
         assert report.sent == 1
-        assert report.failed == 1
+        assert (report.failed, report.held) == (1, 1)
         message = world.store.get_message(f"{enrollment.id}:1")
         assert message is not None
         assert message.status is OutboxStatus.FAILED
         assert "sequence 'tpl' step 1" in (message.last_error or "")
+        assert world.drip.get_enrollment(enrollment.id).status is EnrollmentStatus.PAUSED
         world.clock.advance(timedelta(hours=1))
         world.drip.tick()
-        assert world.subjects("ana@example.com") == ["Step 2 for Ana"]  # the sequence goes on
+        assert world.subjects("ana@example.com") == []  # held
+        world.drip.release(enrollment.id)
+        world.drip.tick()
+        assert world.subjects("ana@example.com") == ["Step 2 for Ana"]  # released: the sequence goes on
 
     def test_events_are_published_with_wire_names(self, world: World) -> None:
         world.drip.enroll("welcome", "ana")

@@ -203,13 +203,16 @@ def test_paused_enrollment_or_inactive_sequence_never_sends(run: Run) -> None:
 
 @given(runs)
 def test_enrollment_completes_exactly_when_no_active_step_is_left(run: Run) -> None:
+    """COMPLETED only with no active step left, never in the call that sends (the last send leaves
+    the enrollment ACTIVE and due at once: completion waits for that email's delivery)."""
     for call in run.calls:
         after = call.result.enrollment
         remaining = _next_step(call.sequence, after.last_step_sent, after.skipped)
         if after.status is EnrollmentStatus.COMPLETED and not call.before.is_terminal:
             assert remaining is None
-        if call.result.send is not None and after.status is EnrollmentStatus.ACTIVE:
-            assert remaining is not None
+            assert call.result.send is None
+        if call.result.send is not None and after.status is EnrollmentStatus.ACTIVE and remaining is None:
+            assert after.next_step_due_at == call.now
         moved = call.result.enrollment is not call.before
         if moved and after.status is EnrollmentStatus.ACTIVE and call.result.send is None:
             # a call that only skipped steps must leave a step to wait for

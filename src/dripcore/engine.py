@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 from typing import Any
@@ -61,6 +62,7 @@ from .errors import (
     InvalidTriggerEvent,
     PermanentSendError,
     RecordRejected,
+    SenderUnavailable,
     SequenceNotFound,
     SequenceStateError,
     StoreError,
@@ -70,7 +72,6 @@ from .errors import (
 )
 from .model import (
     UTC,
-    Completed,
     Contact,
     Enrollment,
     EnrollmentStatus,
@@ -165,8 +166,11 @@ class TickReport:
     ``queued``: steps committed to the outbox; ``sent``: messages the sender
     accepted; ``deferred``: due sends held back by the rate limiter;
     ``retried``: transient failures scheduled for another attempt;
-    ``failed``: messages given up on; ``conflicts``: enrollments changed by
-    someone else mid-tick (picked up again next tick).
+    ``failed``: messages given up on; ``held``: enrollments held because their
+    step's email failed (see :meth:`Drip.release` and :meth:`Drip.resend`);
+    ``conflicts``: enrollments changed by someone else mid-tick (picked up
+    again next tick); ``circuit_open``: the sender failed for everyone and
+    sending is paused for a while (nothing is claimed meanwhile).
     """
 
     claimed: int = 0
@@ -178,10 +182,12 @@ class TickReport:
     deferred: int = 0
     retried: int = 0
     failed: int = 0
+    held: int = 0
     conflicts: int = 0
     messages: int = 0
     errors: tuple[TickError, ...] = ()
     busy: bool = False
+    circuit_open: bool = False
 
     def summary(self) -> str:
         """A one-line summary for logs and terminals."""
@@ -195,8 +201,12 @@ class TickReport:
             f"retried={self.retried}",
             f"failed={self.failed}",
         ]
+        if self.held:
+            parts.append(f"held={self.held}")
         if self.conflicts:
             parts.append(f"conflicts={self.conflicts}")
+        if self.circuit_open:
+            parts.append("circuit=open")
         if self.errors:
             parts.append(f"errors={len(self.errors)}")
         return " ".join(parts)
@@ -257,10 +267,12 @@ class _Tally:
     deferred: int = 0
     retried: int = 0
     failed: int = 0
+    held: int = 0
     conflicts: int = 0
     messages: int = 0
     errors: list[TickError] = attrs.Factory(list)
     busy: bool = False
+    circuit_open: bool = False
 
     def freeze(self) -> TickReport:
         return TickReport(**{**attrs.asdict(self, recurse=False), "errors": tuple(self.errors)})
@@ -283,6 +295,247 @@ def _status_counters(sequence_id: str, before: Enrollment | None, after: Enrollm
 
 def _event_counters(events: Iterable[Event]) -> list[Counter]:
     return [(e.sequence_id, e.position, f"skipped:{e.reason.value}", 1) for e in events if isinstance(e, StepSkipped)]
+
+
+@attrs.frozen
+class _Raised:
+    """What a send raised, carried back from the thread that sent it."""
+
+    exc: Exception
+
+
+class _Breaker:
+    """The circuit breaker in front of the sender.
+
+    Closed, sends go. ``threshold`` failures in a row (transient ones, or errors the
+    sender should not raise), or one :class:`~dripcore.errors.SenderUnavailable`, open
+    it for a cooldown that starts at ``cooldown`` and doubles up to ``longest`` while it
+    keeps failing. While open nothing is sent and nothing claimed. Once the cooldown
+    has passed, sends go again; the first failure then reopens it, the first success
+    closes it.
+    """
+
+    def __init__(self, *, threshold: int = 5, cooldown: timedelta = timedelta(seconds=30),
+                 longest: timedelta = timedelta(minutes=10)) -> None:  # fmt: skip
+        self.threshold = threshold
+        self.first_cooldown = cooldown
+        self.longest = longest
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._cooldown = cooldown
+        self.open_until: datetime | None = None
+
+    def is_open(self, now: datetime) -> bool:
+        """Whether sending is held back at ``now``."""
+        until = self.open_until
+        return until is not None and now < until
+
+    def succeeded(self) -> None:
+        """A send reached the provider: close."""
+        with self._lock:
+            self._failures = 0
+            self._cooldown = self.first_cooldown
+            self.open_until = None
+
+    def failed(self, now: datetime, *, whole: bool) -> bool:
+        """A send failed (``whole``: the sender as a whole); True if that opened the breaker."""
+        with self._lock:
+            self._failures += 1
+            if not whole and self._failures < self.threshold:
+                return False
+            if self.open_until is not None and now < self.open_until:
+                return False  # already open: a send that was in flight when it opened
+            self.open_until = now + self._cooldown
+            self._cooldown = min(self._cooldown * 2, self.longest)
+            self._failures = self.threshold - 1  # half-open after the cooldown: one failure reopens
+            return True
+
+
+class _Delivery:
+    """One delivery run of a tick: the outcomes not yet recorded, and what they lead to."""
+
+    def __init__(
+        self,
+        drip: Drip,
+        contacts: Mapping[str, Contact],
+        exited: Mapping[str, str],
+        now: datetime,
+        tally: _Tally,
+        committed: Mapping[str, tuple[Enrollment, Sequence]],
+    ) -> None:
+        self.drip = drip
+        self.contacts = contacts
+        self.exited = exited
+        self.now = now
+        self.tally = tally
+        self.committed = committed
+        self.deliveries: list[Delivery] = []
+        self.events: list[Event] = []
+        self.delivered: list[str] = []  # enrollment ids of this tick's commits whose email went
+        self.holds: dict[str, str] = {}  # enrollment id -> why its step failed
+        self.suppressed_after: list[tuple[str, ExitReason]] = []
+
+    def screen(self, message: OutboxMessage) -> bool:
+        """Record (and return True for) a message that must not go: its enrollment exited, its
+        contact is gone or suppressed."""
+        now, where = self.now, (message.sequence_id, message.position)
+        if message.enrollment_id in self.exited:
+            self.deliveries.append(
+                Delivery(key=message.key, status=OutboxStatus.FAILED, at=now,
+                         error=f"enrollment exited ({self.exited[message.enrollment_id]}) before delivery",
+                         counters=((*where, "skipped:cancelled", 1),))
+            )  # fmt: skip
+            self.tally.skipped += 1
+            return True
+        contact = self.contacts.get(message.contact_id)
+        if contact is None or contact.suppressed is not None:
+            why = "contact not found" if contact is None else f"contact suppressed ({contact.suppressed})"
+            self.deliveries.append(
+                Delivery(key=message.key, status=OutboxStatus.FAILED, at=now, error=why,
+                         counters=((*where, "skipped:suppressed", 1),))
+            )  # fmt: skip
+            self.tally.skipped += 1
+            return True
+        return False
+
+    def record(self, message: OutboxMessage, outcome: object) -> None:
+        """Turn a send's outcome into a delivery to record (and events, a hold, a bounce)."""
+        drip, now, tally = self.drip, self.now, self.tally
+        if not isinstance(outcome, _Raised):
+            drip._breaker.succeeded()
+            provider_id: str | None = None
+            if outcome is not None:
+                if outcome.__class__ is str and outcome.isprintable():
+                    provider_id = outcome
+                else:
+                    provider_id = drip._provider_id(outcome)
+            self.deliveries.append(
+                Delivery(key=message.key, status=OutboxStatus.DELIVERED, at=now, provider_id=provider_id,
+                         counters=((message.sequence_id, message.position, "delivered", 1),))
+            )  # fmt: skip
+            if drip.events is not None:
+                self.events.append(
+                    StepSent(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
+                             contact_id=message.contact_id, at=now, position=message.position,
+                             idempotency_key=message.key)
+                )  # fmt: skip
+            if message.enrollment_id in self.committed:
+                self.delivered.append(message.enrollment_id)
+            tally.sent += 1
+            return
+        exc = outcome.exc
+        if isinstance(exc, PermanentSendError):
+            drip._breaker.succeeded()  # the provider answered: the sender works
+            self.fail(message, exc, exc.reason)
+            if exc.reason in ("bounced", "complained"):
+                self.suppressed_after.append((message.contact_id, ExitReason(exc.reason)))
+            return
+        whole = isinstance(exc, SenderUnavailable)
+        if not isinstance(exc, TransientSendError):
+            log.exception("sender raised on %s", message.key, exc_info=exc)
+            tally.errors.append(TickError(kind="message", id=message.key, error=_describe(exc)))
+        if drip._breaker.failed(now, whole=whole):
+            log.warning("sending paused until %s: %s", drip._breaker.open_until, _describe(exc))
+            tally.circuit_open = True
+        if whole:
+            return  # the sender's fault, not the message's: no attempt counted; it comes back after its lease
+        attempts = message.attempts + 1
+        out_of_time = now - message.created_at >= drip.retry_for
+        if out_of_time or (drip.max_attempts is not None and attempts >= drip.max_attempts):
+            self.fail(message, exc, "retries exhausted")
+            return
+        self.deliveries.append(
+            Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=_describe(exc),
+                     next_attempt_at=now + drip._backoff(attempts))
+        )  # fmt: skip
+        tally.retried += 1
+
+    def fail(self, message: OutboxMessage, exc: BaseException, reason: str | None) -> None:
+        """The step's email is given up on: FAILED, a StepFailed, and (unless the contact
+        bounced or complained, which exits them) the enrollment held for an operator."""
+        counters: list[Counter] = [(message.sequence_id, message.position, "failed", 1)]
+        if reason in ("bounced", "complained"):
+            counters.append((message.sequence_id, message.position, reason, 1))
+        else:
+            self.holds[message.enrollment_id] = _safe_text(str(exc) or repr(exc))
+        error = _safe_text(str(exc) or repr(exc))
+        self.events.append(
+            StepFailed(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
+                       contact_id=message.contact_id, at=self.now, position=message.position,
+                       error=error, reason=reason)
+        )  # fmt: skip
+        self.tally.failed += 1
+        self.deliveries.append(
+            Delivery(key=message.key, status=OutboxStatus.FAILED, at=self.now, error=error, counters=tuple(counters))
+        )
+
+    def settle(self) -> None:
+        """Record the outcomes so far, then publish their events."""
+        if self.deliveries:
+            deliveries, self.deliveries = self.deliveries, []
+            self.drip._settle(deliveries, self.tally)
+        if self.events:
+            events, self.events = self.events, []
+            self.drip._publish(events, self.tally.errors)
+
+    def finish(self) -> None:
+        """Complete the enrollments whose last email went, hold those whose email failed,
+        and exit the contacts who bounced or complained."""
+        drip, now, tally = self.drip, self.now, self.tally
+        transitions: dict[str, Callable[[Enrollment], scheduler.Advance]] = {}
+        for enrollment_id in self.delivered:
+            state, sequence = self.committed[enrollment_id]
+            due = state.next_step_due_at
+            if state.status is EnrollmentStatus.ACTIVE and due is not None and due <= now:
+                contact = self.contacts.get(state.contact_id)
+
+                def complete(
+                    e: Enrollment, sequence: Sequence = sequence, contact: Contact | None = contact
+                ) -> scheduler.Advance:
+                    result = scheduler.advance(e, now, sequence=sequence, contact=contact)
+                    return result if result.send is None else scheduler.Advance(e)  # a next step goes next tick
+
+                transitions[enrollment_id] = complete
+        for enrollment_id in self.holds:
+            transitions[enrollment_id] = lambda e: (
+                scheduler.pause(e, now) if e.status is EnrollmentStatus.ACTIVE else scheduler.Advance(e)
+            )
+        if transitions:
+            changes: list[Change] = []
+            befores: dict[str, Enrollment] = {}
+            for enrollment_id, transition in transitions.items():
+                known = self.committed.get(enrollment_id)
+                if known is None:
+                    continue
+                result = transition(known[0])
+                if result.enrollment is not known[0]:
+                    changes.append(drip._change(known[0], result))
+                    befores[enrollment_id] = known[0]
+            try:
+                refused = set(drip.store.commit(changes)) if changes else set()
+                again = [i for i in transitions if i not in befores or i in refused]
+                events = [ev for c in changes if c.enrollment.id not in refused for ev in c.events]
+                done = [c.enrollment for c in changes if c.enrollment.id not in refused]
+                for enrollment_id in again:
+                    done.append(drip._apply_one(enrollment_id, transitions[enrollment_id]))
+                drip._publish(events, tally.errors)
+            except Exception as exc:  # the emails are recorded: the next claim completes or holds them
+                log.warning("completing or holding %d enrollments failed (%s)", len(transitions), _describe(exc))
+                tally.errors.append(TickError(kind="store", id=next(iter(transitions)), error=_describe(exc)))
+                done = []
+            for enrollment in done:
+                tally.completed += enrollment.status is EnrollmentStatus.COMPLETED
+                tally.held += enrollment.id in self.holds and enrollment.status is EnrollmentStatus.PAUSED
+        for contact_id, exit_reason in self.suppressed_after:
+            try:
+                drip._contact_exits(contact_id, exit_reason)
+            except StoreError as exc:
+                if not isinstance(exc, _RECORD_ERRORS):
+                    raise
+                tally.errors.append(TickError(kind="contact", id=contact_id, error=_describe(exc)))
+            except Exception as exc:  # the directory's suppress() failed: the bounce is retried with the next one
+                log.exception("suppressing contact %s after a %s failed", contact_id, exit_reason.value)
+                tally.errors.append(TickError(kind="contact", id=contact_id, error=_describe(exc)))
 
 
 class Drip:
@@ -322,17 +575,22 @@ class Drip:
         batch_size: int = 500,
         lease: timedelta = timedelta(minutes=5),
         set_aside_for: timedelta = timedelta(hours=1),
-        max_attempts: int = 8,
+        max_attempts: int | None = None,
         retry_base: timedelta = timedelta(minutes=1),
-        retry_cap: timedelta = timedelta(hours=6),
+        retry_cap: timedelta = timedelta(hours=1),
+        retry_for: timedelta = timedelta(days=5),
+        concurrency: int | None = None,
         worker_id: str | None = None,
         id_factory: Callable[[], str] | None = None,
         frequency_cap: FrequencyCap | None = None,
     ) -> None:
         check_count(batch_size, "batch_size", minimum=1, maximum=100_000)
-        check_count(max_attempts, "max_attempts", minimum=1, maximum=10_000)
+        if max_attempts is not None:
+            check_count(max_attempts, "max_attempts", minimum=1, maximum=10_000)
+        if concurrency is not None:
+            check_count(concurrency, "concurrency", minimum=1, maximum=1_000)
         for name, span in (("lease", lease), ("set_aside_for", set_aside_for), ("retry_base", retry_base),
-                           ("retry_cap", retry_cap)):  # fmt: skip
+                           ("retry_cap", retry_cap), ("retry_for", retry_for)):  # fmt: skip
             check_span(span, name, minimum=timedelta(microseconds=1), maximum=timedelta(days=3660))
         if worker_id is not None:
             check_id(worker_id, "worker_id")
@@ -353,6 +611,12 @@ class Drip:
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_cap = retry_cap
+        self.retry_for = retry_for
+        self.concurrency = concurrency
+        self._breaker = _Breaker()
+        self._pool_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
         self._new_id = id_factory or new_id
         if frequency_cap is not None and "frequency_cap" not in store.capabilities:
@@ -743,6 +1007,21 @@ class Drip:
         sequence = self._sequence(enrollment.sequence_id)
         return self._apply_one(enrollment_id, lambda e: scheduler.resume(e, now, sequence=sequence, policy=policy))
 
+    def release(self, enrollment_id: str) -> Enrollment:
+        """Let an enrollment held by a failed email go on to its next step, without that email.
+
+        An enrollment whose step's email failed for good (retries exhausted, refused by
+        the provider, a template that can't be rendered) is held (PAUSED) rather than
+        moved on silently; this is the operator's "skip it". The next step keeps its
+        delay from the failed one. See also :meth:`resend`.
+        """
+        now = self._now()
+        enrollment = self._enrollment(enrollment_id)
+        sequence = self._sequence(enrollment.sequence_id)
+        return self._apply_one(
+            enrollment_id, lambda e: scheduler.resume(e, now, sequence=sequence, policy=PausePolicy.BUMP)
+        )
+
     def cancel_enrollment(self, enrollment_id: str) -> Enrollment:
         """Take one contact out of a sequence (reason MANUAL)."""
         now = self._now()
@@ -773,9 +1052,10 @@ class Drip:
         if position.__class__ is not int or not 1 <= position <= MAX_COUNT:
             raise InvalidEngagement(f"{what}.position", position, "must be a step position (>= 1)")
         message = self.store.get_message(idempotency_key(enrollment_id, position))
-        if message is None or message.email is None:
+        if message is None or message.email is None or message.status is not OutboxStatus.DELIVERED:
+            state = "was sent" if message is None or message.email is None else f"went out ({message.status.value})"
             raise InvalidEngagement(
-                f"{what}.position", position, f"no email of step {position} was sent for enrollment {enrollment_id!r}"
+                f"{what}.position", position, f"no email of step {position} {state} for enrollment {enrollment_id!r}"
             )
         return enrollment
 
@@ -881,6 +1161,9 @@ class Drip:
         """
         now = self._now()
         tally = _Tally()
+        if self._breaker.is_open(now):  # the sender is failing for everyone: claim nothing until it may work
+            tally.circuit_open = True
+            return tally.freeze()
         # Retries first: an enrollment with a pending message is not claimable, so
         # settling retries first lets their next steps go in this same tick.
         retries = self.store.claim_messages(now, limit=self.batch_size, lease=self.lease, owner=self.worker_id)
@@ -898,12 +1181,11 @@ class Drip:
             claimed = self.store.claim_due(now, limit=limit, lease=self.lease, owner=self.worker_id)
             tally.claimed = len(claimed)
             tally.busy = tally.busy or (len(claimed) == limit and limit == self.batch_size)
-            outgoing, contacts, after_delivery = self._advance_batch(claimed, now, tally)
+            outgoing, contacts, committed = self._advance_batch(claimed, now, tally)
             if limit < self.batch_size and len(claimed) == limit:
                 # The rate limiter held the claim short: whatever is still due waits.
                 tally.deferred = max(tally.deferred, self.store.count_due(now))
-            self._deliver(outgoing, contacts, {}, now, tally)
-            self._publish(after_delivery, tally.errors)
+            self._deliver(outgoing, contacts, {}, now, tally, committed)
         return tally.freeze()
 
     def _look_up_contacts(self, contact_ids: set[str]) -> tuple[dict[str, Contact], dict[str, str]]:
@@ -956,10 +1238,10 @@ class Drip:
 
     def _advance_batch(
         self, claimed: Seq[Enrollment | BrokenRecord], now: datetime, tally: _Tally
-    ) -> tuple[list[OutboxMessage], Mapping[str, Contact], list[Event]]:
+    ) -> tuple[list[OutboxMessage], Mapping[str, Contact], dict[str, tuple[Enrollment, Sequence]]]:
         """Advance and commit a claimed batch; return the messages to deliver, the contacts
-        they go to, and the events to publish after delivery (a ``Completed`` must not
-        precede its last ``StepSent``)."""
+        they go to, and the enrollments committed with a message, as stored, with their
+        sequence (for completing them in this tick once their last email went)."""
         set_aside: list[str] = []
 
         def put_aside(kind: str, enrollment_id: str, error: str) -> None:
@@ -1045,13 +1327,11 @@ class Drip:
             self.store.release(refused, owner=self.worker_id)
         outgoing: list[OutboxMessage] = []
         events: list[Event] = []
-        after_delivery: list[Event] = []
+        committed: dict[str, tuple[Enrollment, Sequence]] = {}
         for change in changes:
             if change.enrollment.id in refused or change.enrollment.id in rejected:
                 continue
-            has_send = any(m.status is OutboxStatus.PENDING for m in change.outbox)
-            for event in change.events:
-                (after_delivery if has_send and isinstance(event, Completed) else events).append(event)
+            events.extend(change.events)
             status = change.enrollment.status
             tally.completed += status is EnrollmentStatus.COMPLETED
             tally.exited += status is EnrollmentStatus.EXITED
@@ -1067,8 +1347,14 @@ class Drip:
                 if message.status is OutboxStatus.PENDING:
                     outgoing.append(message)
                     tally.queued += 1
+                    sequence = sequences[change.enrollment.sequence_id]
+                    assert sequence is not None
+                    stored = attrs.evolve(change.enrollment, version=change.enrollment.version + 1)
+                    committed[change.enrollment.id] = (stored, sequence)
+                elif status is EnrollmentStatus.PAUSED and message.status is OutboxStatus.FAILED:
+                    tally.held += 1  # its step could not be rendered
         self._publish(events, tally.errors)
-        return outgoing, contacts, after_delivery
+        return outgoing, contacts, committed
 
     def _release_claims(self, enrollment_ids: list[str], set_aside: list[str], now: datetime) -> None:
         """Give a batch that can't go on back, before raising: the records set aside wait,
@@ -1132,7 +1418,8 @@ class Drip:
         try:
             rendered = self.renderer.render(step, sequence=sequence, contact=contact, enrollment=result.enrollment)
         except DripcoreError as exc:
-            # Set this one message aside (FAILED, with the error); the enrollment goes on.
+            # This one message is FAILED, with the error, and its enrollment held at that
+            # step until an operator resends it (once the template is fixed) or releases it.
             message = OutboxMessage(
                 key=key, enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id,
                 position=step.position, email=None, created_at=now, status=OutboxStatus.FAILED,
@@ -1142,7 +1429,8 @@ class Drip:
                 enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id, at=now,
                 position=step.position, error=str(exc), reason="render",
             )  # fmt: skip
-            result = attrs.evolve(result, events=(*result.events, failed))
+            held = scheduler.pause(result.enrollment, now).enrollment
+            result = attrs.evolve(result, enrollment=held, events=(*result.events, failed))
             return self._change(before, result, (message,), ((sequence.id, step.position, "failed", 1),))
         email = Email(
             idempotency_key=key,
@@ -1290,6 +1578,7 @@ class Drip:
             self._settle(held, tally)
         self._deliver([m for m in messages if m.enrollment_id not in aside], contacts, exited, now, tally)
 
+
     def _deliver(
         self,
         messages: Seq[OutboxMessage],
@@ -1297,92 +1586,89 @@ class Drip:
         exited: Mapping[str, str],
         now: datetime,
         tally: _Tally,
+        committed: Mapping[str, tuple[Enrollment, Sequence]] | None = None,
     ) -> None:
-        """Hand messages to the sender and settle the outcomes.
+        """Hand messages to the sender, up to ``max_in_flight`` at once, and record each
+        outcome as soon as it is known.
 
-        ``contacts`` are the recipients as looked up for this tick; ``exited`` maps
-        the enrollments that ended since their message was queued to why (those
-        messages are dropped unsent).
+        ``contacts`` are the recipients as looked up for this tick; ``exited`` maps the
+        enrollments that ended since their message was queued to why (those messages are
+        dropped unsent). ``committed`` holds the enrollments this tick committed with their
+        messages (as stored, with their sequence): one whose last email is delivered is
+        completed in this same tick, and one whose email fails is held.
+
+        Outcomes are settled in small groups: unless the sender honours idempotency keys,
+        never more than ``max_in_flight`` sends are outstanding (in flight, or returned and
+        not yet recorded), so a worker killed at any instant offers again at most that many.
+        When the sender fails for everyone (:class:`~dripcore.errors.SenderUnavailable`, or
+        several failures in a row), the circuit breaker opens: no more sends this tick, the
+        rest keep their lease and come back later, charged nothing.
         """
         if not messages:
             return
-        deliveries: list[Delivery] = []
-        events: list[Event] = []
-        suppressed_after: list[tuple[str, ExitReason]] = []
+        run = _Delivery(self, contacts, exited, now, tally, committed or {})
+        sendable: list[OutboxMessage] = []
         for message in messages:
-            email = message.email
-            if email is None:
-                continue
-            contact = contacts.get(message.contact_id)
-            where = (message.sequence_id, message.position)
-            if message.enrollment_id in exited:
-                deliveries.append(
-                    Delivery(key=message.key, status=OutboxStatus.FAILED, at=now,
-                             error=f"enrollment exited ({exited[message.enrollment_id]}) before delivery",
-                             counters=((*where, "skipped:cancelled", 1),))
-                )  # fmt: skip
-                tally.skipped += 1
-                continue
-            if contact is None or contact.suppressed is not None:
-                if contact is None:
-                    why = "contact not found"
-                else:
-                    assert contact.suppressed is not None
-                    why = f"contact suppressed ({contact.suppressed.value})"
-                deliveries.append(
-                    Delivery(key=message.key, status=OutboxStatus.FAILED, at=now, error=why,
-                             counters=((*where, "skipped:suppressed", 1),))
-                )  # fmt: skip
-                tally.skipped += 1
-                continue
-            attempts = message.attempts + 1
-            try:
-                provider_id = self.sender.send(email)
-            except PermanentSendError as exc:
-                deliveries.append(self._failure(message, now, exc, exc.reason, events, tally))
-                if exc.reason in ("bounced", "complained"):
-                    suppressed_after.append((message.contact_id, ExitReason(exc.reason)))
-                continue
-            except Exception as exc:
-                transient = isinstance(exc, TransientSendError)
-                if not transient:
-                    log.exception("sender raised on %s", message.key)
-                    tally.errors.append(TickError(kind="message", id=message.key, error=_describe(exc)))
-                if attempts >= self.max_attempts:
-                    deliveries.append(self._failure(message, now, exc, "retries exhausted", events, tally))
-                else:
-                    retry_at = now + self._backoff(attempts)
-                    deliveries.append(
-                        Delivery(key=message.key, status=OutboxStatus.PENDING, at=now, error=_describe(exc),
-                                 next_attempt_at=retry_at)
-                    )  # fmt: skip
-                    tally.retried += 1
-                continue
-            if provider_id is not None and (provider_id.__class__ is not str or not provider_id.isprintable()):
-                provider_id = self._provider_id(provider_id)
-            deliveries.append(
-                Delivery(key=message.key, status=OutboxStatus.DELIVERED, at=now, provider_id=provider_id,
-                         counters=((*where, "delivered", 1),))
-            )  # fmt: skip
-            if self.events is not None:
-                events.append(
-                    StepSent(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
-                             contact_id=message.contact_id, at=now, position=message.position,
-                             idempotency_key=message.key)
-                )  # fmt: skip
-            tally.sent += 1
-        self._settle(deliveries, tally)
-        self._publish(events, tally.errors)
-        for contact_id, exit_reason in suppressed_after:
-            try:
-                self._contact_exits(contact_id, exit_reason)
-            except StoreError as exc:
-                if not isinstance(exc, _RECORD_ERRORS):
-                    raise
-                tally.errors.append(TickError(kind="contact", id=contact_id, error=_describe(exc)))
-            except Exception as exc:  # the directory's suppress() failed: the bounce is retried with the next one
-                log.exception("suppressing contact %s after a %s failed", contact_id, exit_reason.value)
-                tally.errors.append(TickError(kind="contact", id=contact_id, error=_describe(exc)))
+            if message.email is not None and not run.screen(message):
+                sendable.append(message)
+        run.settle()
+        limit = self._in_flight()
+        outstanding = limit if not self.sender.honours_idempotency_keys else max(limit, len(sendable))
+        queue = iter(sendable)
+        if limit == 1:
+            for message in queue:
+                if self._breaker.is_open(now):
+                    break
+                run.record(message, self._attempt(message))
+                if len(run.deliveries) >= outstanding:
+                    run.settle()
+        else:
+            pool = self._pool(limit)
+            in_flight: dict[Future[object], OutboxMessage] = {}
+            exhausted = False
+            while True:
+                while not exhausted and len(in_flight) < limit and len(in_flight) + len(run.deliveries) < outstanding:
+                    if self._breaker.is_open(now):
+                        exhausted = True
+                        break
+                    upcoming = next(queue, None)
+                    if upcoming is None:
+                        exhausted = True
+                        break
+                    in_flight[pool.submit(self._attempt, upcoming)] = upcoming
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run.record(in_flight.pop(future), future.result())
+                if exhausted or len(in_flight) + len(run.deliveries) >= outstanding:
+                    run.settle()
+        run.settle()
+        run.finish()
+
+    def _in_flight(self) -> int:
+        """How many sends may be in flight: the sender's ``max_in_flight``, capped by ``concurrency``."""
+        limit = getattr(self.sender, "max_in_flight", 1)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            limit = 1
+        return limit if self.concurrency is None else min(limit, self.concurrency)
+
+    def _pool(self, size: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._executor is None or self._executor_size != size:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False)
+                self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="dripcore-send")
+                self._executor_size = size
+            return self._executor
+
+    def _attempt(self, message: OutboxMessage) -> object:
+        """One send: the provider id, or the exception it raised (never raises itself)."""
+        assert message.email is not None
+        try:
+            return self.sender.send(message.email)
+        except Exception as exc:
+            return _Raised(exc)
 
     def _provider_id(self, value: object) -> str:
         """A sender's provider message id as text any store can keep (a sender that
@@ -1436,29 +1722,16 @@ class Drip:
             except Exception:
                 log.exception("message %s can't be settled; offered again when its lease ends", delivery.key)
 
-    def _failure(
-        self, message: OutboxMessage, now: datetime, exc: BaseException, reason: str | None,
-        events: list[Event], tally: _Tally,
-    ) -> Delivery:  # fmt: skip
-        counters: list[Counter] = [(message.sequence_id, message.position, "failed", 1)]
-        if reason in ("bounced", "complained"):
-            counters.append((message.sequence_id, message.position, reason, 1))
-        events.append(
-            StepFailed(enrollment_id=message.enrollment_id, sequence_id=message.sequence_id,
-                       contact_id=message.contact_id, at=now, position=message.position,
-                       error=str(exc) or repr(exc), reason=reason)
-        )  # fmt: skip
-        tally.failed += 1
-        return Delivery(key=message.key, status=OutboxStatus.FAILED, at=now, error=str(exc) or repr(exc),
-                        counters=tuple(counters))  # fmt: skip
-
     def next_wake_at(self) -> datetime | None:
         """When there will next be work: the earliest due enrollment or retry."""
         times = [t for t in (self.store.next_due_at(), self.store.next_message_at()) if t is not None]
+        reopen = self._breaker.open_until
         if self.rate_limiter is not None:
-            reopen = self.rate_limiter.next_opening(self._now())
-            if reopen is not None:
-                times = [max(t, reopen) for t in times]
+            limiter = self.rate_limiter.next_opening(self._now())
+            if limiter is not None and (reopen is None or limiter > reopen):
+                reopen = limiter
+        if reopen is not None:
+            times = [max(t, reopen) for t in times]
         return min(times) if times else None
 
     def run(

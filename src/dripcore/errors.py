@@ -36,6 +36,7 @@ The tree::
     ├── ContactSuppressed                      enrolling a contact who unsubscribed, bounced or complained
     ├── SendError                              raised by MailSender implementations
     │   ├── TransientSendError                 retry later
+    │   │   └── SenderUnavailable              the sender as a whole is down or misconfigured
     │   └── PermanentSendError                 never retry; may carry a bounce/complaint reason
     └── StoreError                             raised by Store implementations
         ├── ConcurrencyConflict                optimistic-concurrency check failed
@@ -75,6 +76,7 @@ __all__ = [
     "PermanentSendError",
     "RecordRejected",
     "SendError",
+    "SenderUnavailable",
     "SequenceNotFound",
     "SequenceStateError",
     "StoreError",
@@ -267,6 +269,13 @@ class SendError(DripcoreError):
 
 class TransientSendError(SendError):
     """A temporary failure (a timeout, a 4xx SMTP reply): the message is retried."""
+
+
+class SenderUnavailable(TransientSendError):
+    """The sender as a whole can't send right now, whatever the message: its credentials were
+    refused, it is misconfigured, or its service is down. Never the message's fault: the engine
+    opens its circuit breaker (no message is charged an attempt while it is open) and tries again
+    later, so fixing the configuration loses no email."""
 
 
 class PermanentSendError(SendError):

@@ -337,12 +337,28 @@ class MailSender(ABC):
     """Hands an :class:`Email` to a mail service.
 
     Must raise :class:`~dripcore.errors.TransientSendError` for a failure that
-    may pass (the engine retries with backoff) and
-    :class:`~dripcore.errors.PermanentSendError` for one that will not (with
-    ``reason="bounced"`` or ``"complained"`` the contact is suppressed). A
-    sender should honour ``email.idempotency_key``: after a crash the same
-    key may be offered again, and it must not be sent twice.
+    may pass (the engine retries with backoff),
+    :class:`~dripcore.errors.SenderUnavailable` (a kind of transient failure)
+    when the sender as a whole can't send (credentials refused, misconfigured,
+    service down: the engine pauses all sending rather than charging each
+    message an attempt), and :class:`~dripcore.errors.PermanentSendError` for a
+    failure of this message that will not pass (with ``reason="bounced"`` or
+    ``"complained"`` the contact is suppressed). A sender should honour
+    ``email.idempotency_key``: after a crash the same key may be offered again,
+    and it must not be sent twice.
     """
+
+    #: How many :meth:`send` calls this sender takes at once, from as many threads (it must
+    #: then be thread-safe). The engine keeps at most this many in flight (and at most
+    #: ``Drip(concurrency=...)``); 1, the default, means calls one at a time from one thread.
+    max_in_flight: int = 1
+
+    #: True when the sender (or the service behind it) drops a second send of an
+    #: idempotency key it already accepted. The engine may then record outcomes in larger
+    #: groups, since a message offered again after a crash is not sent twice; otherwise it
+    #: records each outcome before more than ``max_in_flight`` sends are outstanding, so a
+    #: crash repeats at most the messages in flight.
+    honours_idempotency_keys: bool = False
 
     @abstractmethod
     def send(self, email: Email) -> str | None:

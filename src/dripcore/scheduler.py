@@ -28,7 +28,12 @@ to send now or None, and the lifecycle events):
    Sending a step with a condition also passes over the *else branch*: the
    steps right after it with the same delay and the opposite condition.
 7. ``next_step_due_at`` becomes the send time + the next active step's delay.
-   No active step left: the enrollment is COMPLETED in the same call.
+   After the last active step it becomes the send time itself: the next call
+   finds no active step left and COMPLETES the enrollment. (The engine calls
+   it again only once the last email was delivered: an enrollment whose email
+   is pending is not claimed. So COMPLETED means the last email went, and its
+   ``Completed`` event follows the last ``StepSent``.) A call that sends
+   nothing and finds no active step left completes it at once.
 
 So at most one step goes per call, and the next due time counts from the
 actual send: an enrollment that was stuck for a week (downtime, a paused
@@ -475,23 +480,11 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
             events.extend(else_events)
     following = _next_step(sequence, position, skipped)
     if following is None:
-        if events is None:
-            events = []
-        if sequence.has_inactive_between(position, None):
-            events.extend(_inactive_between(enrollment, sequence, position, None, now))
-        events.append(_completed_event(enrollment, now))
+        # The last step goes: the enrollment stays ACTIVE, due at once, and the next call
+        # completes it. A store does not claim an enrollment whose email is still pending,
+        # so COMPLETED comes once the last email was delivered, and after its StepSent.
         return Advance(
-            attrs.evolve(
-                enrollment,
-                status=_C,
-                last_step_sent=position,
-                last_step_sent_at=now,
-                next_step_due_at=None,
-                ended_at=now,
-                skipped=skipped,
-            ),
-            step,
-            tuple(events),
+            _sent(enrollment, position, now, now, skipped), step, _NO_EVENTS if events is None else tuple(events)
         )
     delay = following.delay
     if delay.is_calendar or following.window is not None or sequence.window is not None:

@@ -74,11 +74,16 @@ class RecordingSender(MailSender):
     (which a naive sender would have sent twice).
     """
 
-    def __init__(self) -> None:
+    honours_idempotency_keys = True
+
+    def __init__(self, *, max_in_flight: int = 1) -> None:
         self.sent: list[Email] = []
         self.attempts: _Counter[str] = _Counter()
         self._keys: set[str] = set()
         self._lock = threading.Lock()
+        # Thread-safe, so any number may be in flight; 1 by default, so that ``sent`` comes in
+        # a deterministic order in tests (pass more to test concurrent delivery).
+        self.max_in_flight = max_in_flight
 
     def send(self, email: Email) -> str | None:
         """Record ``email`` unless its key was already sent."""
@@ -101,7 +106,10 @@ class RecordingSender(MailSender):
 
 
 class NullSender(MailSender):
-    """Accepts everything and keeps nothing (for benchmarks)."""
+    """Accepts everything and keeps nothing (for benchmarks). It claims to honour keys, since
+    sending nothing twice is sending nothing: outcomes are then recorded a batch at a time."""
+
+    honours_idempotency_keys = True
 
     def __init__(self) -> None:
         self.count = 0
@@ -145,6 +153,16 @@ class FlakySender(MailSender):
         """Make sends to ``address`` fail (``times`` times, or always)."""
         with self._lock:
             self._addresses[address] = _Failure(permanent, reason, times)
+
+    @property
+    def max_in_flight(self) -> int:  # type: ignore[override]
+        """The inner sender's."""
+        return self.inner.max_in_flight
+
+    @property
+    def honours_idempotency_keys(self) -> bool:  # type: ignore[override]
+        """The inner sender's."""
+        return self.inner.honours_idempotency_keys
 
     def send(self, email: Email) -> str | None:
         """Fail if told to, otherwise pass ``email`` to the inner sender."""
