@@ -228,6 +228,7 @@ DRIP_CALLS: dict[str, Callable[[Drip, Any], Any]] = {
     "stats": lambda d, x: d.stats(x),
     "run.idle": lambda d, x: _stopped_run(d, idle=x),
     "run.max_ticks": lambda d, x: _stopped_run(d, max_ticks=x),
+    "run.on_tick": lambda d, x: _stopped_run(d, on_tick=x),
 }
 
 
@@ -240,8 +241,9 @@ def test_drip_entry_points_raise_only_dripcore_errors(drip: Drip, entry: str, ju
 
 
 DRIP_SETTINGS = (
-    "batch_size", "max_attempts", "lease", "set_aside_for", "retry_base", "retry_cap", "worker_id", "store",
-    "sender", "contacts",
+    "batch_size", "max_attempts", "lease", "set_aside_for", "retry_base", "retry_cap", "retry_for", "worker_id",
+    "store", "sender", "contacts", "clock", "events", "rate_limiter", "renderer", "frequency_cap", "id_factory",
+    "concurrency",
 )  # fmt: skip
 
 

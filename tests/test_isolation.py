@@ -1092,3 +1092,92 @@ def test_a_tick_that_fails_as_a_whole_gives_its_claims_back(store: Store) -> Non
     report = bench.drip.tick()  # same instant: the lease (five minutes) has not run out
     assert report.claimed == HEALTHY + 1
     assert_went_out(bench, [bench.bad, *bench.healthy], 1)
+
+
+class DownStore:
+    """Wraps a store whose commits fail with a foreign error (a driver's ConnectionError) for everyone."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.down = True
+        self.commits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def commit(self, changes: Any, *, owner: str | None = None) -> list[str]:
+        self.commits += 1
+        if self.down:
+            raise ConnectionError("server closed the connection unexpectedly")
+        return self.inner.commit(changes, owner=owner)
+
+
+Store.register(DownStore)  # a wrapper, not a subclass: Drip accepts it as a Store
+
+
+def test_a_lone_contact_that_fails_is_set_aside_not_taken_for_a_directory_outage(store: Store) -> None:
+    """A batch of one whose contact look-up raises: the tick does not raise (which would repeat every
+    tick); that enrollment is set aside and reported, and comes back once repaired."""
+    directory = FlakyDirectory()
+    bench = Bench(store, contacts=directory).populate(healthy=0)
+    directory.unreadable = {"bad"}
+    report = bench.drip.tick()
+    assert [(e.kind, e.id) for e in report.errors] == [("contact", bench.bad.id)]
+    assert_not_advanced(bench)
+    bench.clock.advance(SHORTLY)
+    assert bench.drip.tick().claimed == 0, "set aside, not claimed again at once"
+    directory.unreadable = set()
+    bench.clock.advance(SET_ASIDE)
+    bench.drip.tick()
+    assert_went_out(bench, [bench.bad], 1)
+
+
+def test_a_directory_down_for_everyone_fails_the_tick_and_sets_nobody_aside(store: Store) -> None:
+    """Every look-up failing is an outage, not ten bad records: the tick raises, gives its claims back,
+    and the next tick after the directory recovers delivers everyone."""
+    directory = FlakyDirectory()
+    bench = Bench(store, contacts=directory).populate()
+    directory.down = True
+    with pytest.raises(HostError):
+        bench.drip.tick()
+    directory.down = False
+    report = bench.drip.tick()  # same instant: nothing was set aside or left leased
+    assert report.claimed == HEALTHY + 1
+    assert_went_out(bench, [bench.bad, *bench.healthy], 1)
+
+
+def test_a_store_failing_every_commit_with_a_foreign_error_is_an_outage_not_bad_records(store: Store) -> None:
+    """A commit that raises a foreign error for every change, with nothing going in, is the store being
+    down: the tick raises after a few tries instead of setting the whole batch aside for an hour."""
+    down = DownStore(store)
+    bench = Bench(down).populate()  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        bench.drip.tick()
+    assert down.commits <= 8, "narrowing stopped after a few failures with nothing committed"
+    down.down = False
+    report = bench.drip.tick()  # same instant
+    assert report.claimed == HEALTHY + 1
+    assert report.errors == ()
+    assert_went_out(bench, [bench.bad, *bench.healthy], 1)
+
+
+def test_an_unsubscribe_service_that_is_down_sets_emails_aside_instead_of_failing_them(store: Store) -> None:
+    """The host's unsubscribe-link callable raising (its token service is down) is not a broken template:
+    the enrollments wait (set aside) and their emails go once it works again; none is FAILED."""
+    service_down = True
+
+    def link(contact: Contact, enrollment: Enrollment) -> str:
+        if service_down:
+            raise HostError("token service unreachable")
+        return f"https://example.com/u/{enrollment.id}"
+
+    bench = Bench(store, renderer=LiquidRenderer(unsubscribe_url=link)).populate()
+    report = bench.drip.tick()
+    assert report.failed == 0
+    assert report.sent == 0
+    assert {e.kind for e in report.errors} == {"enrollment"}
+    assert bench.store.find_messages(status=OutboxStatus.FAILED) == []
+    service_down = False
+    bench.clock.advance(SET_ASIDE)
+    bench.drip.tick()
+    assert_went_out(bench, [bench.bad, *bench.healthy], 1)

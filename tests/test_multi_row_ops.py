@@ -225,8 +225,9 @@ def test_resume_extend_on_a_store_without_resume_sequence_still_shifts(tmp_path:
     }
 
 
-def test_an_edit_whose_replan_fails_is_not_stored_and_saving_it_again_replans_everyone(store: Store) -> None:
-    """The edit is stored only once every enrollment is replanned; saving it again after a failure finishes it."""
+def test_an_edit_whose_replan_fails_is_stored_and_saving_it_again_replans_everyone(store: Store) -> None:
+    """The edit is stored first (ticks read the new steps at once); when its replan fails half-way,
+    saving it again replans every enrollment, including those the failure left on the old plan."""
     drip, _ = world(store)
     enroll_everyone(drip)
     current = drip.get_sequence("tips")
@@ -235,17 +236,29 @@ def test_an_edit_whose_replan_fails_is_not_stored_and_saving_it_again_replans_ev
     store.fail_on["commit"] = 2  # type: ignore[attr-defined]
     with pytest.raises(Injected):
         drip.save_sequence(edit)
-    assert drip.get_sequence("tips").version == current.version, "the edit is not stored before its replan"
+    assert drip.get_sequence("tips").steps == edit.steps, "the edit is stored before its replan"
     due = sorted(e.next_step_due_at for e in live(store))
     assert due.count(T0 + timedelta(hours=2)) == 500
     assert due.count(T0 + timedelta(days=1)) == PEOPLE - 500
 
-    saved = drip.save_sequence(edit)
+    saved = drip.save_sequence(attrs.evolve(edit, version=drip.get_sequence("tips").version))
 
-    assert saved.version == current.version + 1
-    assert drip.get_sequence("tips").version == saved.version
+    assert drip.get_sequence("tips").version == saved.version == current.version + 2
     assert {e.next_step_due_at for e in live(store)} == {T0 + timedelta(hours=2)}, "everyone on the new plan"
-    # And the edit is idempotent from there: saving it once more changes no enrollment.
+    # And once finished, saving it again changes no enrollment.
     before = {e.id: (e.next_step_due_at, e.version) for e in live(store)}
     drip.save_sequence(attrs.evolve(edit, version=saved.version))
     assert {e.id: (e.next_step_due_at, e.version) for e in live(store)} == before
+
+
+def test_saving_an_unchanged_sequence_keeps_an_extend_shift(store: Store) -> None:
+    """With no replan pending, re-saving the same steps (a deploy of sequences kept as code) leaves every
+    enrollment as it is, EXTEND shifts included."""
+    drip, clock = world(store)
+    enroll_everyone(drip)
+    drip.pause("tips")
+    clock.advance(timedelta(hours=10))
+    drip.resume("tips", policy=PausePolicy.EXTEND)
+    before = {e.id: e.next_step_due_at for e in live(store)}
+    drip.save_sequence(drip.get_sequence("tips"))
+    assert {e.id: e.next_step_due_at for e in live(store)} == before

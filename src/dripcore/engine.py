@@ -118,6 +118,11 @@ log = logging.getLogger("dripcore")
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
 _PAGE = 500
+# Look-ups (or commits) failing in a row, with none succeeding, that make a port "down" rather
+# than a record "bad": the tick then raises, and run() tries again later.
+_DOWN_AFTER = 3
+# A sequence-level counter set while an edit's replan is under way (see Drip.save_sequence).
+_REPLAN_PENDING = "replan:pending"
 _MAX_IDLE = 366 * 86_400  # seconds: a year (longer waits overflow the platform's timers)
 
 
@@ -594,10 +599,18 @@ class Drip:
             check_span(span, name, minimum=timedelta(microseconds=1), maximum=timedelta(days=3660))
         if worker_id is not None:
             check_id(worker_id, "worker_id")
-        for name, port, kind in (("store", store, Store), ("sender", sender, MailSender),
-                                 ("contacts", contacts, ContactDirectory)):  # fmt: skip
+        required: tuple[tuple[str, object, type], ...] = (
+            ("store", store, Store), ("sender", sender, MailSender), ("contacts", contacts, ContactDirectory),
+        )  # fmt: skip
+        optional: tuple[tuple[str, object, type], ...] = (
+            ("clock", clock, Clock), ("events", events, EventSink), ("rate_limiter", rate_limiter, RateLimiter),
+            ("renderer", renderer, Renderer), ("frequency_cap", frequency_cap, FrequencyCap),
+        )  # fmt: skip
+        for name, port, kind in (*required, *((n, p, k) for n, p, k in optional if p is not None)):
             if not isinstance(port, kind):
                 raise InvalidArgument(name, port, f"must be a {kind.__name__}, not {type(port).__name__}")
+        if id_factory is not None and not callable(id_factory):
+            raise InvalidArgument("id_factory", id_factory, "must be a callable returning a new id")
         self.store = store
         self.sender = sender
         self.contacts = contacts
@@ -715,12 +728,10 @@ class Drip:
         changed = 0
         for page in pages:
             changes: list[Change] = []
-            by_id: dict[str, Enrollment] = {}
             for before in page:
                 result = transitions(before)
                 if result.enrollment is not before:
                     changes.append(self._change(before, result))
-                    by_id[before.id] = before
             refused = set(self.store.commit(changes)) if changes else set()
             events = [ev for c in changes if c.enrollment.id not in refused for ev in c.events]
             changed += len(changes) - len(refused)
@@ -739,11 +750,12 @@ class Drip:
         from where they were with the latest steps. Status changes go through
         :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
 
-        Retry-safe: enrollments are replanned first, page by page, and the edit
-        is stored last. If that fails part-way (a store error, a crash), the
-        stored sequence is still the old one, and calling ``save_sequence``
-        again with the same edit replans the rest (a replan is idempotent) and
-        stores it.
+        Retry-safe: the edit is stored first (every tick from then on reads the
+        new steps), then its enrollments are replanned page by page. A marker
+        (the counter ``replan:pending``) is set before and cleared after, so if
+        the replan fails part-way (a store error, a crash), saving again (the
+        same edit, or a newer one) replans every live enrollment afresh from
+        its last send, which finishes it.
         """
         if not isinstance(sequence, Sequence):
             raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
@@ -765,13 +777,22 @@ class Drip:
                 hint="use activate(), pause(), resume() or archive()",
             )  # fmt: skip
         stored = attrs.evolve(sequence, version=current.version + 1, paused_at=current.paused_at)
-        changed = self._replan(stored, current)
-        self.store.save_sequence(stored, expected_version=current.version)
+        pending = self.store.counters(sequence.id).get((0, _REPLAN_PENDING), 0)
+        self.store.bump([(sequence.id, 0, _REPLAN_PENDING, 1)])
+        try:
+            self.store.save_sequence(stored, expected_version=current.version)
+        except ConcurrencyConflict:
+            self.store.bump([(sequence.id, 0, _REPLAN_PENDING, -1)])  # nothing was stored: nothing to replan
+            raise
+        # After an interrupted replan some enrollments follow an older plan than ``current``:
+        # replan everyone from their last send (losing only EXTEND shifts and cap deferrals).
+        changed = self._replan(stored, None if pending > 0 else current)
+        self.store.bump([(sequence.id, 0, _REPLAN_PENDING, -(pending + 1))])
         if changed:
             self._wake.set()
         return stored
 
-    def _replan(self, sequence: Sequence, previous: Sequence) -> int:
+    def _replan(self, sequence: Sequence, previous: Sequence | None) -> int:
         contacts: Mapping[str, Contact] = {}
 
         def transition(e: Enrollment) -> scheduler.Advance:
@@ -809,8 +830,8 @@ class Drip:
         a draft (nothing is sent to them before it is active), and the status
         changes last. If that fails part-way, the sequence is still a draft, and
         calling ``activate`` again enrolls the rest (enrollment is idempotent)
-        and activates it. A member whose contact can't be looked up is logged
-        and left out.
+        and activates it. A member whose contact can't be looked up keeps it a
+        draft too (:class:`~dripcore.errors.ContactNotFound` naming it).
         """
         if enroll_existing is not None:
             check_flag(enroll_existing, "enroll_existing")
@@ -832,17 +853,26 @@ class Drip:
         return active
 
     def _enroll_members(self, sequence: Sequence) -> None:
-        """Enroll the trigger list's members into ``sequence`` (as it will be once active)."""
+        """Enroll the trigger list's members into ``sequence`` (as it will be once active).
+
+        Members whose contact can't be looked up are logged, the others enrolled, and then
+        :class:`~dripcore.errors.ContactNotFound` is raised naming the first: the sequence
+        stays a draft, and :meth:`activate` can be called again once the directory is fixed.
+        """
         members = list(dict.fromkeys(self.contacts.members(sequence.trigger)))
+        unreadable: dict[str, str] = {}
         for start in range(0, len(members), _PAGE):
             page = members[start : start + _PAGE]
             contacts, failed = self._look_up_contacts(set(page))
             for contact_id, why in failed.items():
-                log.warning("member %s of %s's trigger list left out: %s", contact_id, sequence.id, why)
+                log.warning("member %s of %s's trigger list can't be looked up: %s", contact_id, sequence.id, why)
+            unreadable.update(failed)
             for contact_id in page:
                 contact = contacts.get(contact_id)
                 if contact is not None and contact.suppressed is None:
                     self._enroll(sequence, contact)
+        if unreadable:
+            raise ContactNotFound(next(iter(unreadable)))
 
     def pause(self, sequence_id: str) -> Sequence:
         """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
@@ -980,7 +1010,11 @@ class Drip:
         for page in self._live(contact_id=contact.id):
             for enrollment in page:
                 if enrollment.sequence_id not in goal_sequences:
-                    goal_sequences[enrollment.sequence_id] = self.store.get_sequence(enrollment.sequence_id)
+                    try:
+                        goal_sequences[enrollment.sequence_id] = self.store.get_sequence(enrollment.sequence_id)
+                    except UnreadableRecord as exc:  # its goals can't be checked; the other sequences can
+                        log.error("goal check of %s skipped: %s", enrollment.sequence_id, _describe(exc))
+                        goal_sequences[enrollment.sequence_id] = None
                 sequence = goal_sequences[enrollment.sequence_id]
                 if sequence is not None and scheduler.exits_on(sequence, event):
                     self._apply_one(enrollment.id, lambda e: scheduler.exit(e, ExitReason.GOAL_MET, now))
@@ -1170,7 +1204,11 @@ class Drip:
         if retries:
             tally.messages += len(retries)
             tally.busy = len(retries) == self.batch_size
-            self._deliver_retries(retries, now, tally)
+            try:
+                self._deliver_retries(retries, now, tally)
+            except Exception as exc:  # they come back when their lease ends; due enrollments still go
+                log.warning("delivering %d retries failed (%s)", len(retries), _describe(exc))
+                tally.errors.append(TickError(kind="messages", id=retries[0].key, error=_describe(exc)))
         limit = self.batch_size
         budget = self.rate_limiter.available(now) if self.rate_limiter else None
         if budget is not None:
@@ -1205,17 +1243,22 @@ class Drip:
         contacts: dict[str, Contact] = {}
         failed: dict[str, str] = {}
         first: Exception | None = None
+        answered = False
         for contact_id in contact_ids:
             try:
                 found, bad = self._checked_contacts({contact_id: self.contacts.get(contact_id)}, {contact_id})
             except Exception as exc:
                 first = first or exc
                 failed[contact_id] = _describe(exc)
+                if not answered and len(failed) >= _DOWN_AFTER:
+                    raise  # the first few all failed, none answered: the directory is down, not a record
                 continue
+            answered = True
             contacts.update(found)
             failed.update(bad)
-        if first is not None and len(failed) == len(contact_ids):
-            raise first  # not one contact could be read: the directory is down, not a record
+        # A lone contact that fails can't tell a broken row from a directory that is down: it is
+        # set aside like a record (a directory that is down fails the batch look-up of the next
+        # tick again, with more contacts, and is then told apart).
         return contacts, failed
 
     @staticmethod
@@ -1317,14 +1360,22 @@ class Drip:
         if idle:
             self.store.release(idle, owner=self.worker_id)
 
-        refused, rejected = self._commit_isolated(changes) if changes else (set(), {})
+        try:
+            refused, rejected = self._commit_isolated(changes) if changes else (set(), {})
+        except Exception:
+            self._release_claims([e.id for e in enrollments], set_aside, now)
+            raise
         for enrollment_id, why in rejected.items():
             put_aside("enrollment", enrollment_id, why)
-        if set_aside:
-            self.store.release(set_aside, owner=self.worker_id, until=now + self.set_aside_for)
         tally.conflicts += len(refused)
-        if refused:
-            self.store.release(refused, owner=self.worker_id)
+        try:  # best effort: the commit stands, and a lease still held only ends later
+            if set_aside:
+                self.store.release(set_aside, owner=self.worker_id, until=now + self.set_aside_for)
+            if refused:
+                self.store.release(refused, owner=self.worker_id)
+        except Exception as exc:
+            log.warning("releasing %d claims failed (%s); they end with their lease", len(set_aside) + len(refused),
+                        _describe(exc))  # fmt: skip
         outgoing: list[OutboxMessage] = []
         events: list[Event] = []
         committed: dict[str, tuple[Enrollment, Sequence]] = {}
@@ -1378,11 +1429,16 @@ class Drip:
         is the store failing for everyone, and raises.
         """
         rejected: dict[str, str] = {}
+        committed = False
+        failures: list[Exception] = []
 
         def attempt(batch: list[Change]) -> set[str]:
+            nonlocal committed
             while batch:
                 try:
-                    return set(self.store.commit(batch, owner=self.worker_id))
+                    refused = set(self.store.commit(batch, owner=self.worker_id))
+                    committed = True
+                    return refused
                 except RecordRejected as exc:
                     named = {i: why for i, why in exc.reasons.items() if i not in rejected}
                     ids = {c.enrollment.id for c in batch}
@@ -1399,6 +1455,9 @@ class Drip:
         def split(batch: list[Change], exc: Exception) -> set[str]:
             if len(batch) == 1:
                 rejected[batch[0].enrollment.id] = _describe(exc)
+                failures.append(exc)
+                if not committed and len(failures) >= _DOWN_AFTER:
+                    raise exc  # one record after another fails and nothing goes in: the store is down
                 return set()
             middle = len(batch) // 2
             return attempt(batch[:middle]) | attempt(batch[middle:])
@@ -1764,6 +1823,10 @@ class Drip:
             raise InvalidArgument("idle", idle, f"must be a number of seconds, more than 0 and at most {_MAX_IDLE}")
         if max_ticks is not None:
             check_count(max_ticks, "max_ticks", minimum=1)
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise InvalidArgument("stop", stop, "must be a threading.Event")
+        if on_tick is not None and not callable(on_tick):
+            raise InvalidArgument("on_tick", on_tick, "must be a callable taking a TickReport")
         self._stop.clear()
         ticks = 0
         backoff = 0.0

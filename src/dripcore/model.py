@@ -964,7 +964,8 @@ class Condition:
 
 
 # An email address is one plain RFC 5322 addr-spec, as RFC 5321 lets it travel: a dot-atom
-# local part (atext: letters, digits and !#$%&'*+-/=?^_`{|}~, dots between them), one "@",
+# local part (atext: letters, digits and !#$%&'*+-/=?^_`{|}~, and dots; runs of dots and dots
+# at either end are accepted too, as some mobile carriers hand such addresses out), one "@",
 # and a domain of LDH labels (letters, digits, inner hyphens; 1 to 63 characters) joined by
 # dots. No display name, quoted local part, comment or [address literal]: those are where
 # "a, b@c", "x>,<v@evil.example" and "a;b@c" hide a second recipient or a header. Lengths
@@ -974,7 +975,7 @@ class Condition:
 # and a domain label may be a Unicode one that IDNA encodes to a valid LDH label.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LDH_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_ASCII_ADDRESS = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_LDH_LABEL}(?:\.{_LDH_LABEL})*")
+_ASCII_ADDRESS = re.compile(rf"[.]*{_ATEXT}[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]*@{_LDH_LABEL}(?:\.{_LDH_LABEL})*")
 _ASCII_LOCAL = re.compile(rf"{_ATEXT}+")
 _ASCII_LABEL = re.compile(_LDH_LABEL)
 _MAX_ADDRESS = 254
@@ -1001,9 +1002,9 @@ def _address_problem(value: str) -> str | None:
         return "nothing before the '@'"
     if len(local.encode("utf-8")) > _MAX_LOCAL:
         return f"a local part longer than {_MAX_LOCAL} octets (UTF-8)"
-    for atom in local.split("."):
-        if not atom:
-            return "a local part may not start or end with a dot, nor hold two in a row"
+    if not local.strip("."):
+        return "a local part of dots only"
+    for atom in local.split("."):  # (runs of dots are accepted: real addresses of some carriers have them)
         for char in atom:  # (non-ASCII characters were checked above)
             if char.isascii() and _ASCII_LOCAL.fullmatch(char) is None:
                 return f"holds {char!r}, which a plain address can't (no quoting, display name or list)"
@@ -1639,8 +1640,9 @@ class Enrollment:
                 self.last_step_sent_at,
                 f"must be set exactly when a step was sent (last_step_sent={last})",
             )
-        if self.version.__class__ is not int or not 0 <= self.version <= _MAX_INT32:
-            raise InvalidEnrollment("enrollment.version", self.version, "must be an integer from 0 to 2**31 - 1")
+        if self.version.__class__ is not int or not 0 <= self.version < _MAX_INT32:
+            # (below the column's largest value: every commit stores version + 1)
+            raise InvalidEnrollment("enrollment.version", self.version, "must be an integer from 0 to 2**31 - 2")
         due = self.next_step_due_at
         reason = self.exit_reason
         if status is _ACTIVE or status is _PAUSED:

@@ -135,7 +135,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from html import unescape
-from time import perf_counter
+from time import thread_time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from urllib.parse import quote
@@ -143,7 +143,8 @@ from urllib.parse import quote
 import attrs
 from markupsafe import escape
 
-from .errors import DripcoreError
+from ._checks import check_count
+from .errors import DripcoreError, InvalidArgument
 from .model import Contact, Enrollment, Sequence, Step, UnknownVariables
 from .ports import Rendered, Renderer
 
@@ -267,12 +268,12 @@ class RenderLimitExceeded(RenderError):
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{attribute.name}={value!r}: must be a positive number")
+        raise InvalidArgument(f"limits.{attribute.name}", value, "must be a positive number")
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name}={value!r}: must be a positive integer")
+        raise InvalidArgument(f"limits.{attribute.name}", value, "must be a positive integer")
 
 
 @attrs.frozen(kw_only=True)
@@ -280,7 +281,8 @@ class RenderLimits:
     """What rendering one message may cost; past a limit, that message fails with a :class:`RenderError`.
 
     ``time``
-        Seconds of wall-clock time the Liquid rendering of one message may
+        Seconds of CPU time (of the rendering thread, so a busy machine does not
+        count against it) the Liquid rendering of one message may
         take, its fields together (default 0.25: a heavy legitimate template
         takes milliseconds, and a batch of 500 runaway messages then still
         fits in the engine's five-minute lease). The clock is read on
@@ -418,7 +420,9 @@ def unsubscribe_link(pattern: str) -> UnsubscribeUrl:
     try:
         pattern.format(**dict.fromkeys(fields, "x"))
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"unsubscribe pattern {pattern!r}: use only the fields {', '.join(fields)} ({exc})") from None
+        raise InvalidArgument(
+            "unsubscribe_url", pattern, f"use only the fields {', '.join(fields)} ({type(exc).__name__}: {exc})"
+        ) from None
 
     def build(contact: Contact, enrollment: Enrollment) -> str:
         return pattern.format(
@@ -540,7 +544,7 @@ class _Liquid:
                 self.deadline = deadline
 
             def check(self) -> None:
-                if perf_counter() > self.deadline:
+                if thread_time() > self.deadline:
                     self.late()
 
             def late(self) -> NoReturn:
@@ -561,7 +565,7 @@ class _Liquid:
             def _ticking(self, items: Iterator[object]) -> Iterator[object]:
                 deadline = self.deadline
                 for item in items:
-                    if perf_counter() > deadline:
+                    if thread_time() > deadline:
                         self.late()
                     yield item
 
@@ -622,7 +626,7 @@ class _Liquid:
                     or (kind is int and -_SMALL < left < _SMALL)
                     or kind in _SCALARS
                 ):
-                    if perf_counter() > getattr(running, "deadline", math.inf):
+                    if thread_time() > getattr(running, "deadline", math.inf):
                         late(env)
                     if checks_input:
                         _check_value(name, "was given", left, env)
@@ -1130,12 +1134,17 @@ class LiquidRenderer(Renderer):
         max_body: int = 1_000_000,
         limits: RenderLimits = RenderLimits(),  # frozen: one shared default is safe
     ) -> None:
-        if cache_size < 1:
-            raise ValueError(f"cache_size={cache_size!r}: must be at least 1")
-        if max_body < 1:
-            raise ValueError(f"max_body={max_body!r}: must be at least 1")
+        check_count(cache_size, "cache_size", minimum=1)
+        check_count(max_body, "max_body", minimum=1)
         if not isinstance(limits, RenderLimits):
-            raise TypeError(f"limits={limits!r}: must be a RenderLimits")
+            raise InvalidArgument("limits", limits, "must be a RenderLimits")
+        if not isinstance(unsubscribe_url, str) and not callable(unsubscribe_url):
+            raise InvalidArgument("unsubscribe_url", unsubscribe_url, "must be a pattern string or a callable")
+        if templates is not None and not isinstance(templates, TemplateStore):
+            raise InvalidArgument("templates", templates, "must be a TemplateStore")
+        for name, footer in (("footer_html", footer_html), ("footer_text", footer_text)):
+            if not isinstance(footer, str):
+                raise InvalidArgument(name, footer, "must be a Liquid template string")
         self._unsubscribe_url: UnsubscribeUrl = (
             unsubscribe_link(unsubscribe_url) if isinstance(unsubscribe_url, str) else unsubscribe_url
         )
@@ -1167,14 +1176,12 @@ class LiquidRenderer(Renderer):
                 template = self._environment(html, False).from_string(source)
                 shown = template.render(probe)
             except liquid.liquid_error as exc:
-                raise ValueError(f"{name}: {_reason(exc)}") from None
+                raise InvalidArgument(name, source, _reason(exc)) from None
             self._footers[html] = template
         if (str(escape(probe["unsubscribe_url"])) if html else probe["unsubscribe_url"]) not in shown:
-            raise ValueError(f"{name} must show {{{{ unsubscribe_url }}}}: {source!r}")
+            raise InvalidArgument(name, source, "must show {{ unsubscribe_url }}")
         if html and not _shows_link(shown, probe["unsubscribe_url"]):
-            raise ValueError(
-                f"{name} must show {{{{ unsubscribe_url }}}} where a reader can see and click it: {source!r}"
-            )
+            raise InvalidArgument(name, source, "must show {{ unsubscribe_url }} where a reader can see and click it")
         return simple
 
     def _environment(self, html: bool, strict: bool) -> Environment:
@@ -1351,14 +1358,10 @@ class LiquidRenderer(Renderer):
             )
 
     def _unsubscribe(self, contact: Contact, enrollment: Enrollment, step: Step, sequence: Sequence) -> str:
-        try:
-            url = self._unsubscribe_url(contact, enrollment)
-        except DripcoreError:
-            raise
-        except Exception as exc:
-            raise RenderError(
-                reason=f"the unsubscribe_url callable failed: {_reason(exc)}", **_where(sequence, step)
-            ) from exc
+        # A failure of the host's callable (a token service that is down) is raised as it is:
+        # not the template's fault, so the engine sets that enrollment aside and tries again
+        # later rather than failing its email for good.
+        url = self._unsubscribe_url(contact, enrollment)
         if self._unsubscribe_url is placeholder_unsubscribe_url:
             return url  # https, unreserved characters and %XX escapes only: nothing to check
         problem = None
@@ -1414,7 +1417,7 @@ class LiquidRenderer(Renderer):
             raise error(reason=template.reason, **_where(sequence, step, field, template.line))
         liquid = _liquid()
         if not clock:
-            clock.append(perf_counter() + self.limits.time)
+            clock.append(thread_time() + self.limits.time)
         try:
             return liquid.render(template, values, clock[0]), None
         except liquid.unknown_variable_error as exc:
@@ -1452,7 +1455,8 @@ class LiquidRenderer(Renderer):
 # Not shown: inside a comment (conditional comments included: Outlook only),
 # in <head>, <script>, <style>, <template>, <title>, <noscript>, <textarea> and
 # the like; in an element hidden by its style attribute (display:none,
-# visibility:hidden, opacity:0, a zero font size, height or width,
+# visibility:hidden, opacity:0, a zero height or width (not a zero font size:
+# email builders such as MJML wrap every column in font-size:0 and set it back inside),
 # mso-hide:all), its hidden attribute, or a class or id that a <style> rule
 # hides (any such rule, media queries included); in an attribute other than
 # an <a>'s href; in the text of a link that goes elsewhere; in an <a href>
@@ -1461,7 +1465,8 @@ class LiquidRenderer(Renderer):
 # shown", and the footer is added; the footer itself goes where it is seen
 # (not into an element or comment left open at the end). A document with
 # more than 2,000 comments, hidden elements and the like, or CSS hiding more
-# than 64 classes and ids, is not followed: not shown, footer first.
+# than 64 classes and ids, is not followed: not shown, and the footer goes
+# before </body> as usual.
 #
 # The scan looks for hidden constructs with str.find and literal-led regular
 # expressions, so it costs per construct, not per tag (tens of microseconds
@@ -1479,7 +1484,7 @@ _ATTRIBUTE_END = _NAME_END | {"="}
 # A CSS value that may hide, after a colon: the property before it is checked in _hiding_declarations.
 _HIDING_VALUE = re.compile(r":\s*(?:none|hidden|collapse|all|0+(?:\.0*)?(?![\d.])|\.0+(?![\d.]))")
 _HIDING_PROPERTY = re.compile(
-    r"(?<![\w-])(display|visibility|mso-hide|opacity|font-size|(?:max-)?height|(?:max-)?width)\s*$"
+    r"(?<![\w-])(display|visibility|mso-hide|opacity|(?:max-)?height|(?:max-)?width)\s*$"
 )
 _HIDING_VALUES = {
     "display": ("none",),
@@ -1748,7 +1753,7 @@ def _hiding_declarations(low: str, start: int = 0, end: int | None = None) -> It
 
 # Past this many CSS names hidden, or this many comments, hidden elements and the like, the scan gives
 # up (it stays linear, but each costs microseconds of Python): no link counts as shown, and the footer
-# goes at the very start.
+# is added before </body> as usual.
 _MAX_HIDDEN_NAMES = 64
 _MAX_CONSTRUCTS = 2_000
 
@@ -1919,7 +1924,7 @@ def _footer_position(html: str) -> int:
         return at  # nothing that hides: no scan
     hidden = _Doc(html).hidden()
     if hidden.unsure:
-        return 0
+        return at  # the scan gave up: the footer goes where it usually goes (it is added, whatever)
     if hidden.splits(at) if at < len(html) else hidden.open_at_end:
         body = _BODY_START.search(low)
         at = body.end() if body is not None and not hidden.splits(body.end()) else 0

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from .._checks import check_count
 from ..errors import PermanentSendError, TransientSendError
 from ..model import UTC, Contact, Event, ExitReason, Trigger, TriggerType, to_utc
 from ..ports import Clock, ContactDirectory, Email, EventSink, MailSender, RateLimiter
@@ -267,8 +268,7 @@ class DailyCap(RateLimiter):
     """At most ``limit`` sends per UTC day (a warm-up plan in its simplest form)."""
 
     def __init__(self, limit: int) -> None:
-        if limit < 0:
-            raise ValueError(f"limit={limit!r}: must not be negative")
+        check_count(limit, "limit")
         self.limit = limit
         self._day: object = None
         self._used = 0
