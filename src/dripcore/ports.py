@@ -443,10 +443,19 @@ class Store(ABC):
     - Outbox messages are unique by key: adding one again changes nothing.
     - Times are stored as UTC instants and come back equal.
     - A stored row that can't be read never stops the others: :meth:`claim_due`
-      returns it as a :class:`BrokenRecord`; single look-ups (``get_*``) raise a
-      :class:`~dripcore.errors.StoreError` naming it; listings
+      returns it as a :class:`BrokenRecord`; single look-ups (``get_*``) raise an
+      :class:`~dripcore.errors.UnreadableRecord` naming it; listings
       (:meth:`find_enrollments`, :meth:`list_sequences`, :meth:`claim_messages`)
       leave it out and log it.
+    - A write holding records the store can't encode (text it can't hold, a
+      number out of its range) applies nothing and raises
+      :class:`~dripcore.errors.RecordRejected` naming them, so the engine sets
+      those aside and writes the others.
+    - The store itself failing (down, full, locked, read-only) raises another
+      :class:`~dripcore.errors.StoreError`: the engine takes that for an outage
+      and tries the whole tick again later. (Other exceptions are narrowed down
+      to the records that cause them, and taken for an outage when the first few
+      records all fail.)
     """
 
     #: Optional capabilities the contract kit checks (or visibly skips), such as
