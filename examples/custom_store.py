@@ -296,8 +296,19 @@ class DocumentStore(Store):
 
     # -- outbox
 
+    def _held(self, m: OutboxMessage) -> bool:
+        """A pause holds a message: its enrollment is PAUSED, or ACTIVE in a sequence that is not.
+        (A finished or deleted enrollment's message is not held: the engine drops it unsent.)"""
+        e: Enrollment | None = self._get("enrollments", m.enrollment_id, Enrollment)
+        if e is None or e.status.is_terminal:
+            return False
+        if e.status is EnrollmentStatus.PAUSED:
+            return True
+        sequence: Sequence | None = self._get("sequences", e.sequence_id, Sequence)
+        return sequence is None or sequence.status is not SequenceStatus.ACTIVE
+
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
-        """Lease the oldest pending messages whose next attempt is due."""
+        """Lease the oldest pending messages whose next attempt is due, unless a pause holds them."""
         with self._lock:
             ready = [
                 m
@@ -306,6 +317,7 @@ class DocumentStore(Store):
                 and m.next_attempt_at is not None
                 and m.next_attempt_at <= now
                 and self._lease_until("outbox", m.key, now) is None
+                and not self._held(m)
             ]
             ready.sort(key=lambda m: (m.next_attempt_at, m.key))
             for m in ready[:limit]:
@@ -362,11 +374,11 @@ class DocumentStore(Store):
             )
 
     def next_message_at(self) -> datetime | None:
-        """The earliest next attempt of a pending message (or its lease's end, if later)."""
+        """The earliest next attempt of a pending message no pause holds (or its lease's end, if later)."""
         with self._lock:
             times = []
             for m in self._all("outbox", OutboxMessage):
-                if m.status is not OutboxStatus.PENDING or m.next_attempt_at is None:
+                if m.status is not OutboxStatus.PENDING or m.next_attempt_at is None or self._held(m):
                     continue
                 lease = self._get("leases", f"outbox:{m.key}")
                 until = None if lease is None else _instant(lease["until"])

@@ -35,10 +35,10 @@ from dripcore.adapters.sqlite import (
     StoreFull,
     StoreReadOnly,
 )
-from dripcore.model import UTC
+from dripcore.model import UTC, PausePolicy
 from dripcore.ports import BrokenRecord, Change, Delivery
 from dripcore.serialization import make_converter
-from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+from dripcore.testing import FakeClock, FlakySender, MemoryContacts, RecordingSender
 from dripcore.testing.contract import finished, message, sample_enrollment, sample_sequence, sent
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -561,6 +561,73 @@ def test_claiming_costs_the_due_rows_not_the_table(tmp_path: Path) -> None:
             )
         )
         assert "enrollments_due" in plan, plan
+
+
+def _plans_of(store: SQLiteStore, call: Callable[[], object], starts: str) -> str:
+    """The query plans of the statements starting with ``starts`` that ``call`` ran, as the store ran them."""
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        store._conn.set_trace_callback(None)
+    ran = [sql for sql in statements if sql.lstrip().startswith(starts)]
+    assert ran, statements
+    return " | ".join(str(row[-1]) for sql in ran for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+
+
+def test_a_pause_holding_retries_keeps_claiming_messages_on_the_pending_index(db: Path) -> None:
+    """claim_messages and next_message_at read the small index of pending messages in order and ask
+    each candidate's enrollment (by id) whether a pause holds it: never a scan of either table."""
+    with SQLiteStore(db) as store:
+        _population(store, 200)
+        e = sample_enrollment("e0000001", due=T0 - HOUR)
+        assert store.commit([Change(enrollment=sent(e, 1, T0, T0 + HOUR), outbox=(message(e, 1),))]) == []
+        for call, starts in (
+            (lambda: store.claim_messages(T0, limit=10, lease=HOUR, owner="w1"), "SELECT"),
+            (store.next_message_at, "SELECT"),
+        ):
+            plan = _plans_of(store, call, starts)
+            assert "outbox_pending_due" in plan, plan
+            assert "SEARCH e USING INDEX sqlite_autoindex_enrollments_1 (id=?)" in plan, plan
+            assert "SCAN" not in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("paused", "policy"),
+    [("sequence", PausePolicy.BUMP), ("sequence", PausePolicy.EXTEND), ("enrollment", PausePolicy.BUMP)],
+)
+def test_a_retry_pending_at_a_pause_waits_for_the_resume(db: Path, paused: str, policy: PausePolicy) -> None:
+    """End to end: a send fails for now, then the sequence (or the enrollment) is paused: nothing goes
+    while it is, the retry included. After the resume the retry goes; under EXTEND only once the rest
+    of its backoff has passed again."""
+    clock, recorder = FakeClock(T0), RecordingSender()
+    flaky = FlakySender(recorder)
+    steps = (Step(position=1, subject="S1", text="Hi"), Step(position=2, delay=Delay.days(1), subject="S2", text="Hi"))
+    with SQLiteStore(db) as store:
+        store.save_sequence(Sequence(id="seq", name="Two", status=SequenceStatus.ACTIVE, steps=steps))
+        contacts = MemoryContacts([Contact(id="c0", email="c0@example.com")])
+        drip = Drip(store=store, sender=flaky, clock=clock, contacts=contacts, retry_base=timedelta(minutes=10))
+        flaky.fail_next(1)
+        enrollment, _ = drip.enroll("seq", "c0")
+        assert drip.tick().retried == 1
+        if paused == "sequence":
+            drip.pause("seq")
+        else:
+            drip.pause_enrollment(enrollment.id)
+        clock.advance(2 * HOUR)
+        assert drip.tick().sent == 0
+        assert recorder.sent == []
+        if paused == "sequence":
+            drip.resume("seq", policy=policy)
+        else:
+            drip.resume_enrollment(enrollment.id, policy=policy)
+        if policy is PausePolicy.EXTEND:
+            assert drip.tick().sent == 0, "ten minutes of backoff were left at the pause"
+            clock.advance(timedelta(minutes=10))
+        assert drip.tick().sent == 1
+        assert [email.subject for email in recorder.sent] == ["S1"]
 
 
 # --------------------------------------------------------------------------- processes and threads

@@ -1804,9 +1804,11 @@ class Drip:
         """Tick until stopped, sleeping until the next due time rather than polling.
 
         A new enrollment in this process wakes it early, and so does one in
-        another process when the store can hear it (PostgreSQL's ``LISTEN``);
-        otherwise ``idle`` bounds the sleep, so work written by other
-        processes is picked up within that time.
+        another process when the store can hear it (PostgreSQL's ``LISTEN``,
+        SQLite's ``data_version``, within about 0.1 s); otherwise ``idle``
+        bounds the sleep, so work written by other processes is picked up
+        within that time. A ``stop`` event is looked at twice a second while
+        idle, without ticking.
 
         The loop does not die of a fault in the data or the ports. One bad
         record is set aside by the tick itself (see :meth:`tick`); a tick
@@ -1872,16 +1874,21 @@ class Drip:
         """
         if seconds <= 0:
             return
-        if stop is not None:
-            seconds = min(seconds, 0.5)  # an outside stop event is polled
-        try:
-            if isinstance(self.clock, SystemClock):
-                self.store.wait_for_work(seconds, self._wake)
-            else:
-                self.clock.wait(seconds, self._wake)
-        except Exception:
-            log.exception("waiting for work failed; waiting %.1f s without listening", seconds)
-            self._wake.wait(seconds)
+        # An outside stop event can't wake us: it is looked at every half second, in a loop of
+        # short waits that does not tick in between.
+        remaining = seconds
+        while remaining > 0 and not self._wake.is_set() and not (stop is not None and stop.is_set()):
+            part = remaining if stop is None else min(remaining, 0.5)
+            try:
+                if isinstance(self.clock, SystemClock):
+                    if self.store.wait_for_work(part, self._wake):
+                        return  # the store heard work coming
+                else:
+                    self.clock.wait(part, self._wake)
+            except Exception:
+                log.exception("waiting for work failed; waiting %.1f s without listening", part)
+                self._wake.wait(part)
+            remaining -= part
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current batch."""

@@ -482,8 +482,9 @@ class Store(ABC):
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
         """Save ``sequence`` (resumed: ACTIVE) at ``expected_version`` and move the next due
-        time of each of its ACTIVE enrollments ``shift`` later (bumping their versions), in
-        one transaction; return how many moved.
+        time of each of its ACTIVE enrollments ``shift`` later (bumping their versions), and
+        the next attempt of each of their PENDING outbox messages (the retries the pause
+        held) as well, in one transaction; return how many enrollments moved.
 
         This is the EXTEND resume policy applied all or nothing, so a resume that fails
         can be called again without shifting anyone twice. Raises
@@ -587,7 +588,13 @@ class Store(ABC):
 
     @abstractmethod
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
-        """Lease up to ``limit`` PENDING messages whose next attempt is due, oldest first."""
+        """Lease up to ``limit`` PENDING messages whose next attempt is due, oldest first, to ``owner``.
+
+        A pause holds a message: one whose enrollment is PAUSED, or ACTIVE in a sequence
+        that is not ACTIVE, is not claimed until both are active again. Messages of
+        COMPLETED, EXITED or deleted enrollments are claimed whatever the sequence's status
+        (the engine drops an exited enrollment's message unsent).
+        """
 
     @abstractmethod
     def settle(self, deliveries: Seq[Delivery], *, owner: str | None = None) -> None:
@@ -613,7 +620,8 @@ class Store(ABC):
 
     @abstractmethod
     def next_message_at(self) -> datetime | None:
-        """The earliest next attempt of a PENDING message."""
+        """The earliest instant at which :meth:`claim_messages` could return a message: the next
+        attempt of a PENDING message that no pause holds, or its lease's end if that is later."""
 
     # -- counters
 
@@ -640,9 +648,12 @@ class Store(ABC):
         due, or when ``wake`` is set; False when the timeout passed.
 
         The default just waits on ``wake``. A store that can hear other
-        processes' writes (PostgreSQL's ``LISTEN``) overrides it, so an idle
-        worker wakes when another process enrolls someone. Used by
-        :meth:`Drip.run <dripcore.engine.Drip.run>` with the system clock.
+        processes' writes overrides it (PostgreSQL's ``LISTEN``; SQLite polls
+        ``PRAGMA data_version``), so an idle worker wakes when another process
+        enrolls someone. A wake-up may be spurious (a write that is not work);
+        the caller then just finds nothing due. One thread per store should wait
+        at a time. Used by :meth:`Drip.run <dripcore.engine.Drip.run>` with the
+        system clock.
         """
         if wake is None:
             time.sleep(max(0.0, timeout))

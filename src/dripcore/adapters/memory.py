@@ -97,7 +97,8 @@ class MemoryStore(Store):
             self._sequences[sequence.id] = sequence
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
-        """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, at once."""
+        """Save the resumed sequence and move its ACTIVE enrollments, and their PENDING messages'
+        next attempts, ``shift`` later, at once."""
         check_record(sequence, Sequence, "sequence")
         check_count(expected_version, "expected_version")
         check_span(shift, "shift", maximum=MAX_SPAN)
@@ -113,8 +114,15 @@ class MemoryStore(Store):
                 for e in self._enrollments.values()
                 if e.sequence_id == sequence.id and e.status is EnrollmentStatus.ACTIVE and e.next_step_due_at
             }  # computed in full before anything is written: all or nothing
+            retries = {
+                m.key: attrs.evolve(m, next_attempt_at=m.next_attempt_at + shift)
+                for m in self._outbox.values()
+                if m.sequence_id == sequence.id and m.status is OutboxStatus.PENDING and m.next_attempt_at
+                and m.enrollment_id in moved
+            }  # fmt: skip
             self._sequences[sequence.id] = sequence
             self._enrollments.update(moved)
+            self._outbox.update(retries)
             return len(moved)
 
     def delete_sequence(self, sequence_id: str) -> None:
@@ -299,8 +307,19 @@ class MemoryStore(Store):
 
     # -- outbox
 
+    def _held(self, m: OutboxMessage) -> bool:
+        """Whether a pause holds the message: its enrollment is PAUSED, or ACTIVE in a sequence that
+        is not. Messages of finished (or deleted) enrollments are not held: the engine drops them."""
+        e = self._enrollments.get(m.enrollment_id)
+        if e is None or e.status.is_terminal:
+            return False
+        if e.status is EnrollmentStatus.PAUSED:
+            return True
+        sequence = self._sequences.get(e.sequence_id)
+        return sequence is None or sequence.status is not SequenceStatus.ACTIVE
+
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
-        """Lease the oldest pending messages whose next attempt is due."""
+        """Lease the oldest pending messages whose next attempt is due, unless a pause holds them."""
         now, limit, lease, owner = check_claim(now, limit, lease, owner)
         now = to_utc(now, "now")
         with self._lock:
@@ -310,7 +329,8 @@ class MemoryStore(Store):
                 if m.status is OutboxStatus.PENDING
                 and m.next_attempt_at is not None
                 and m.next_attempt_at <= now
-                and ((held := self._message_leases.get(m.key)) is None or held.until <= now)
+                and ((leased := self._message_leases.get(m.key)) is None or leased.until <= now)
+                and not self._held(m)
             ]
             ready.sort(key=lambda m: (m.next_attempt_at, m.key))
             for m in ready[:limit]:
@@ -396,11 +416,11 @@ class MemoryStore(Store):
             return len(old)
 
     def next_message_at(self) -> datetime | None:
-        """The earliest next attempt of a pending message (or its lease's end, if later)."""
+        """The earliest next attempt of a pending message no pause holds (or its lease's end, if later)."""
         with self._lock:
             times = []
             for m in self._outbox.values():
-                if m.status is not OutboxStatus.PENDING or m.next_attempt_at is None:
+                if m.status is not OutboxStatus.PENDING or m.next_attempt_at is None or self._held(m):
                     continue
                 lease = self._message_leases.get(m.key)
                 times.append(m.next_attempt_at if lease is None else max(m.next_attempt_at, lease.until))

@@ -51,6 +51,9 @@ How it keeps its promises
               wake_at = drip.next_wake_at()
               wait = 30.0 if wake_at is None else (wake_at - datetime.now(UTC)).total_seconds()
               store.wait_for_work(min(max(wait, 0.0), 30.0))
+- **A pause holds retries.** A pending message whose enrollment is PAUSED, or
+  ACTIVE in a sequence that is not, is not claimed until both are active again
+  (resuming wakes listeners).
 - **Counters do not serialise workers.** Each counter is split over a few
   shard rows, summed when read, so concurrent commits rarely touch the same row.
 - **Bulk and housekeeping.** :meth:`~PostgresStore.add_enrollments` imports
@@ -1037,7 +1040,8 @@ class PostgresStore(Store):
         )
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
-        """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, in one transaction."""
+        """Save the resumed sequence and move its ACTIVE enrollments, and their PENDING messages' next
+        attempts, ``shift`` later, in one transaction."""
         check_record(sequence, Sequence, "sequence")
         check_count(expected_version, "expected_version")
         check_span(shift, "shift", maximum=MAX_SPAN)
@@ -1045,6 +1049,15 @@ class PostgresStore(Store):
 
         def work(cur: psycopg.Cursor[Any]) -> int:
             self._save_sequence(cur, sequence, body, expected_version)
+            # The retries the pause held: the partial index of pending messages, and one
+            # probe of the enrollments' primary key per message.
+            cur.execute(
+                f"UPDATE {self._s}.outbox AS o SET next_attempt_at = o.next_attempt_at + %s "
+                "WHERE o.status = 'pending' AND o.sequence_id = %s AND o.next_attempt_at IS NOT NULL "
+                f"AND EXISTS (SELECT 1 FROM {self._s}.enrollments AS e WHERE e.id = o.enrollment_id "
+                "AND e.sequence_id = %s AND e.status = 'active' AND e.next_due IS NOT NULL)",
+                (shift, sequence.id, sequence.id),
+            )
             cur.execute(
                 f"UPDATE {self._s}.enrollments SET next_due = next_due + %s, version = version + 1 "
                 "WHERE sequence_id = %s AND status = 'active' AND next_due IS NOT NULL",
@@ -1386,9 +1399,9 @@ class PostgresStore(Store):
 
         def work(cur: psycopg.Cursor[Any]) -> list[str]:
             stored = {
-                row[0]: [row[1], row[2], row[3]]
+                row[0]: [row[1], row[2], row[3], row[4]]
                 for row in cur.execute(
-                    f"SELECT id, version, lease_owner, lease_until FROM {self._s}.enrollments "
+                    f"SELECT id, version, lease_owner, lease_until, status FROM {self._s}.enrollments "
                     "WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE",
                     (_text_array(ids),),
                 )
@@ -1404,9 +1417,11 @@ class PostgresStore(Store):
                 if row is None or row[0] != new.version:
                     refused.append(new.id)
                     continue
-                lease_owner, lease_until = row[1], row[2]
-                row[0], row[1], row[2] = new.version + 1, None, None
+                lease_owner, lease_until, was = row[1], row[2], row[3]
+                row[0], row[1], row[2], row[3] = new.version + 1, None, None, new.status.value
                 final[new.id] = new
+                if was == "paused" and new.status is EnrollmentStatus.ACTIVE:
+                    wake_at = _earliest(wake_at, datetime.now(UTC))  # a retry the pause held may go now
                 held = owner is not None and lease_owner == owner
                 waiting = False
                 for m in change.outbox:
@@ -1479,13 +1494,15 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ outbox
 
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
-        """Lease the oldest pending messages whose next attempt is due to ``owner`` (``SKIP LOCKED``)."""
+        """Lease the oldest pending messages whose next attempt is due to ``owner`` (``SKIP LOCKED``),
+        but none a pause holds (an enrollment PAUSED, or ACTIVE in a sequence that is not ACTIVE)."""
         now, limit, lease, owner = check_claim(now, limit, lease, owner)
         at = to_utc(now, "now")
         sql = (
-            f"WITH ready AS (SELECT ctid FROM {self._s}.outbox WHERE status = 'pending' AND next_attempt_at <= %(at)s "
-            "AND (lease_until IS NULL OR lease_until <= %(at)s) ORDER BY next_attempt_at, key LIMIT %(limit)s "
-            f"FOR UPDATE SKIP LOCKED) UPDATE {self._s}.outbox AS o SET lease_owner = %(owner)s, "
+            f"WITH ready AS (SELECT ctid FROM {self._s}.outbox AS m WHERE status = 'pending' "
+            "AND next_attempt_at <= %(at)s AND (lease_until IS NULL OR lease_until <= %(at)s) "
+            f"AND {_NOT_HELD.format(s=self._s)} ORDER BY next_attempt_at, key LIMIT %(limit)s "
+            f"FOR UPDATE OF m SKIP LOCKED) UPDATE {self._s}.outbox AS o SET lease_owner = %(owner)s, "
             f"lease_until = %(until)s WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM ready)) "
             f"RETURNING {_qualified(_OUTBOX_COLUMNS, 'o')}"
         )
@@ -1654,10 +1671,10 @@ class PostgresStore(Store):
         )
 
     def next_message_at(self) -> datetime | None:
-        """The earliest next attempt of a pending message (or its lease's end, if later)."""
+        """The earliest next attempt of a pending message no pause holds (or its lease's end, if later)."""
         base = (
-            f"SELECT next_attempt_at, lease_until, key FROM {self._s}.outbox WHERE status = 'pending' "
-            "AND next_attempt_at IS NOT NULL"
+            f"SELECT next_attempt_at, lease_until, key FROM {self._s}.outbox AS m WHERE status = 'pending' "
+            f"AND next_attempt_at IS NOT NULL AND {_NOT_HELD.format(s=self._s)}"
         )
         return self._run(
             "find the next message time",
@@ -1727,6 +1744,14 @@ class PostgresStore(Store):
 
 
 # --------------------------------------------------------------------------- statements and helpers
+
+# A pause holds a pending message (alias ``m``): its enrollment is PAUSED, or ACTIVE in a
+# sequence that is not (seq_live, as claims read it). Messages of finished or deleted
+# enrollments are not held: the engine takes them to drop them unsent.
+_NOT_HELD = (
+    "NOT EXISTS (SELECT 1 FROM {s}.enrollments AS e WHERE e.id = m.enrollment_id "
+    "AND (e.status = 'paused' OR (e.status = 'active' AND NOT e.seq_live)))"
+)
 
 _SET_ENROLLMENT = (
     "sequence_id = r->>1, contact_id = r->>2, dedupe_key = r->>3, status = r->>4, "

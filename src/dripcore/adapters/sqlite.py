@@ -40,6 +40,14 @@ How it keeps its promises
   an unknown enum value) comes back from :meth:`SQLiteStore.claim_due` as a
   :class:`~dripcore.ports.BrokenRecord`, leased like the others, so the
   engine reports it and goes on.
+- **Pickup across processes.** A worker idle in :meth:`SQLiteStore.wait_for_work`
+  (as :meth:`Drip.run <dripcore.engine.Drip.run>` is between ticks) reads
+  ``PRAGMA data_version`` every ``pickup_interval`` (0.1 s): it changes when
+  another connection commits, so an enrollment made by a web process reaches
+  the worker in a fraction of a second, with no write transaction while
+  nothing changes.
+- **A pause holds retries.** A pending message whose enrollment is PAUSED, or
+  ACTIVE in a sequence that is not, is not claimed until both are active again.
 
 Threads and processes
 ---------------------
@@ -72,6 +80,7 @@ import operator
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
@@ -530,6 +539,14 @@ _NOTHING_PENDING = (
     "NOT EXISTS (SELECT 1 FROM outbox AS o INDEXED BY outbox_pending_by_enrollment "
     "WHERE o.enrollment_id = enrollments.id AND o.status = 'pending')"
 )
+# A pause holds a pending message (a retry, or a crashed worker's): its enrollment is PAUSED,
+# or ACTIVE in a sequence that is not (seq_live, as claims read it). Messages of finished or
+# deleted enrollments are not held: the engine takes them to drop them unsent. One probe of
+# the enrollments' id index per candidate message.
+_NOT_HELD = (
+    "NOT EXISTS (SELECT 1 FROM enrollments AS e WHERE e.id = outbox.enrollment_id "
+    "AND (e.status = 'paused' OR (e.status = 'active' AND e.seq_live = 0)))"
+)
 # Not under another unexpired lease (an expired one is as good as none).
 _NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases AS l WHERE l.rid = enrollments.rid AND l.until > ?)"
 
@@ -777,6 +794,8 @@ class SQLiteStore(Store):
     ``background_checkpoints`` copies the WAL back into the file on a thread
     of the store's own rather than inside a writer's COMMIT (see
     :class:`_Checkpointer`); pass False to leave it to SQLite.
+    ``pickup_interval`` is how often :meth:`wait_for_work` looks for other
+    connections' commits (seconds; more than 0, at most 60).
 
     Reading a row that can't be decoded: :meth:`claim_due` returns it as a
     :class:`~dripcore.ports.BrokenRecord`; :meth:`get_enrollment`,
@@ -798,9 +817,15 @@ class SQLiteStore(Store):
         cache_size_kib: int = 2048,
         pragmas: Mapping[str, str | int] | None = None,
         background_checkpoints: bool = True,
+        pickup_interval: float = 0.1,
     ) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = float(busy_timeout)
+        if isinstance(pickup_interval, bool) or not isinstance(pickup_interval, (int, float)):
+            raise TypeError(f"pickup_interval={pickup_interval!r}: expected a number of seconds")
+        if not 0 < pickup_interval <= 60:
+            raise ValueError(f"pickup_interval={pickup_interval!r}: expected more than 0 and at most 60 seconds")
+        self.pickup_interval = float(pickup_interval)
         self._synchronous = synchronous.upper()
         if self._synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous={synchronous!r}: expected OFF, NORMAL, FULL or EXTRA")
@@ -821,6 +846,10 @@ class SQLiteStore(Store):
         self._closed = False
         self._background_checkpoints = background_checkpoints and not self._memory
         self._check_path()
+        # PRAGMA data_version as wait_for_work last read it (a value of the current connection
+        # only, read when it opens), and when a change it saw last woke a caller (time.monotonic()).
+        self._seen_version = 0
+        self._picked_up_at = -float("inf")
         self._conn = self._open()
         self._pid = os.getpid()
         self._checkpointer = _Checkpointer(self.path) if self._background_checkpoints else None
@@ -862,6 +891,7 @@ class SQLiteStore(Store):
             raise self._error(exc, "open") from exc
         try:
             self._prepare(conn)
+            self._seen_version = self._data_version(conn)  # what this connection has seen: everything so far
         except BaseException:
             conn.close()
             raise
@@ -993,6 +1023,13 @@ class SQLiteStore(Store):
             self._checkpointer = _Checkpointer(self.path) if self._background_checkpoints else None
         return self._conn
 
+    def _data_version(self, conn: sqlite3.Connection) -> int:
+        """``PRAGMA data_version`` of ``conn``: it changes when another connection commits."""
+        try:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise self._error(exc, "read the data version") from exc
+
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: all of it commits, or none of it."""
@@ -1025,6 +1062,74 @@ class SQLiteStore(Store):
                 yield conn
             except sqlite3.Error as exc:
                 raise self._error(exc, action) from exc
+
+    # ------------------------------------------------------------------ wake-ups
+
+    def wait_for_work(self, timeout: float, wake: threading.Event | None = None) -> bool:
+        """Block up to ``timeout`` seconds; return True early when another connection (another
+        process, or another store on this file) has committed since this store last looked, or
+        when ``wake`` is set; False when the timeout passed.
+
+        Every ``pickup_interval`` seconds (0.1 s by default) it reads ``PRAGMA data_version``
+        on the store's connection: a look at the WAL index in shared memory that takes no
+        write lock, writes nothing and blocks no one, and changes only when *another*
+        connection commits (this store's own commits leave it alone, so a worker is not woken
+        by its own writes). A commit in a web process therefore reaches an idle worker within
+        about ``pickup_interval``; 0.1 s keeps that well under a second at the cost of ten
+        reads of shared memory a second. A write that is not work (a settle, a click) wakes
+        the caller too, which then only finds nothing due; such wake-ups come at most once per
+        ``pickup_interval``, so a busy neighbour can't spin an idle worker. ``":memory:"``
+        stores, which no other connection can see, just wait.
+
+        The store's lock is held only for each read, so other threads use the store meanwhile
+        (a look waits at most ``pickup_interval`` for it, else the next look tells). One thread
+        per store should wait at a time (the first to see a change takes it). Never raises for
+        a database problem: it logs it and waits out the timeout as a plain wait. Used by
+        :meth:`Drip.run <dripcore.engine.Drip.run>` with the system clock.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        interval = self.pickup_interval
+        listening = not self._memory
+        look_at = self._picked_up_at + interval  # the rate limit on wake-ups by others' writes
+        while True:
+            if wake is not None and wake.is_set():
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if listening and now >= look_at:
+                changed = self._other_commits(interval)
+                if changed:
+                    self._picked_up_at = time.monotonic()
+                    return True
+                listening = changed is not None  # closed or failing: a plain wait from here on
+                look_at = time.monotonic() + interval
+            pause = (min(deadline, look_at) if listening else deadline) - time.monotonic()
+            if pause > 0:
+                if wake is not None:
+                    wake.wait(pause)
+                else:
+                    time.sleep(pause)
+
+    def _other_commits(self, patience: float) -> bool | None:
+        """Whether another connection committed since the last look; None when it can't tell (the
+        store is closed, or failing). False too while another thread keeps the store busy for
+        ``patience`` seconds: the next look will tell."""
+        if not self._lock.acquire(timeout=patience):
+            return False
+        try:
+            if self._closed:
+                return None
+            conn = self._connection()  # after a fork, the child's own connection (with a new baseline)
+            version = self._data_version(conn)
+            changed = version != self._seen_version
+            self._seen_version = version
+            return changed
+        except (SQLiteStoreError, sqlite3.Error) as exc:
+            log.warning("%s: can't watch for other processes' writes (%s); waiting without it", self.path, exc)
+            return None
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Close the connection (idempotent). The file and its data stay."""
@@ -1099,7 +1204,8 @@ class SQLiteStore(Store):
             self._save_sequence(conn, sequence, body, expected_version)
 
     def resume_sequence(self, sequence: Sequence, *, expected_version: int, shift: timedelta) -> int:
-        """Save the resumed sequence and move its ACTIVE enrollments ``shift`` later, in one transaction."""
+        """Save the resumed sequence and move its ACTIVE enrollments, and their PENDING messages' next
+        attempts, ``shift`` later, in one transaction."""
         check_record(sequence, Sequence, "sequence")
         check_count(expected_version, "expected_version")
         check_span(shift, "shift", maximum=MAX_SPAN)
@@ -1107,6 +1213,15 @@ class SQLiteStore(Store):
         micros = shift // _MICROSECOND
         with self._write("resume a sequence") as conn:
             self._save_sequence(conn, sequence, body, expected_version)
+            # The retries the pause held: a read of the small index of pending messages, and
+            # one probe of the enrollments' id index per message.
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = next_attempt_at + ? WHERE status = 'pending' "
+                "AND sequence_id = ? AND next_attempt_at IS NOT NULL AND EXISTS (SELECT 1 FROM enrollments AS e "
+                "WHERE e.id = outbox.enrollment_id AND e.sequence_id = ? AND e.status = 'active' "
+                "AND e.next_due IS NOT NULL)",
+                (micros, sequence.id, sequence.id),
+            )
             return conn.execute(
                 "UPDATE enrollments SET next_due = next_due + ?, version = version + 1 "
                 "WHERE sequence_id = ? AND status = 'active' AND next_due IS NOT NULL",
@@ -1514,14 +1629,15 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ outbox
 
     def claim_messages(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[OutboxMessage]:
-        """Lease the oldest pending messages whose next attempt is due to ``owner``."""
+        """Lease the oldest pending messages whose next attempt is due to ``owner``, but none a pause
+        holds (an enrollment PAUSED, or ACTIVE in a sequence that is not ACTIVE)."""
         now, limit, lease, owner = check_claim(now, limit, lease, owner)
         at = _instant(to_utc(now, "now"))
         until = _instant(to_utc(now, "now") + lease)
         with self._write("claim outbox messages") as conn:
             rows = conn.execute(
                 f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
-                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, key LIMIT ?",
+                f"AND (lease_until IS NULL OR lease_until <= ?) AND {_NOT_HELD} ORDER BY next_attempt_at, key LIMIT ?",
                 (at, at, limit),
             ).fetchall()
             if rows:
@@ -1641,12 +1757,12 @@ class SQLiteStore(Store):
             )
 
     def next_message_at(self) -> datetime | None:
-        """The earliest next attempt of a pending message (or its lease's end, if later)."""
+        """The earliest next attempt of a pending message no pause holds (or its lease's end, if later)."""
         with self._read("find the next message time") as conn:
             return _earliest(
                 conn,
                 "SELECT next_attempt_at, lease_until FROM outbox WHERE status = 'pending' "
-                "AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at",
+                f"AND next_attempt_at IS NOT NULL AND {_NOT_HELD} ORDER BY next_attempt_at",
             )
 
     def prune_messages(self, settled_before: datetime, *, batch_size: int = 10_000) -> int:

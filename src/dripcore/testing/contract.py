@@ -265,13 +265,27 @@ class SequenceContract(_Fixtures):
 
     def test_resume_sequence_shifts_active_enrollments_and_saves_in_one_go(self, store: Store) -> None:
         """resume_sequence stores the resumed sequence and moves only its ACTIVE enrollments, bumping their
-        versions; on a stale version it raises ConcurrencyConflict and changes nothing. (Optional: a store
-        that raises NotImplementedError is skipped.)"""
+        versions, and the next attempts of their PENDING messages (the retries the pause held); on a stale
+        version it raises ConcurrencyConflict and changes nothing. (Optional: a store that raises
+        NotImplementedError is skipped.)"""
         e1, e2, e3 = sample_enrollment("e1", due=T0), sample_enrollment("e2", due=T0), sample_enrollment("e3")
-        other = sample_enrollment("x1", sequence_id="other", due=T0)
-        paused_sequence = sample_sequence(status=SequenceStatus.PAUSED)
-        _setup(store, e1, paused(e2), finished(e3), other, sequences=(paused_sequence, sample_sequence("other")))
-        resumed = sample_sequence(version=2)
+        r1, r2 = sample_enrollment("r1"), sample_enrollment("r2")
+        other, xr = sample_enrollment("x1", sequence_id="other", due=T0), sample_enrollment("xr", sequence_id="other")
+        sequences = (sample_sequence(), sample_sequence("other"))
+        _setup(store, e1, paused(e2), finished(e3), r1, r2, other, xr, sequences=sequences)
+        retries = [
+            Change(enrollment=sent(r1, 1, T0, T0 + HOUR), outbox=(message(r1, 1, at=T0),)),
+            Change(enrollment=paused(sent(r2, 1, T0, T0 + HOUR)), outbox=(message(r2, 1, at=T0),)),
+            Change(enrollment=sent(xr, 1, T0, T0 + HOUR), outbox=(message(xr, 1, at=T0 + 3 * HOUR),)),
+        ]
+        assert store.commit(retries) == []
+        paused_sequence = sample_sequence(status=SequenceStatus.PAUSED, version=2)
+        store.save_sequence(paused_sequence, expected_version=1)
+        before = {key: store.get_message(key) for key in ("r1:1", "r2:1", "xr:1")}
+        r1_retry = before["r1:1"]
+        assert r1_retry is not None
+        assert store.next_message_at() == T0 + 3 * HOUR, "the paused sequence holds r1's retry"
+        resumed = sample_sequence(version=3)
         try:
             with pytest.raises(ConcurrencyConflict):
                 store.resume_sequence(resumed, expected_version=7, shift=HOUR)
@@ -279,13 +293,20 @@ class SequenceContract(_Fixtures):
             pytest.skip("the store does not implement the optional resume_sequence")
         assert store.get_sequence("seq") == paused_sequence
         assert store.get_enrollment("e1") == e1
-        assert store.resume_sequence(resumed, expected_version=1, shift=HOUR) == 1
+        assert {key: store.get_message(key) for key in before} == before
+        assert store.resume_sequence(resumed, expected_version=2, shift=HOUR) == 2
         assert store.get_sequence("seq") == resumed
         assert store.get_enrollment("e1") == attrs.evolve(e1, next_step_due_at=T0 + HOUR, version=e1.version + 1)
+        assert store.get_enrollment("r1") == attrs.evolve(sent(r1, 1, T0, T0 + 2 * HOUR), version=2)
         assert store.get_enrollment("e2") == paused(e2)
         assert store.get_enrollment("e3") == finished(e3)
         assert store.get_enrollment("x1") == other
+        assert store.get_message("r1:1") == attrs.evolve(r1_retry, next_attempt_at=T0 + HOUR)
+        assert store.get_message("r2:1") == before["r2:1"], "a paused enrollment's retry stays as it was"
+        assert store.get_message("xr:1") == before["xr:1"], "another sequence's retry stays as it was"
+        assert store.next_message_at() == T0 + HOUR
         assert store.claim_due(T0 + HOUR, limit=10, lease=HOUR, owner="w1") != [], "its enrollments are claimable"
+        assert [m.key for m in store.claim_messages(T0 + HOUR, limit=10, lease=HOUR, owner="w1")] == ["r1:1"]
 
 
 # --------------------------------------------------------------------------- enrollments
@@ -843,6 +864,53 @@ class OutboxContract(_Fixtures):
         assert store.find_messages(status=OutboxStatus.PENDING, enrollment_id="e1") == [m2]
         assert store.find_messages(limit=2, offset=1) == [m1, m2]
         assert store.get_message("missing") is None
+
+    def test_a_paused_enrollment_holds_its_pending_messages_until_resumed(self, store: Store) -> None:
+        """A PENDING message (a retry, a crashed worker's) of a PAUSED enrollment is not claimed, and
+        next_message_at passes over it; once the enrollment is ACTIVE again, it is."""
+        e1, e2 = sample_enrollment("e1"), sample_enrollment("e2")
+        _setup(store, e1, e2)
+        m1, m2 = _committed(store, e1, e2)
+        e1_now = store.get_enrollment("e1")
+        assert e1_now is not None
+        assert store.commit([Change(enrollment=paused(e1_now))]) == []
+        assert store.next_message_at() == m2.next_attempt_at
+        assert store.claim_messages(T0 + HOUR, limit=10, lease=MINUTE, owner="w1") == [m2]
+        e1_now = store.get_enrollment("e1")
+        assert e1_now is not None
+        resumed = attrs.evolve(e1_now, status=EnrollmentStatus.ACTIVE, paused_at=None)
+        assert store.commit([Change(enrollment=resumed)]) == []
+        assert store.next_message_at() == m1.next_attempt_at
+        assert store.claim_messages(T0 + HOUR, limit=10, lease=MINUTE, owner="w1") == [m1]
+
+    def test_a_paused_sequence_holds_its_pending_messages_until_resumed(self, store: Store) -> None:
+        """A PENDING message of an ACTIVE enrollment in a sequence that is not ACTIVE is not claimed, and
+        next_message_at passes over it; once the sequence is ACTIVE again, it is. Other sequences' go on."""
+        e1, x1 = sample_enrollment("e1"), sample_enrollment("x1", sequence_id="other")
+        _setup(store, e1, x1, sequences=(sample_sequence(), sample_sequence("other")))
+        m1, mx = _committed(store, e1, x1)
+        store.save_sequence(sample_sequence(status=SequenceStatus.PAUSED, version=2), expected_version=1)
+        assert store.next_message_at() == mx.next_attempt_at
+        assert store.claim_messages(T0 + HOUR, limit=10, lease=MINUTE, owner="w1") == [mx]
+        store.save_sequence(sample_sequence(version=3), expected_version=2)
+        assert store.next_message_at() == m1.next_attempt_at
+        assert store.claim_messages(T0 + HOUR, limit=10, lease=MINUTE, owner="w1") == [m1]
+
+    def test_a_finished_enrollments_pending_messages_are_not_held(self, store: Store) -> None:
+        """A PENDING message of an EXITED or COMPLETED enrollment is claimed whatever its sequence's status
+        (the engine drops an exited one's unsent), so a pause never strands it."""
+        e1, e2 = sample_enrollment("e1"), sample_enrollment("e2")
+        _setup(store, e1, e2)
+        m1, m2 = _committed(store, e1, e2)
+        ended = []
+        for enrollment_id, status in (("e1", EnrollmentStatus.EXITED), ("e2", EnrollmentStatus.COMPLETED)):
+            now = store.get_enrollment(enrollment_id)
+            assert now is not None
+            ended.append(Change(enrollment=finished(now, status)))
+        assert store.commit(ended) == []
+        store.save_sequence(sample_sequence(status=SequenceStatus.PAUSED, version=2), expected_version=1)
+        assert store.next_message_at() == m1.next_attempt_at
+        assert store.claim_messages(T0 + HOUR, limit=10, lease=MINUTE, owner="w1") == [m1, m2]
 
     def test_next_message_at_follows_pending_messages(self, store: Store) -> None:
         """The earliest next attempt of a PENDING message; None when there is none."""
