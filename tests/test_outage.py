@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from dripcore import (
     Contact,
     Delay,
@@ -127,3 +129,36 @@ def test_a_message_out_of_retries_holds_its_enrollment_until_released() -> None:
     drip.release(held[0].id)
     run_for(drip, clock, timedelta(hours=2))
     assert [e.subject for e in provider.inner.to(f"{held[0].contact_id}@example.com")] == ["Two"]
+
+
+def test_resend_puts_a_failed_step_back_and_the_enrollment_goes_on_after_it() -> None:
+    """After a template fix, resend() renders the failed step afresh, sends it with the same key, and the
+    enrollment goes on to its next step once that email is delivered; resending again is refused."""
+    from dripcore import InvalidTransition
+    from dripcore.render import LiquidRenderer, MemoryTemplateStore, Template
+
+    clock = FakeClock(T0)
+    sender = RecordingSender()
+    templates = MemoryTemplateStore()
+    drip = Drip(store=MemoryStore(), sender=sender, clock=clock,
+                contacts=MemoryContacts([Contact(id="ana", email="ana@example.com")]),
+                renderer=LiquidRenderer(templates=templates))  # fmt: skip
+    drip.save_sequence(
+        Sequence(id="s", name="S", status=SequenceStatus.ACTIVE, steps=(
+            Step(position=1, subject="Welcome", template_id="welcome"),
+            Step(position=2, delay=Delay.hours(1), subject="Two", text="2"),
+        ))
+    )  # fmt: skip
+    enrollment, _ = drip.enroll("s", "ana")
+    assert drip.tick().held == 1  # the template is missing: FAILED, held
+    templates.put("welcome", Template(text="Hello!"))
+    drip.resend(enrollment.id)
+    drip.tick()
+    assert [e.subject for e in sender.sent] == ["Welcome"]
+    assert sender.sent[0].idempotency_key == f"{enrollment.id}:1"
+    clock.advance(timedelta(hours=1))
+    drip.tick()
+    assert [e.subject for e in sender.sent] == ["Welcome", "Two"]
+    assert drip.get_enrollment(enrollment.id).status is EnrollmentStatus.COMPLETED
+    with pytest.raises(InvalidTransition):
+        drip.resend(enrollment.id)  # delivered: nothing to resend

@@ -59,6 +59,7 @@ from .errors import (
     EnrollmentNotFound,
     InvalidArgument,
     InvalidEngagement,
+    InvalidTransition,
     InvalidTriggerEvent,
     PermanentSendError,
     RecordRejected,
@@ -82,6 +83,7 @@ from .model import (
     Sequence,
     SequenceStatus,
     SkipReason,
+    Step,
     StepFailed,
     StepSent,
     StepSkipped,
@@ -1056,6 +1058,41 @@ class Drip:
             enrollment_id, lambda e: scheduler.resume(e, now, sequence=sequence, policy=PausePolicy.BUMP)
         )
 
+    def resend(self, enrollment_id: str) -> Enrollment:
+        """Send again the step whose email failed, then let the held enrollment go on.
+
+        The step is rendered afresh (so a fixed template or contact takes effect) and its
+        message put back in the outbox with the same idempotency key; the enrollment resumes
+        and goes on to its next step once that email is delivered. Calling it again after a
+        failure half-way finishes it. Raises :class:`~dripcore.errors.InvalidTransition` when
+        the enrollment's last step did not fail, and the :class:`~dripcore.render.RenderError`
+        if the step still can't be rendered. Needs a store with
+        :meth:`~dripcore.ports.Store.requeue_message`. See also :meth:`release`.
+        """
+        now = self._now()
+        enrollment = self._enrollment(enrollment_id)
+        position = enrollment.last_step_sent
+        message = self.store.get_message(idempotency_key(enrollment.id, position)) if position else None
+        if message is None or message.status is OutboxStatus.DELIVERED or enrollment.is_terminal:
+            raise InvalidTransition(enrollment_id=enrollment.id, status=enrollment.status.value, action="resend")
+        if message.status is OutboxStatus.FAILED:
+            sequence = self._sequence(enrollment.sequence_id)
+            step = sequence.step(position)
+            if step is None:
+                raise InvalidTransition(
+                    enrollment_id=enrollment.id, status=enrollment.status.value,
+                    action=f"resend step {position} (no longer in the sequence) of",
+                )  # fmt: skip
+            contact = self._contact(enrollment.contact_id)
+            self.store.requeue_message(self._message(enrollment.id, step, sequence, contact, enrollment, now))
+        if enrollment.status is EnrollmentStatus.PAUSED:
+            sequence = self._sequence(enrollment.sequence_id)
+            enrollment = self._apply_one(
+                enrollment_id, lambda e: scheduler.resume(e, now, sequence=sequence, policy=PausePolicy.BUMP)
+            )
+        self._wake.set()
+        return enrollment
+
     def cancel_enrollment(self, enrollment_id: str) -> Enrollment:
         """Take one contact out of a sequence (reason MANUAL)."""
         now = self._now()
@@ -1475,25 +1512,35 @@ class Drip:
             return self._change(before, result)
         key = idempotency_key(before.id, step.position)
         try:
-            rendered = self.renderer.render(step, sequence=sequence, contact=contact, enrollment=result.enrollment)
+            message = self._message(before.id, step, sequence, contact, result.enrollment, now)
         except DripcoreError as exc:
             # This one message is FAILED, with the error, and its enrollment held at that
             # step until an operator resends it (once the template is fixed) or releases it.
             message = OutboxMessage(
                 key=key, enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id,
                 position=step.position, email=None, created_at=now, status=OutboxStatus.FAILED,
-                last_error=str(exc), settled_at=now,
+                last_error=_safe_text(str(exc)), settled_at=now,
             )  # fmt: skip
             failed = StepFailed(
                 enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id, at=now,
-                position=step.position, error=str(exc), reason="render",
+                position=step.position, error=_safe_text(str(exc)), reason="render",
             )  # fmt: skip
             held = scheduler.pause(result.enrollment, now).enrollment
             result = attrs.evolve(result, enrollment=held, events=(*result.events, failed))
             return self._change(before, result, (message,), ((sequence.id, step.position, "failed", 1),))
+        return self._change(before, result, (message,), ((sequence.id, step.position, "sent", 1),))
+
+    def _message(
+        self, enrollment_id: str, step: Step, sequence: Sequence, contact: Contact, enrollment: Enrollment,
+        now: datetime,
+    ) -> OutboxMessage:  # fmt: skip
+        """The PENDING outbox message of ``step`` for ``contact``, rendered now; a
+        :class:`~dripcore.errors.DripcoreError` (a :class:`~dripcore.render.RenderError`) if it can't be."""
+        key = idempotency_key(enrollment_id, step.position)
+        rendered = self.renderer.render(step, sequence=sequence, contact=contact, enrollment=enrollment)
         email = Email(
             idempotency_key=key,
-            enrollment_id=before.id,
+            enrollment_id=enrollment_id,
             sequence_id=sequence.id,
             contact_id=contact.id,
             position=step.position,
@@ -1504,11 +1551,10 @@ class Drip:
             sender=step.sender or sequence.sender,
             headers=rendered.headers,
         )
-        message = OutboxMessage(
-            key=key, enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id,
+        return OutboxMessage(
+            key=key, enrollment_id=enrollment_id, sequence_id=sequence.id, contact_id=contact.id,
             position=step.position, email=email, created_at=now, next_attempt_at=now,
         )  # fmt: skip
-        return self._change(before, result, (message,), ((sequence.id, step.position, "sent", 1),))
 
     def _apply_frequency_cap(
         self,

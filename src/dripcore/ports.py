@@ -602,6 +602,15 @@ class Store(ABC):
         the lease, and applies its counters. A message already DELIVERED or FAILED
         is left as it is (settling twice counts once)."""
 
+    def requeue_message(self, message: OutboxMessage) -> bool:
+        """Put a FAILED message back in the outbox as ``message`` (PENDING, same key, a fresh
+        email and attempt count), for an operator resending a step that failed; True if it
+        replaced a FAILED one, False (and nothing changed) otherwise. Atomic. Optional: a
+        store without it raises ``NotImplementedError`` (then :meth:`Drip.resend
+        <dripcore.engine.Drip.resend>` can't be used on it).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement requeue_message")
+
     @abstractmethod
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None."""

@@ -34,7 +34,7 @@ from .._checks import (
     check_records,
     check_span,
 )
-from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError
+from ..errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, SequenceStateError
 from ..model import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
 
@@ -364,6 +364,19 @@ class MemoryStore(Store):
                         if not pending:
                             del self._pending_by_enrollment[message.enrollment_id]
                 self._bump(delivery.counters)
+
+    def requeue_message(self, message: OutboxMessage) -> bool:
+        """Replace a FAILED message with ``message`` (PENDING)."""
+        check_record(message, OutboxMessage, "message")
+        if message.status is not OutboxStatus.PENDING:
+            raise InvalidArgument("message.status", message.status.value, "a requeued message is pending")
+        with self._lock:
+            current = self._outbox.get(message.key)
+            if current is None or current.status is not OutboxStatus.FAILED:
+                return False
+            self._outbox[message.key] = message
+            self._pending_by_enrollment[message.enrollment_id].add(message.key)
+            return True
 
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None."""

@@ -133,7 +133,14 @@ from .._checks import (
     check_records,
     check_span,
 )
-from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError, UnreadableRecord
+from ..errors import (
+    ConcurrencyConflict,
+    InvalidArgument,
+    SequenceNotFound,
+    SequenceStateError,
+    StoreError,
+    UnreadableRecord,
+)
 from ..model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, Email, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
@@ -1606,6 +1613,22 @@ class PostgresStore(Store):
             self._notify(cur, wake_at)
 
         self._run("settle deliveries", work, replay_safe=True)
+
+    def requeue_message(self, message: OutboxMessage) -> bool:
+        """Replace a FAILED message with ``message`` (PENDING), in one transaction."""
+        check_record(message, OutboxMessage, "message")
+        if message.status is not OutboxStatus.PENDING:
+            raise InvalidArgument("message.status", message.status.value, "a requeued message is pending")
+
+        def work(cur: psycopg.Cursor[Any]) -> bool:
+            cur.execute(f"DELETE FROM {self._s}.outbox WHERE key = %s AND status = 'failed'", (message.key,))
+            if not cur.rowcount:
+                return False
+            cur.execute(_INSERT_MESSAGES.format(s=self._s), (dumps([_message_doc(message, None, None)]),))
+            self._notify(cur, message.next_attempt_at)
+            return True
+
+        return self._run("requeue a message", work, replay_safe=False)
 
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None; :class:`CorruptRecord` if its row can't be read."""

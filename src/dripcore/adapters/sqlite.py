@@ -107,7 +107,14 @@ from .._checks import (
     check_records,
     check_span,
 )
-from ..errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError, StoreError, UnreadableRecord
+from ..errors import (
+    ConcurrencyConflict,
+    InvalidArgument,
+    SequenceNotFound,
+    SequenceStateError,
+    StoreError,
+    UnreadableRecord,
+)
 from ..model import (
     _ID_MAX,
     UTC,
@@ -1699,6 +1706,17 @@ class SQLiteStore(Store):
                 if conn.execute(_SETTLE, row).rowcount:
                     sum_counters(d.counters, totals)
             _write_counters(conn, totals)
+
+    def requeue_message(self, message: OutboxMessage) -> bool:
+        """Replace a FAILED message with ``message`` (PENDING), in one transaction."""
+        check_record(message, OutboxMessage, "message")
+        if message.status is not OutboxStatus.PENDING:
+            raise InvalidArgument("message.status", message.status.value, "a requeued message is pending")
+        with self._write("requeue a message") as conn:
+            if not conn.execute("DELETE FROM outbox WHERE key = ? AND status = 'failed'", (message.key,)).rowcount:
+                return False
+            _insert_messages(conn, [_message_row(message, None, None)])
+            return True
 
     def get_message(self, key: str) -> OutboxMessage | None:
         """The outbox message with that key, or None; :class:`CorruptRecord` if its row can't be read."""

@@ -116,6 +116,7 @@ __all__ = [
     "InstantContract",
     "MultiprocessContract",
     "OutboxContract",
+    "RequeueContract",
     "RetentionContract",
     "SequenceContract",
     "StoreContract",
@@ -926,6 +927,36 @@ class OutboxContract(_Fixtures):
 # --------------------------------------------------------------------------- counters
 
 
+def _requeue_supported(store: Store, message: OutboxMessage) -> bool:
+    try:
+        return store.requeue_message(message)
+    except NotImplementedError:
+        pytest.skip("the store does not implement the optional requeue_message")
+
+
+class RequeueContract(_Fixtures):
+    """An operator's resend: a FAILED message is put back as PENDING, nothing else is."""
+
+    def test_a_failed_message_is_requeued_and_claimable_again(self, store: Store) -> None:
+        """requeue_message replaces a FAILED message (same key) with a fresh PENDING one, which is then
+        claimed like any due message; a PENDING or DELIVERED one, or an unknown key, is left alone (False)."""
+        e1, e2 = sample_enrollment("e1"), sample_enrollment("e2")
+        _setup(store, e1, e2)
+        changes = [Change(enrollment=sent(e, 1, T0, T0 + HOUR), outbox=(message(e, 1),)) for e in (e1, e2)]
+        assert store.commit(changes) == []
+        store.settle([Delivery(key="e1:1", status=OutboxStatus.FAILED, at=T0, error="refused"),
+                      Delivery(key="e2:1", status=OutboxStatus.DELIVERED, at=T0)])  # fmt: skip
+        fresh = attrs.evolve(message(e1, 1, at=T0 + HOUR), next_attempt_at=T0 + HOUR)
+        assert _requeue_supported(store, fresh) is True
+        requeued = store.get_message("e1:1")
+        assert requeued is not None
+        assert (requeued.status, requeued.attempts, requeued.email) == (OutboxStatus.PENDING, 0, fresh.email)
+        assert store.requeue_message(fresh) is False, "already pending: left alone"
+        assert store.requeue_message(attrs.evolve(message(e2, 1), next_attempt_at=T0)) is False, "delivered"
+        assert store.requeue_message(attrs.evolve(message(e1, 2), next_attempt_at=T0)) is False, "unknown key"
+        assert [m.key for m in store.claim_messages(T0 + HOUR, limit=10, lease=HOUR, owner="w1")] == ["e1:1"]
+
+
 class CounterContract(_Fixtures):
     """Counters add up, per sequence, and zero ones are left out."""
 
@@ -1172,6 +1203,7 @@ class StoreContract(
     CommitContract,
     OutboxContract,
     CounterContract,
+    RequeueContract,
     FrequencyCapContract,
     RetentionContract,
     InstantContract,
