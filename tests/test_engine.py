@@ -565,6 +565,23 @@ class TestAnniversaries:
 
 
 class TestEngagementAndQueries:
+    def test_an_open_or_click_on_a_bounced_step_is_refused_and_not_counted(self) -> None:
+        """Engagement is only for an email that was delivered: a step whose email bounced (or failed, or is
+        still pending) refuses opens and clicks, so they never count in open_rate."""
+        flaky = FlakySender()
+        w = World(sender=flaky)
+        w.drip.save_sequence(welcome())
+        flaky.fail_address("ana@example.com", reason="bounced")
+        enrollment, _ = w.drip.enroll("welcome", "ana")
+        w.drip.tick()
+        assert w.store.get_message(f"{enrollment.id}:1").status is OutboxStatus.FAILED  # type: ignore[union-attr]
+        with pytest.raises(InvalidEngagement):
+            w.drip.record_open(enrollment.id, 1)
+        with pytest.raises(InvalidEngagement):
+            w.drip.record_click(enrollment.id, 1, "https://example.com/a")
+        assert w.drip.stats("welcome").open_rate == 0.0
+        assert w.drip.stats("welcome").steps[0].opened == 0
+
     def test_not_opened_condition_follows_recorded_opens(self, world: World) -> None:
         nudge = Condition(type=ConditionType.NOT_OPENED, step=1)
         world.drip.save_sequence(
