@@ -8,6 +8,10 @@ through :class:`~dripcore.senders.SMTPSender`, and stops cleanly on SIGTERM or
 Ctrl-C (the batch in hand is finished first). Start as many as you like on the
 same database file: claims are leased, so no step goes twice.
 
+The sender keeps ``--connections`` SMTP sessions open (8 by default) and the
+engine sends over all of them at once, so a slow server is not waited on one
+message at a time.
+
 ``--seed`` adds a welcome series and two contacts tagged "new", so there is
 something to send. ``--simulate`` runs on a fake clock that jumps to each due
 time, so the whole week-long series is delivered (to a real SMTP server) in a
@@ -49,6 +53,7 @@ def build(args: argparse.Namespace, clock: Clock | None) -> Drip:
         port=args.smtp_port,
         default_sender=args.mail_from,
         timeout=10.0,
+        connections=args.connections,  # sends in flight at once: the engine reads sender.max_in_flight
     )
     return Drip(
         store=SQLiteStore(args.db),
@@ -84,6 +89,7 @@ def main(argv: Seq[str] | None = None) -> int:
     parser.add_argument("--smtp-host", default="localhost")
     parser.add_argument("--smtp-port", type=int, default=1025)
     parser.add_argument("--mail-from", default="hello@example.com")
+    parser.add_argument("--connections", type=int, default=8, help="SMTP sessions kept open (default: 8)")
     parser.add_argument("--seed", action="store_true", help="add a welcome series and two contacts")
     parser.add_argument("--simulate", action="store_true", help="run on a fake clock: a week in a second")
     parser.add_argument("--drain", action="store_true", help="deliver what is due now, then exit")
