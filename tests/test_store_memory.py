@@ -29,4 +29,6 @@ class MemoryAgreesWithMemory(StoreStateMachine):
 
 
 TestMemoryStateMachine = MemoryAgreesWithMemory.TestCase
-TestMemoryStateMachine.settings = settings(stateful_step_count=30, deadline=None)
+TestMemoryStateMachine.settings = settings(
+    max_examples=min(settings.default.max_examples, 200), stateful_step_count=30, deadline=None
+)

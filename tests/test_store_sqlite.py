@@ -54,7 +54,8 @@ class SQLiteAgreesWithMemory(StoreStateMachine):
 
 
 TestSQLiteStateMachine = SQLiteAgreesWithMemory.TestCase
-# At most 200 runs of 30 steps under the thorough profile (about 25 s), for the suite's ten minutes.
+# At most 80 runs of 30 steps under the thorough profile: each run is a real file with fsyncs, and the
+# whole suite must stay well inside its ten minutes on a loaded 2-core machine.
 TestSQLiteStateMachine.settings = settings(
-    max_examples=min(settings.default.max_examples, 200), stateful_step_count=30, deadline=None
+    max_examples=min(settings.default.max_examples, 80), stateful_step_count=30, deadline=None
 )

@@ -143,7 +143,7 @@ def survives(build: Any) -> Any:
         return None
 
 
-@settings(max_examples=max(10, settings.default.max_examples // 2))
+@settings(max_examples=max(10, settings.default.max_examples // 4))
 @given(
     sequence=edge_sequences(),
     zone=optional_zones,
