@@ -33,7 +33,8 @@ from liquid import Environment
 from liquid.exceptions import LiquidError
 
 from dripcore import Contact, Enrollment, Sequence, Step
-from dripcore.render import LiquidRenderer, RenderError, _liquid
+from dripcore.render import LiquidRenderer, RenderError
+from dripcore.render.liquid import load_liquid
 
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONTACT = Contact(id="c1", email="ana@example.com", first_name="Ana", metadata={"plan": "pro"})
@@ -130,7 +131,7 @@ def render_figures(repeats: int, number: int) -> list[str]:
         "<ul>{% for item in items %}<li>{{ item.name }}: {{ item.price | times: 1.2 | round: 2 }}</li>{% endfor %}</ul>"
     )
     values = {"firstName": "Ana", "plan": "pro", "items": [{"name": f"Item {i}", "price": i} for i in range(10)]}
-    liquid = _liquid()
+    liquid = load_liquid()
     plain = _OldLimits(autoescape=True).from_string(source)
     guarded = liquid.bound_ranges(liquid.environment(html=True, strict=False, max_chars=MB).from_string(source))
     assert plain.render(values) == liquid.render(guarded, values, float("inf"))
@@ -180,12 +181,12 @@ def footer_figures(repeats: int, number: int) -> list[str]:
             renderer.render(step, sequence=SEQUENCE, contact=CONTACT, enrollment=ENROLLMENT)
 
         results[name] = min(seconds(once) for _ in range(repeats * number // 10 or 1))
-    from dripcore.render import _shows_link
+    from dripcore.render.visibility import shows_link
 
     html = renderer.render(plain, sequence=SEQUENCE, contact=CONTACT, enrollment=ENROLLMENT).html
     assert html is not None
     url = "https://unsubscribe.invalid/s1/e1"
-    scan = min(seconds(lambda: _shows_link(html, url)) for _ in range(repeats * 20))
+    scan = min(seconds(lambda: shows_link(html, url)) for _ in range(repeats * 20))
     return [
         f"footer rule, 16 KB email showing the link: a full scan takes {scan * 1e6:,.0f} us; a whole render takes "
         f"{results['plain'] * 1e6:,.0f} us plain (layout from the template, no scan) and "

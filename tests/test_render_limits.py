@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import dripcore.render
+import dripcore.render.liquid
 from dripcore import Contact, Drip, Enrollment, Sequence, SequenceStatus, Step
 from dripcore.adapters.memory import MemoryStore
 from dripcore.ports import OutboxStatus, Rendered
@@ -283,7 +283,7 @@ def test_many_plain_outputs_of_a_long_value_are_bounded_on_the_fast_path_too() -
 def test_the_time_limit_is_one_budget_for_the_whole_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """The clock starts at the first Liquid field and runs on through the next (a fake clock here)."""
     ticks = itertools.count()
-    monkeypatch.setattr(dripcore.render, "thread_time", lambda: next(ticks) * 0.01)
+    monkeypatch.setattr(dripcore.render.liquid, "thread_time", lambda: next(ticks) * 0.01)
     r = renderer(limits=RenderLimits(time=0.2))
     loop = "{% for i in (1..12) %}{{ i }}{% endfor %}"  # about 13 looks at the clock each
     assert render(Step(position=1, subject=loop, text="Hi"), r=r).subject.startswith("123")
@@ -298,7 +298,7 @@ def test_plain_templates_never_look_at_the_clock(monkeypatch: pytest.MonkeyPatch
     def no_clock() -> float:
         raise AssertionError("the clock was read")
 
-    monkeypatch.setattr(dripcore.render, "thread_time", no_clock)
+    monkeypatch.setattr(dripcore.render.liquid, "thread_time", no_clock)
     rendered = render(Step(position=1, subject="Hi {{ firstName }}", text="Bye {{ email }}", html="<p>{{ x }}</p>"))
     assert rendered.subject == "Hi Ana"
 

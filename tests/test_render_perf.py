@@ -1,8 +1,10 @@
-"""The renderer's cheap paths: Liquid loaded only when needed, and shortcuts that change no result."""
+"""The renderer's cheap paths: Liquid loaded only when needed, and shortcuts that change no result.
+
+That the substitution fast path renders what Liquid renders is in test_render_fast_path.py.
+"""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
@@ -10,14 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import liquid.token
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from dripcore import Contact, Enrollment, Sequence, Step, UnknownVariables
+from dripcore import Contact, Enrollment, Sequence, Step
 from dripcore.errors import DripcoreError
-from dripcore.render import LiquidRenderer, UnknownVariable, _liquid, _Simple, placeholder_unsubscribe_url
+from dripcore.render import LiquidRenderer, placeholder_unsubscribe_url
 
 AT = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
 
@@ -87,70 +88,6 @@ assert render(renderer, Step(position=1, subject="Hi", text="Hello")).text.endsw
 """)
 
 
-# --------------------------------------------------------------------------- the fast path is Liquid's answer
-
-ENVIRONMENTS = {
-    (html, strict): _liquid().environment(html=html, strict=strict, max_chars=100_000)
-    for html in (False, True)
-    for strict in (False, True)
-}
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Every word Liquid's lexer knows, and a few the grammar uses by name.
-WORDS = sorted(
-    {value for name, value in vars(liquid.token).items() if name.startswith("TOKEN_") and isinstance(value, str)}
-    | {"true", "false", "nil", "null", "empty", "blank", "and", "or", "not", "contains", "in", "forloop", "self"}
-)
-names = st.sampled_from(["firstName", "plan", "n", "x_1", "_", *filter(IDENTIFIER.fullmatch, WORDS)])
-spaces = st.sampled_from(["", " ", "  ", "\n", "\t", "\r\n", "\u00a0", "\x0b", "\u2003"])
-literal = st.text(alphabet="ab {}%#-|.:'\"<>&\n", max_size=6)
-values = st.dictionaries(
-    names, st.text(alphabet="a<&'\" {}", max_size=4) | st.integers(-50, 50) | st.none(), max_size=4
-)
-
-
-@st.composite
-def near_simple_templates(draw: st.DrawFn) -> str:
-    pieces = [draw(literal)]
-    for _ in range(draw(st.integers(0, 4))):
-        pieces.append("{{" + draw(spaces) + draw(names) + draw(spaces) + "}}")
-        pieces.append(draw(literal))
-    return "".join(pieces)
-
-
-@given(near_simple_templates(), values, st.booleans(), st.booleans())
-def test_what_the_fast_path_accepts_liquid_compiles_and_prints_the_same(
-    source: str, variables: dict[str, object], html: bool, strict: bool
-) -> None:
-    """Braces, Liquid's own words, odd whitespace: either refused, or the output Liquid gives."""
-    simple = _Simple.parse(source)
-    assume(simple is not None)
-    assert simple is not None
-    template = ENVIRONMENTS[html, strict].from_string(source)  # compiles: the renderer no longer asks Liquid
-    fast = simple.render(variables, html=html, strict=strict)
-    if fast is not None:
-        assert fast == template.render(variables)
-
-
-@pytest.mark.parametrize("word", [word for word in WORDS if IDENTIFIER.fullmatch(word)])
-def test_an_output_of_a_liquid_word_is_refused_or_the_same(word: str) -> None:
-    """{{ true }} prints "true" and {{ and }} does not compile: such outputs are Liquid's job."""
-    source = f"[{{{{ {word} }}}}]"
-    simple = _Simple.parse(source)
-    if simple is None:
-        return
-    for variables in ({}, {word: "v"}, {word: 7}):
-        assert simple.render(variables, html=False, strict=False) == ENVIRONMENTS[False, False].from_string(
-            source
-        ).render(variables)
-
-
-def test_a_brace_before_an_output_is_refused() -> None:
-    """ "{{{ name }}" is a syntax error to Liquid, not a "{" and a substitution."""
-    assert _Simple.parse("x{{{ name }}") is None
-    assert _Simple.parse("{ {{ name }}") is not None
-    assert _Simple.parse("{{ name }}}") is not None
-
-
 # --------------------------------------------------------------------------- renderer shortcuts
 
 
@@ -200,19 +137,6 @@ def test_a_value_the_fast_path_cannot_print_compiles_once_and_counts_once() -> N
         assert rendered.text.startswith("Items: 12\n\n")
     info = renderer.cache_info()
     assert (info.misses, info.hits, info.currsize) == (2, 4, 2)
-
-
-def test_a_strict_miss_in_a_simple_template_names_its_line() -> None:
-    """The fast path can't name a line: a strict miss goes to Liquid, which does."""
-    renderer = LiquidRenderer()
-    with pytest.raises(UnknownVariable) as caught:
-        renderer.render(
-            Step(position=1, subject="Hi", text="Hello\n{{ firstName }} {{ plan }}"),
-            sequence=Sequence(id="s1", name="S", unknown_variables=UnknownVariables.ERROR),
-            contact=contact(),
-            enrollment=enrollment(),
-        )
-    assert (caught.value.variable, caught.value.line) == ("plan", 2)
 
 
 def test_a_shared_renderer_counts_every_lookup_across_threads() -> None:

@@ -34,6 +34,11 @@ The tree::
     ├── SequenceStateError                     a lifecycle operation the sequence's status forbids
     ├── EnrollmentConflict                     enrolling again where the re-entry policy forbids it
     ├── ContactSuppressed                      enrolling a contact who unsubscribed, bounced or complained
+    ├── RenderError                            one step can't be rendered for one contact (names sequence, step, field)
+    │   ├── UnknownVariable                    a template output a variable the contact doesn't have (policy ERROR)
+    │   ├── TemplateNotFound                   a step's template_id is not in the template store
+    │   ├── InvalidContent                     oversized, binary or not text
+    │   └── RenderLimitExceeded                past one of the RenderLimits (time, items, size, loops)
     ├── SendError                              raised by MailSender implementations
     │   ├── TransientSendError                 retry later
     │   │   └── SenderUnavailable              the sender as a whole is down or misconfigured
@@ -60,6 +65,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidCondition",
     "InvalidContact",
+    "InvalidContent",
     "InvalidDelay",
     "InvalidEngagement",
     "InvalidEnrollment",
@@ -75,13 +81,17 @@ __all__ = [
     "NotFound",
     "PermanentSendError",
     "RecordRejected",
+    "RenderError",
+    "RenderLimitExceeded",
     "SendError",
     "SenderUnavailable",
     "SequenceNotFound",
     "SequenceStateError",
     "StoreError",
+    "TemplateNotFound",
     "TransientSendError",
     "UnknownTriggerType",
+    "UnknownVariable",
     "UnreadableRecord",
     "ValidationError",
 ]
@@ -333,3 +343,69 @@ class RecordRejected(StoreError):
     def ids(self) -> tuple[str, ...]:
         """The ids of the rejected records."""
         return tuple(self.reasons)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class RenderError(DripcoreError):
+    """A step could not be rendered; names the sequence, the step and, when known, the field and line.
+
+    ``field`` is ``"subject"``, ``"html"``, ``"text"``, ``"template_id"`` or
+    ``"unsubscribe_url"``; ``template_id`` is set when the content came from
+    a :class:`~dripcore.ports.TemplateStore`; ``line`` is 1-based within that field.
+    """
+
+    def __init__(
+        self,
+        *,
+        sequence_id: str,
+        position: int,
+        reason: str,
+        line: int | None = None,
+        field: str | None = None,
+        template_id: str | None = None,
+    ) -> None:
+        self.sequence_id = sequence_id
+        self.position = position
+        self.reason = reason
+        self.line = line
+        self.field = field
+        self.template_id = template_id
+        where = f"sequence {sequence_id!r} step {position}"
+        if template_id is not None:
+            where += f" (template {template_id!r})"
+        if field is not None:
+            where += f" {field}"
+        if line is not None:
+            where += f" line {line}"
+        super().__init__(f"{where}: {reason}")
+
+
+class UnknownVariable(RenderError):
+    """A template output a variable the contact and enrollment don't have (policy ERROR)."""
+
+    def __init__(self, *, variable: str, **where: Any) -> None:
+        self.variable = variable
+        super().__init__(reason=f"unknown variable {variable!r}", **where)
+
+
+class TemplateNotFound(RenderError):
+    """A step's ``template_id`` is not in the template store (or there is no store)."""
+
+
+class InvalidContent(RenderError):
+    """Content that can't be an email: oversized, binary, or not text. ``field`` names it."""
+
+
+class RenderLimitExceeded(RenderError):
+    """A rendering went past one of its :class:`~dripcore.render.RenderLimits`; ``limit`` names which.
+
+    ``limit`` is ``"time"``, ``"max_items"``, ``"max_body"`` (a string a filter
+    takes or makes), ``"loop_iterations"`` or ``"namespace"`` (what
+    ``assign`` and ``capture`` may hold).
+    """
+
+    def __init__(self, *, limit: str, **where: Any) -> None:
+        self.limit = limit
+        super().__init__(**where)

@@ -13,6 +13,7 @@ classes. Their docstrings are the contract; the storage contract kit in
 - :class:`EventSink` receives lifecycle events (for webhooks).
 - :class:`RateLimiter` caps sends (daily limits, domain warm-up).
 - :class:`Renderer` turns a step into subject and bodies for one contact.
+- :class:`TemplateStore` holds the content that ``template_id`` steps point at.
 
 Ports depend on the model only; adapters depend on ports and model, never on
 the engine.
@@ -67,6 +68,8 @@ __all__ = [
     "StepStats",
     "Store",
     "SystemClock",
+    "Template",
+    "TemplateStore",
     "idempotency_key",
 ]
 
@@ -677,3 +680,29 @@ class Store(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- templates by id
+
+
+@attrs.frozen(kw_only=True)
+class Template:
+    """Stored email content a step can point at with ``template_id``; any field may be missing."""
+
+    subject: str | None = None
+    html: str | None = None
+    text: str | None = None
+
+
+class TemplateStore(ABC):
+    """Where ``template_id`` steps find their content.
+
+    ``get`` returns the template or None when there is none with that id. It
+    is called once per rendering, so a store backed by a database should
+    cache; the renderer caches compiled templates by content, so an edited
+    template takes effect at once.
+    """
+
+    @abstractmethod
+    def get(self, template_id: str) -> Template | None:
+        """The template with that id, or None."""
