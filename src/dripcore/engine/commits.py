@@ -58,6 +58,7 @@ def status_counters(sequence_id: str, before: Enrollment | None, after: Enrollme
 
 
 def _event_counters(events: Iterable[Event]) -> list[Counter]:
+    """The per-step counter increments of a transition's events (skips, by reason)."""
     return [
         (e.sequence_id, e.position, CounterName.SKIPPED.of(e.reason), 1) for e in events if isinstance(e, StepSkipped)
     ]

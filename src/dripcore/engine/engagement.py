@@ -79,6 +79,7 @@ def record_click(ctx: Context, enrollment_id: str, position: int, link: str | No
 def engage(
     ctx: Context, enrollment_id: str, update: Callable[[Enrollment], Enrollment], counters: list[Counter]
 ) -> bool:
+    """Commit an engagement update with its counters; True if it changed the enrollment."""
     for _ in range(5):
         before = ctx.enrollment(enrollment_id)
         after = update(before)

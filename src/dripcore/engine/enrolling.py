@@ -41,6 +41,7 @@ def enroll_one(
     variables: Mapping[str, Any] | None = None,
     key: str | None = None,
 ) -> tuple[Enrollment, bool]:
+    """Enroll ``contact`` into ``sequence`` (idempotent); returns ``(enrollment, created)``."""
     result = scheduler.enroll(
         sequence, contact, ctx.now(), enrollment_id=ctx.new_id(),
         started_at=started_at, variables=variables, key=key,
@@ -107,6 +108,7 @@ def notify(ctx: Context, event: TriggerEvent) -> list[Enrollment]:
 
 
 def contact_exits(ctx: Context, contact_id: str, reason: ExitReason) -> int:
+    """Suppress a contact and exit all their live enrollments with ``reason``; returns how many exited."""
     ctx.contacts.suppress(check_id(contact_id, "contact_id"), reason)
     now = ctx.now()
     return commit_all(ctx, lambda e: scheduler.exit(e, reason, now), live(ctx, contact_id=contact_id))

@@ -87,6 +87,7 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
 
 
 def replan(ctx: Context, sequence: Sequence, previous: Sequence | None) -> int:
+    """Replan the live enrollments of an edited ``sequence`` (from ``previous``, or from their last send)."""
     contacts: Mapping[str, Contact] = {}
 
     def transition(e: Enrollment) -> scheduler.Advance:
@@ -103,6 +104,7 @@ def replan(ctx: Context, sequence: Sequence, previous: Sequence | None) -> int:
 
 
 def set_status(ctx: Context, sequence: Sequence, status: SequenceStatus, paused_at: datetime | None) -> Sequence:
+    """Store ``sequence`` with a new status (a version bump, checked against the stored one)."""
     updated = attrs.evolve(sequence, status=status, paused_at=paused_at, version=sequence.version + 1)
     ctx.store.save_sequence(updated, expected_version=sequence.version)
     return updated

@@ -51,6 +51,7 @@ def look_up_contacts(ctx: Context, contact_ids: set[str]) -> tuple[dict[str, Con
 def _checked_contacts(
     found: Mapping[str, Contact | None], contact_ids: set[str]
 ) -> tuple[dict[str, Contact], dict[str, str]]:
+    """What the directory returned, checked: the real contacts, and why each other one is refused."""
     contacts: dict[str, Contact] = {}
     failed: dict[str, str] = {}
     for contact_id in contact_ids:

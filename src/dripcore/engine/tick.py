@@ -220,6 +220,7 @@ def advance_batch(
 def dispatch_change(
     ctx: Context, before: Enrollment, result: scheduler.Advance, sequence: Sequence, contact: Contact, now: datetime
 ) -> Change:
+    """The change of one advanced enrollment: its message rendered (or FAILED and the enrollment held)."""
     step = result.send
     if step is None:
         return change_of(before, result)
