@@ -109,7 +109,7 @@ class Drip:
     ``retry_for`` (``RetryPolicy.give_up_after``) and ``max_attempts``; ``batch_size``,
     ``lease``, ``set_aside_for`` and ``concurrency``. Giving one both ways raises
     :class:`~dripcore.errors.InvalidArgument`, as does any bad setting, naming it.
-    See :doc:`the configuration reference </reference/configuration>`.
+    The configuration reference page lists every setting.
     """
 
     store = _Forwarded[Store]()
