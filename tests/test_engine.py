@@ -27,10 +27,12 @@ from dripcore import (
     OutboxStatus,
     PausePolicy,
     ReentryPolicy,
+    RetryPolicy,
     Sequence,
     SequenceNotFound,
     SequenceStateError,
     SequenceStatus,
+    SkipReason,
     Step,
     StepFailed,
     StepSent,
@@ -42,6 +44,7 @@ from dripcore import (
     UnreadableRecord,
 )
 from dripcore.adapters.memory import MemoryStore
+from dripcore.ports import CounterName
 from dripcore.testing import DailyCap, FakeClock, FlakySender, MemoryContacts, RecordingEvents, RecordingSender
 
 UTC = timezone.utc
@@ -237,9 +240,14 @@ class TestTickAndDelivery:
         due = world.drip.get_enrollment(enrollment.id).next_step_due_at
         assert due == T0 + timedelta(hours=24) + timedelta(days=3)
 
-    def test_transient_failures_are_retried_with_backoff(self) -> None:
+    @pytest.mark.parametrize(
+        "retry_settings",
+        [{"retry_base": timedelta(minutes=1)}, {"retry": RetryPolicy(base=timedelta(minutes=1))}],
+        ids=["flat keyword", "value object"],
+    )
+    def test_transient_failures_are_retried_with_backoff(self, retry_settings: dict[str, object]) -> None:
         flaky = FlakySender()
-        w = World(sender=flaky, retry_base=timedelta(minutes=1))
+        w = World(sender=flaky, **retry_settings)
         w.drip.save_sequence(welcome())
         flaky.fail_next(2)
         enrollment, _ = w.drip.enroll("welcome", "ana")
@@ -714,3 +722,41 @@ def test_completed_event_comes_after_the_last_send(world: World) -> None:
     world.drip.tick()
     names = [type(e) for e in world.events.events if e.sequence_id == "one"]
     assert names == [Subscribed, StepSent, Completed]
+
+
+class TestCounterVocabulary:
+    """One vocabulary of counter names, written by the engine and read by SequenceStats; stored strings never change."""
+
+    def test_the_stored_names_are_those_stores_already_hold(self) -> None:
+        assert {name.value for name in CounterName} == {
+            "recipients", "sent", "delivered", "failed", "bounced", "complained", "opened", "clicked",
+            "replan:pending", "status", "exited", "skipped",
+        }  # fmt: skip
+        assert CounterName.STATUS.of(EnrollmentStatus.ACTIVE) == "status:active"
+        assert CounterName.EXITED.of(ExitReason.BOUNCED) == "exited:bounced"
+        assert CounterName.SKIPPED.of(SkipReason.FREQUENCY_CAP) == "skipped:frequency cap"
+        assert CounterName.SKIPPED.key_in("skipped:outside window") == "outside window"
+        assert CounterName.SKIPPED.key_in("status:active") is None
+
+    def test_every_counter_the_engine_writes_is_in_the_vocabulary(self) -> None:
+        """A run with sends, skips, a bounce, an exit and engagement writes only names of CounterName."""
+        flaky = FlakySender()
+        w = World(sender=flaky)
+        w.drip.save_sequence(welcome(steps=(step(1), step(2, Delay.hours(1), active=False), step(3, Delay.hours(2)))))
+        flaky.fail_address("bo@example.com", reason="bounced")
+        ana, _ = w.drip.enroll("welcome", "ana")
+        w.drip.enroll("welcome", "bo")
+        w.drip.tick()
+        w.drip.record_click(ana.id, 1, "https://example.com/a")
+        w.drip.save_sequence(welcome(steps=(step(1), step(2, Delay.hours(1), active=False), step(3, Delay.hours(3)))))
+        w.run_for(timedelta(hours=4))
+        names = {name for (_, name) in w.store.counters("welcome")}
+        fixed = {n.value for n in CounterName}
+        families = (CounterName.STATUS, CounterName.EXITED, CounterName.SKIPPED)
+        assert names, "the run counted nothing"
+        for name in names:
+            assert name in fixed or any(f.key_in(name) is not None for f in families), name
+        assert {"status:completed", "exited:bounced", "skipped:inactive", "clicked", "delivered"} <= names
+        stats = w.drip.stats("welcome")
+        assert (stats.recipients, stats.completed, stats.exited_by_reason) == (2, 1, {"bounced": 1})
+        assert stats.steps[1].skipped == {"inactive": 1}

@@ -20,7 +20,11 @@ from dripcore import (
     Drip,
     DripcoreError,
     EnrollmentStatus,
+    FrequencyCap,
+    InvalidArgument,
+    Limits,
     OutboxStatus,
+    RetryPolicy,
     SequenceStatus,
     TriggerEvent,
 )
@@ -243,7 +247,7 @@ def test_drip_entry_points_raise_only_dripcore_errors(drip: Drip, entry: str, ju
 DRIP_SETTINGS = (
     "batch_size", "max_attempts", "lease", "set_aside_for", "retry_base", "retry_cap", "retry_for", "worker_id",
     "store", "sender", "contacts", "clock", "events", "rate_limiter", "renderer", "frequency_cap", "id_factory",
-    "concurrency",
+    "concurrency", "retry", "limits",
 )  # fmt: skip
 
 
@@ -289,3 +293,121 @@ def test_drip_batch_size_zero_is_an_invalid_argument() -> None:
     with pytest.raises(InvalidArgument) as info:
         Drip(store=MemoryStore(), sender=RecordingSender(), contacts=MemoryContacts(), batch_size=0)
     assert info.value.field == "batch_size"
+
+
+# --------------------------------------------------------------------------- settings as value objects
+
+
+def _drip(**settings: Any) -> Drip:
+    return Drip(store=MemoryStore(), sender=RecordingSender(), contacts=MemoryContacts(), **settings)
+
+
+def test_settings_value_objects_are_taken_as_given() -> None:
+    """Drip(retry=RetryPolicy(...), limits=Limits(...)) keeps them, and the flat names read them."""
+    retry = RetryPolicy(base=timedelta(seconds=5), cap=timedelta(minutes=2), give_up_after=timedelta(hours=3))
+    limits = Limits(batch_size=20, lease=timedelta(minutes=1), set_aside_for=timedelta(minutes=30), concurrency=2)
+    drip = _drip(retry=retry, limits=limits)
+    assert (drip.retry, drip.limits) == (retry, limits)
+    assert (drip.retry_base, drip.retry_cap, drip.retry_for, drip.max_attempts) == (
+        timedelta(seconds=5), timedelta(minutes=2), timedelta(hours=3), None,
+    )  # fmt: skip
+    assert (drip.batch_size, drip.lease, drip.set_aside_for, drip.concurrency) == (
+        20, timedelta(minutes=1), timedelta(minutes=30), 2,
+    )  # fmt: skip
+
+
+def test_flat_keywords_map_into_the_value_objects() -> None:
+    """The flat keywords of earlier versions still work: each sets its value object's field."""
+    drip = _drip(
+        retry_base=timedelta(seconds=7), retry_cap=timedelta(minutes=3), retry_for=timedelta(hours=4),
+        max_attempts=6, batch_size=9, lease=timedelta(minutes=2), set_aside_for=timedelta(minutes=5), concurrency=3,
+    )  # fmt: skip
+    assert drip.retry == RetryPolicy(
+        base=timedelta(seconds=7), cap=timedelta(minutes=3), give_up_after=timedelta(hours=4), max_attempts=6
+    )
+    assert drip.limits == Limits(
+        batch_size=9, lease=timedelta(minutes=2), set_aside_for=timedelta(minutes=5), concurrency=3
+    )
+
+
+def test_defaults_are_the_value_objects_defaults() -> None:
+    drip = _drip()
+    assert (drip.retry, drip.limits) == (RetryPolicy(), Limits())
+    assert (drip.batch_size, drip.retry_for) == (500, timedelta(days=5))
+
+
+def test_setting_a_flat_attribute_replaces_its_value_object() -> None:
+    """drip.batch_size = n (as benchmarks do) gives the engine a new Limits, validated."""
+    drip = _drip(limits=Limits(batch_size=10, concurrency=2))
+    drip.batch_size = 30
+    assert drip.limits == Limits(batch_size=30, concurrency=2)
+    with pytest.raises(InvalidArgument) as info:
+        drip.batch_size = 0
+    assert info.value.field == "Limits.batch_size"
+    assert drip.limits.batch_size == 30
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"retry": RetryPolicy(), "retry_base": timedelta(seconds=1)}, "retry_base"),
+        ({"retry": RetryPolicy(), "max_attempts": 3}, "max_attempts"),
+        ({"limits": Limits(), "batch_size": 10}, "batch_size"),
+        ({"limits": Limits(), "concurrency": 2}, "concurrency"),
+    ],
+)
+def test_a_setting_given_both_ways_is_an_invalid_argument(settings: dict[str, Any], field: str) -> None:
+    """A value object and a flat keyword for the same setting: InvalidArgument naming the keyword."""
+    with pytest.raises(InvalidArgument) as info:
+        _drip(**settings)
+    assert info.value.field == field
+
+
+def test_a_flat_keyword_of_the_other_value_object_goes_with_it() -> None:
+    """limits=... with retry_base=... sets different things: both are taken."""
+    drip = _drip(limits=Limits(batch_size=5), retry_base=timedelta(seconds=2))
+    assert (drip.batch_size, drip.retry_base) == (5, timedelta(seconds=2))
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "value"),
+    [
+        (lambda: _drip(batch_size=0), "batch_size", 0),
+        (lambda: _drip(concurrency=0), "concurrency", 0),
+        (lambda: _drip(max_attempts=0), "max_attempts", 0),
+        (lambda: _drip(lease=timedelta(0)), "lease", timedelta(0)),
+        (lambda: _drip(retry_base=timedelta(seconds=-1)), "retry_base", timedelta(seconds=-1)),
+        (lambda: _drip(retry_cap="1h"), "retry_cap", "1h"),
+        (lambda: _drip(retry_for=5), "retry_for", 5),
+        (lambda: _drip(retry="fast"), "retry", "fast"),
+        (lambda: _drip(limits=RetryPolicy()), "limits", RetryPolicy()),
+        (lambda: Limits(batch_size=100_001), "Limits.batch_size", 100_001),
+        (lambda: Limits(set_aside_for=timedelta(days=4000)), "Limits.set_aside_for", timedelta(days=4000)),
+        (lambda: Limits(concurrency=True), "Limits.concurrency", True),
+        (lambda: RetryPolicy(base=timedelta(0)), "RetryPolicy.base", timedelta(0)),
+        (lambda: RetryPolicy(give_up_after=3600), "RetryPolicy.give_up_after", 3600),
+        (lambda: RetryPolicy(max_attempts=-2), "RetryPolicy.max_attempts", -2),
+        (lambda: _drip(worker_id="a\nb"), "worker_id", "a\nb"),
+        (lambda: _drip(id_factory="enr"), "id_factory", "enr"),
+    ],
+)
+def test_every_bad_setting_is_an_invalid_argument_naming_field_and_value(
+    make: Callable[[], object], field: str, value: object
+) -> None:
+    """No bare ValueError or TypeError: InvalidArgument, with the field (as the caller wrote it) and the value."""
+    with pytest.raises(InvalidArgument) as info:
+        make()
+    assert info.value.field == field
+    assert info.value.value == value
+
+
+def test_a_frequency_cap_on_a_store_without_the_capability_is_an_invalid_argument() -> None:
+    """It was a plain DripcoreError: now an InvalidArgument naming frequency_cap."""
+
+    class Capless(MemoryStore):
+        capabilities = frozenset({"retention"})
+
+    cap = FrequencyCap(per_day=1)
+    with pytest.raises(InvalidArgument) as info:
+        Drip(store=Capless(), sender=RecordingSender(), contacts=MemoryContacts(), frequency_cap=cap)
+    assert (info.value.field, info.value.value) == ("frequency_cap", cap)

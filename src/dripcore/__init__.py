@@ -8,7 +8,7 @@ bounce or complain. The heart is the pure function :func:`advance`.
 """
 
 from ._version import __version__
-from .engine import CapAction, Drip, FrequencyCap, TickError, TickReport
+from .engine import CapAction, Drip, FrequencyCap, Limits, RetryPolicy, TickError, TickReport
 from .errors import (
     ConcurrencyConflict,
     ContactNotFound,
@@ -144,6 +144,7 @@ __all__ = [
     "InvalidTrigger",
     "InvalidTriggerEvent",
     "InvalidWindow",
+    "Limits",
     "LiquidRenderer",
     "MemoryTemplateStore",
     "NaiveDatetimeError",
@@ -158,6 +159,7 @@ __all__ = [
     "RenderError",
     "RenderLimitExceeded",
     "RenderLimits",
+    "RetryPolicy",
     "SendError",
     "SendWindow",
     "SenderIdentity",

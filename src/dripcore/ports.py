@@ -54,6 +54,7 @@ __all__ = [
     "Clock",
     "ContactDirectory",
     "Counter",
+    "CounterName",
     "Delivery",
     "Email",
     "EventSink",
@@ -101,9 +102,50 @@ Counter = tuple[str, int, str, int]
 
 Stores keep counters so statistics never scan enrollments. The engine decides
 every increment; a store only adds them up, atomically with the write they
-belong to. Names are plain strings (``"recipients"``, ``"status:active"``,
-``"exited:bounced"``, ``"sent"``, ``"skipped:inactive"`` ...).
+belong to. Names are plain strings from :class:`CounterName` (``"recipients"``,
+``"status:active"``, ``"exited:bounced"``, ``"sent"``, ``"skipped:inactive"`` ...).
 """
+
+
+class CounterName(enum.Enum):
+    """The names of the counters: one vocabulary, written by the engine and read by
+    :meth:`SequenceStats.from_counters`.
+
+    A member's value is the stored name (stores persist it: it never changes). The
+    members STATUS, EXITED and SKIPPED name a family, one counter per key:
+    ``CounterName.STATUS.of(EnrollmentStatus.ACTIVE)`` is ``"status:active"``.
+    Sequence-level counters (position 0): RECIPIENTS, STATUS, EXITED (by
+    :class:`~dripcore.model.ExitReason`) and REPLAN_PENDING (an edit's replan under
+    way); the others count per step (SKIPPED by :class:`~dripcore.model.SkipReason`).
+
+    >>> CounterName.STATUS.of(EnrollmentStatus.ACTIVE)
+    'status:active'
+    >>> CounterName.EXITED.key_in("exited:bounced")
+    'bounced'
+    """
+
+    RECIPIENTS = "recipients"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    REPLAN_PENDING = "replan:pending"
+    STATUS = "status"
+    EXITED = "exited"
+    SKIPPED = "skipped"
+
+    def of(self, key: enum.Enum | str) -> str:
+        """The stored name of this family's counter for ``key`` (an enum member or its value)."""
+        value = key.value if isinstance(key, enum.Enum) else key
+        return f"{self.value}:{value}"
+
+    def key_in(self, name: str) -> str | None:
+        """The key of a stored ``name`` of this family, or None if ``name`` is not one of it."""
+        prefix = f"{self.value}:"
+        return name[len(prefix) :] if name.startswith(prefix) else None
 
 
 @attrs.frozen(kw_only=True)
@@ -257,7 +299,8 @@ class SequenceStats:
 
     @classmethod
     def from_counters(cls, sequence_id: str, counters: Mapping[tuple[int, str], int]) -> SequenceStats:
-        """Build the figures from a store's raw counters ``{(position, name): value}``."""
+        """Build the figures from a store's raw counters ``{(position, name): value}``
+        (names from :class:`CounterName`)."""
         seq_level = {name: value for (position, name), value in counters.items() if position == 0}
         by_step: dict[int, dict[str, int]] = {}
         for (position, name), value in counters.items():
@@ -266,26 +309,40 @@ class SequenceStats:
         steps = tuple(
             StepStats(
                 position=position,
-                sent=names.get("sent", 0),
-                delivered=names.get("delivered", 0),
-                failed=names.get("failed", 0),
-                bounced=names.get("bounced", 0),
-                opened=names.get("opened", 0),
-                clicked=names.get("clicked", 0),
-                skipped={n.split(":", 1)[1]: v for n, v in names.items() if n.startswith("skipped:") and v},
+                sent=names.get(_SENT, 0),
+                delivered=names.get(_DELIVERED, 0),
+                failed=names.get(_FAILED, 0),
+                bounced=names.get(_BOUNCED, 0),
+                opened=names.get(_OPENED, 0),
+                clicked=names.get(_CLICKED, 0),
+                skipped=_family(CounterName.SKIPPED, names),
             )
             for position, names in sorted(by_step.items())
         )
         return cls(
             sequence_id=sequence_id,
-            recipients=seq_level.get("recipients", 0),
-            active=seq_level.get("status:active", 0),
-            paused=seq_level.get("status:paused", 0),
-            completed=seq_level.get("status:completed", 0),
-            exited=seq_level.get("status:exited", 0),
-            exited_by_reason={n.split(":", 1)[1]: v for n, v in seq_level.items() if n.startswith("exited:") and v},
+            recipients=seq_level.get(CounterName.RECIPIENTS.value, 0),
+            active=seq_level.get(CounterName.STATUS.of(EnrollmentStatus.ACTIVE), 0),
+            paused=seq_level.get(CounterName.STATUS.of(EnrollmentStatus.PAUSED), 0),
+            completed=seq_level.get(CounterName.STATUS.of(EnrollmentStatus.COMPLETED), 0),
+            exited=seq_level.get(CounterName.STATUS.of(EnrollmentStatus.EXITED), 0),
+            exited_by_reason=_family(CounterName.EXITED, seq_level),
             steps=steps,
         )
+
+
+_SENT, _DELIVERED, _FAILED = CounterName.SENT.value, CounterName.DELIVERED.value, CounterName.FAILED.value
+_BOUNCED, _OPENED, _CLICKED = CounterName.BOUNCED.value, CounterName.OPENED.value, CounterName.CLICKED.value
+
+
+def _family(family: CounterName, names: Mapping[str, int]) -> dict[str, int]:
+    """The non-zero counters of one family among ``names``, by key."""
+    found: dict[str, int] = {}
+    for name, value in names.items():
+        key = family.key_in(name)
+        if key is not None and value:
+            found[key] = value
+    return found
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,477 @@
+"""The facade: :class:`Drip`, the engine's public methods, each handing its work to the module that does that job."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from typing import Any, Generic, TypeVar, overload
+
+import attrs
+
+from .._checks import check_id
+from ..errors import InvalidArgument
+from ..model import Enrollment, EnrollmentStatus, ExitReason, PausePolicy, Sequence, SequenceStatus, TriggerEvent
+from ..ports import (
+    Clock,
+    ContactDirectory,
+    EventSink,
+    MailSender,
+    RateLimiter,
+    Renderer,
+    SequenceStats,
+    SequenceSummary,
+    Store,
+    SystemClock,
+)
+from ..render import LiquidRenderer
+from . import engagement, enrolling, enrollment_actions, lifecycle, queries, running, tick
+from .config import Limits, RetryPolicy, settings_from
+from .context import Context
+from .report import TickReport
+from .text import new_id
+from .tick import FrequencyCap
+
+__all__ = ["Drip"]
+
+_T = TypeVar("_T")
+
+
+class _Forwarded(Generic[_T]):
+    """An attribute of :class:`Drip` kept on its context (so the modules see a change to it)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, drip: None, owner: type) -> _Forwarded[_T]: ...
+    @overload
+    def __get__(self, drip: Drip, owner: type) -> _T: ...
+    def __get__(self, drip: Drip | None, owner: type) -> _T | _Forwarded[_T]:
+        if drip is None:
+            return self
+        value: _T = getattr(drip._context, self.name)
+        return value
+
+    def __set__(self, drip: Drip, value: _T) -> None:
+        setattr(drip._context, self.name, value)
+
+
+class _Setting(Generic[_T]):
+    """A flat setting of earlier versions, read from (and set into) its value object."""
+
+    def __init__(self, holder: str, field: str) -> None:
+        self.holder, self.field = holder, field
+
+    @overload
+    def __get__(self, drip: None, owner: type) -> _Setting[_T]: ...
+    @overload
+    def __get__(self, drip: Drip, owner: type) -> _T: ...
+    def __get__(self, drip: Drip | None, owner: type) -> _T | _Setting[_T]:
+        if drip is None:
+            return self
+        value: _T = getattr(getattr(drip._context, self.holder), self.field)
+        return value
+
+    def __set__(self, drip: Drip, value: _T) -> None:
+        holder = getattr(drip._context, self.holder)
+        setattr(drip._context, self.holder, attrs.evolve(holder, **{self.field: value}))
+
+
+class Drip:
+    """A drip-campaign engine: your ports in, correct scheduling out.
+
+    >>> from dripcore import Drip, Sequence, SequenceStatus, Step, Contact
+    >>> from dripcore.adapters.memory import MemoryStore
+    >>> from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+    >>> contacts = MemoryContacts([Contact(id="ana", email="ana@example.com", first_name="Ana")])
+    >>> sender = RecordingSender()
+    >>> drip = Drip(store=MemoryStore(), sender=sender, clock=FakeClock(), contacts=contacts)
+    >>> _ = drip.save_sequence(Sequence(id="hello", name="Hello", status=SequenceStatus.ACTIVE,
+    ...     steps=(Step(position=1, subject="Hi {{firstName}}", text="Welcome!"),)))
+    >>> enrollment, created = drip.enroll("hello", "ana")
+    >>> drip.tick().sent
+    1
+    >>> sender.sent[0].subject
+    'Hi Ana'
+
+    Ports are keyword arguments. ``contacts`` resolves contact ids to email
+    addresses, zones and suppression; ``events`` receives lifecycle events;
+    ``rate_limiter`` caps sends; ``renderer`` turns steps into content (the
+    default is :class:`~dripcore.render.LiquidRenderer` with a placeholder
+    unsubscribe link: pass ``LiquidRenderer(unsubscribe_url=...)`` in production).
+
+    Settings come as value objects: ``retry`` (a :class:`~dripcore.engine.RetryPolicy`)
+    and ``limits`` (a :class:`~dripcore.engine.Limits`). The flat keywords of earlier
+    versions still work and mean the same fields: ``retry_base``, ``retry_cap``,
+    ``retry_for`` (``RetryPolicy.give_up_after``) and ``max_attempts``; ``batch_size``,
+    ``lease``, ``set_aside_for`` and ``concurrency``. Giving one both ways raises
+    :class:`~dripcore.errors.InvalidArgument`, as does any bad setting, naming it.
+    The configuration reference page lists every setting.
+    """
+
+    store = _Forwarded[Store]()
+    """Where state lives."""
+    sender = _Forwarded[MailSender]()
+    """How email goes out."""
+    contacts = _Forwarded[ContactDirectory]()
+    """The host's contacts."""
+    clock = _Forwarded[Clock]()
+    """What time it is."""
+    events = _Forwarded["EventSink | None"]()
+    """Where lifecycle events go, if anywhere."""
+    rate_limiter = _Forwarded["RateLimiter | None"]()
+    """What caps sends, if anything."""
+    renderer = _Forwarded[Renderer]()
+    """What turns steps into content."""
+    retry = _Forwarded[RetryPolicy]()
+    """How transient send failures are retried."""
+    limits = _Forwarded[Limits]()
+    """How much one worker takes on at a time, and for how long."""
+    frequency_cap = _Forwarded["FrequencyCap | None"]()
+    """The cap on emails per contact across sequences, if any."""
+    worker_id = _Forwarded[str]()
+    """The name of this worker's leases."""
+    batch_size = _Setting[int]("limits", "batch_size")
+    """``limits.batch_size`` (settable: a new ``limits`` with it)."""
+    lease = _Setting[timedelta]("limits", "lease")
+    """``limits.lease``."""
+    set_aside_for = _Setting[timedelta]("limits", "set_aside_for")
+    """``limits.set_aside_for``."""
+    concurrency = _Setting["int | None"]("limits", "concurrency")
+    """``limits.concurrency``."""
+    retry_base = _Setting[timedelta]("retry", "base")
+    """``retry.base``."""
+    retry_cap = _Setting[timedelta]("retry", "cap")
+    """``retry.cap``."""
+    retry_for = _Setting[timedelta]("retry", "give_up_after")
+    """``retry.give_up_after``."""
+    max_attempts = _Setting["int | None"]("retry", "max_attempts")
+    """``retry.max_attempts``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sender: MailSender,
+        contacts: ContactDirectory,
+        clock: Clock | None = None,
+        events: EventSink | None = None,
+        rate_limiter: RateLimiter | None = None,
+        renderer: Renderer | None = None,
+        retry: RetryPolicy | None = None,
+        limits: Limits | None = None,
+        batch_size: int | None = None,
+        lease: timedelta | None = None,
+        set_aside_for: timedelta | None = None,
+        max_attempts: int | None = None,
+        retry_base: timedelta | None = None,
+        retry_cap: timedelta | None = None,
+        retry_for: timedelta | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        id_factory: Callable[[], str] | None = None,
+        frequency_cap: FrequencyCap | None = None,
+    ) -> None:
+        retry, limits = settings_from(
+            retry, limits,
+            {"retry_base": retry_base, "retry_cap": retry_cap, "retry_for": retry_for, "max_attempts": max_attempts,
+             "batch_size": batch_size, "lease": lease, "set_aside_for": set_aside_for, "concurrency": concurrency},
+        )  # fmt: skip
+        if worker_id is not None:
+            check_id(worker_id, "worker_id")
+        required: tuple[tuple[str, object, type], ...] = (
+            ("store", store, Store), ("sender", sender, MailSender), ("contacts", contacts, ContactDirectory),
+        )  # fmt: skip
+        optional: tuple[tuple[str, object, type], ...] = (
+            ("clock", clock, Clock), ("events", events, EventSink), ("rate_limiter", rate_limiter, RateLimiter),
+            ("renderer", renderer, Renderer), ("frequency_cap", frequency_cap, FrequencyCap),
+        )  # fmt: skip
+        for name, port, kind in (*required, *((n, p, k) for n, p, k in optional if p is not None)):
+            if not isinstance(port, kind):
+                raise InvalidArgument(name, port, f"must be a {kind.__name__}, not {type(port).__name__}")
+        if id_factory is not None and not callable(id_factory):
+            raise InvalidArgument("id_factory", id_factory, "must be a callable returning a new id")
+        if frequency_cap is not None and "frequency_cap" not in store.capabilities:
+            raise InvalidArgument(
+                "frequency_cap", frequency_cap,
+                f"can't be enforced with {type(store).__name__}: it does not declare the 'frequency_cap' capability",
+            )  # fmt: skip
+        self._context = Context(
+            store=store,
+            sender=sender,
+            contacts=contacts,
+            clock=clock or SystemClock(),
+            events=events,
+            rate_limiter=rate_limiter,
+            renderer=renderer or LiquidRenderer(),
+            retry=retry,
+            limits=limits,
+            frequency_cap=frequency_cap,
+            worker_id=worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}",
+            new_id=id_factory or new_id,
+        )
+
+    def save_sequence(self, sequence: Sequence) -> Sequence:
+        """Create a sequence or save an edit of it; returns what was stored.
+
+        An edit bumps ``version`` and replans in-flight enrollments: they go on
+        from where they were with the latest steps. Status changes go through
+        :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
+
+        Retry-safe: the edit is stored first (every tick from then on reads the
+        new steps), then its enrollments are replanned page by page. A marker
+        (the counter ``replan:pending``) is set before and cleared after, so if
+        the replan fails part-way (a store error, a crash), saving again (the
+        same edit, or a newer one) replans every live enrollment afresh from
+        its last send, which finishes it.
+        """
+        return lifecycle.save_sequence(self._context, sequence)
+
+    def get_sequence(self, sequence_id: str) -> Sequence:
+        """The sequence, or :class:`~dripcore.errors.SequenceNotFound`."""
+        return queries.get_sequence(self._context, sequence_id)
+
+    def sequences(self, status: SequenceStatus | None = None) -> list[Sequence]:
+        """Every sequence (of one status), ordered by id."""
+        return queries.sequences(self._context, status)
+
+    def activate(self, sequence_id: str, *, enroll_existing: bool | None = None) -> Sequence:
+        """Start a draft (or resume a paused) sequence.
+
+        With ``enroll_existing`` (default: the sequence's own setting) the
+        trigger list's current members are enrolled at once.
+
+        Retry-safe: the members are enrolled first, while the sequence is still
+        a draft (nothing is sent to them before it is active), and the status
+        changes last. If that fails part-way, the sequence is still a draft, and
+        calling ``activate`` again enrolls the rest (enrollment is idempotent)
+        and activates it. A member whose contact can't be looked up keeps it a
+        draft too (:class:`~dripcore.errors.ContactNotFound` naming it).
+        """
+        return lifecycle.activate(self._context, sequence_id, enroll_existing=enroll_existing)
+
+    def pause(self, sequence_id: str) -> Sequence:
+        """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
+        return lifecycle.pause(self._context, sequence_id)
+
+    def resume(self, sequence_id: str, *, policy: PausePolicy | None = None) -> Sequence:
+        """Resume a paused sequence.
+
+        BUMP (the default policy of a sequence): an overdue step goes once per
+        contact, now, and later steps keep their delays: stale sends are
+        bumped, never flooded. EXTEND: every due time moves later by the
+        length of the pause.
+
+        All or nothing: the new status and (under EXTEND) every shifted due
+        time are written in one transaction
+        (:meth:`Store.resume_sequence <dripcore.ports.Store.resume_sequence>`),
+        so a resume that fails changed nothing and can simply be called again.
+        (On a store without that method, EXTEND shifts page by page and a
+        failure part-way leaves it half done.)
+        """
+        return lifecycle.resume(self._context, sequence_id, policy=policy)
+
+    def archive(self, sequence_id: str) -> Sequence:
+        """End a sequence for good: every active or paused enrollment exits (reason ARCHIVED).
+
+        Retry-safe: the sequence is archived first (nothing more is sent), then
+        its enrollments exit page by page. If that fails part-way, calling
+        ``archive`` again on the archived sequence exits the rest.
+        """
+        return lifecycle.archive(self._context, sequence_id)
+
+    def delete_sequence(self, sequence_id: str) -> None:
+        """Delete a sequence; refused while it has active or paused enrollments."""
+        lifecycle.delete_sequence(self._context, sequence_id)
+
+    def enroll(
+        self,
+        sequence_id: str,
+        contact_id: str,
+        *,
+        started_at: datetime | None = None,
+        variables: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> tuple[Enrollment, bool]:
+        """Enroll a contact directly (an API or manual trigger); returns ``(enrollment, created)``.
+
+        Idempotent: an existing ACTIVE or PAUSED enrollment is returned with
+        ``created=False``. A finished one raises
+        :class:`~dripcore.errors.EnrollmentConflict` unless the sequence's
+        re-entry policy allows a new one. Draft, paused and archived sequences
+        raise :class:`~dripcore.errors.SequenceStateError`; a suppressed
+        contact raises :class:`~dripcore.errors.ContactSuppressed`.
+        """
+        return enrolling.enroll(
+            self._context, sequence_id, contact_id, started_at=started_at, variables=variables, key=key
+        )
+
+    def notify(self, event: TriggerEvent) -> list[Enrollment]:
+        """A trigger event happened: exit enrollments whose goal it meets, and enroll
+        the contact into every ACTIVE sequence it fires (both the "any" and the
+        value-scoped variants). Returns the enrollments created.
+
+        Re-firing a trigger for a contact already enrolled is a no-op; a keyed
+        event (an order id) enrolls once per key.
+        """
+        return enrolling.notify(self._context, event)
+
+    def pause_enrollment(self, enrollment_id: str) -> Enrollment:
+        """Hold one contact's enrollment; nothing is sent until it is resumed."""
+        return enrollment_actions.pause_enrollment(self._context, enrollment_id)
+
+    def resume_enrollment(self, enrollment_id: str, *, policy: PausePolicy | None = None) -> Enrollment:
+        """Resume one paused enrollment (policy: the sequence's, unless given)."""
+        return enrollment_actions.resume_enrollment(self._context, enrollment_id, policy=policy)
+
+    def release(self, enrollment_id: str) -> Enrollment:
+        """Let an enrollment held by a failed email go on to its next step, without that email.
+
+        An enrollment whose step's email failed for good (retries exhausted, refused by
+        the provider, a template that can't be rendered) is held (PAUSED) rather than
+        moved on silently; this is the operator's "skip it". The next step keeps its
+        delay from the failed one. See also :meth:`resend`.
+        """
+        return enrollment_actions.release(self._context, enrollment_id)
+
+    def resend(self, enrollment_id: str) -> Enrollment:
+        """Send again the step whose email failed, then let the held enrollment go on.
+
+        The step is rendered afresh (so a fixed template or contact takes effect) and its
+        message put back in the outbox with the same idempotency key; the enrollment resumes
+        and goes on to its next step once that email is delivered. Calling it again after a
+        failure half-way finishes it. Raises :class:`~dripcore.errors.InvalidTransition` when
+        the enrollment's last step did not fail, and the :class:`~dripcore.render.RenderError`
+        if the step still can't be rendered. Needs a store with
+        :meth:`~dripcore.ports.Store.requeue_message`. See also :meth:`release`.
+        """
+        return enrollment_actions.resend(self._context, enrollment_id)
+
+    def cancel_enrollment(self, enrollment_id: str) -> Enrollment:
+        """Take one contact out of a sequence (reason MANUAL)."""
+        return enrollment_actions.cancel_enrollment(self._context, enrollment_id)
+
+    def contact_unsubscribed(self, contact_id: str) -> int:
+        """The contact unsubscribed: suppress them and exit all their enrollments. Returns how many exited."""
+        return enrolling.contact_exits(self._context, contact_id, ExitReason.UNSUBSCRIBED)
+
+    def contact_bounced(self, contact_id: str) -> int:
+        """The contact's address bounced permanently: suppress and exit everything."""
+        return enrolling.contact_exits(self._context, contact_id, ExitReason.BOUNCED)
+
+    def contact_complained(self, contact_id: str) -> int:
+        """The contact marked an email as spam: suppress and exit everything."""
+        return enrolling.contact_exits(self._context, contact_id, ExitReason.COMPLAINED)
+
+    def record_open(self, enrollment_id: str, position: int) -> bool:
+        """Record that the contact opened a step's email. Idempotent; returns True the first time.
+
+        Raises :class:`~dripcore.errors.InvalidEngagement` for a step whose email was never sent.
+        """
+        return engagement.record_open(self._context, enrollment_id, position)
+
+    def record_click(self, enrollment_id: str, position: int, link: str | None = None) -> bool:
+        """Record a click on a step's email (optionally which link). Idempotent per link.
+
+        The first click in a step also counts as an open, and fires the
+        AFTER_FIRST_CLICK trigger with the mailing id ``"{sequence_id}:{position}"``.
+        Raises :class:`~dripcore.errors.InvalidEngagement` for a step whose
+        email was never sent (a click for an unknown mailing).
+        """
+        return engagement.record_click(self._context, enrollment_id, position, link)
+
+    def sweep_anniversaries(self, day: date) -> list[Enrollment]:
+        """Enroll every contact whose birthday (or sign-up date) falls on ``day``
+        into the ACTIVE anniversary sequences, once per contact per year.
+
+        Feb 29 anniversaries are swept on Feb 28 in common years. The first step
+        counts its delay from 00:00 of ``day`` in the contact's zone (fallback:
+        the sequence's, then UTC), so a birthday email arrives on the birthday
+        where the contact lives: sweep early (at 00:00 UTC, as the reference
+        products do, or a little before the first zone's midnight) and the
+        enrollments wait for their local midnight.
+        """
+        return enrolling.sweep_anniversaries(self._context, day)
+
+    def tick(self) -> TickReport:
+        """One round of work: advance due enrollments, commit, deliver, retry.
+
+        Safe to run from several workers at once: claims are leased. Whatever
+        goes wrong for one enrollment, contact, message or sequence (its
+        decoding, contact look-up, rendering, encoding for the store, send or
+        settle) is reported in :attr:`TickReport.errors` and set aside for
+        ``set_aside_for``; the rest of the batch goes on in this same tick.
+        Only a fault of the whole (the store or the contact directory failing
+        for everyone) raises, leaving the batch to be picked up again.
+        """
+        return tick.tick(self._context)
+
+    def next_wake_at(self) -> datetime | None:
+        """When there will next be work: the earliest due enrollment or retry."""
+        return running.next_wake_at(self._context)
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        idle: float = 30.0,
+        on_tick: Callable[[TickReport], None] | None = None,
+        max_ticks: int | None = None,
+    ) -> None:
+        """Tick until stopped, sleeping until the next due time rather than polling.
+
+        A new enrollment in this process wakes it early, and so does one in
+        another process when the store can hear it (PostgreSQL's ``LISTEN``,
+        SQLite's ``data_version``, within about 0.1 s); otherwise ``idle``
+        bounds the sleep, so work written by other processes is picked up
+        within that time. A ``stop`` event is looked at twice a second while
+        idle, without ticking.
+
+        The loop does not die of a fault in the data or the ports. One bad
+        record is set aside by the tick itself (see :meth:`tick`); a tick
+        that fails as a whole (the store down, the contact directory down, a
+        bug meeting odd data) is logged with its traceback and tried again
+        after a pause that doubles from 0.5 s up to ``idle``, for as long as
+        it takes; leases and idempotency keys make the next tick pick up
+        cleanly. What ends the loop: :meth:`stop` or setting ``stop`` (after
+        the current batch), ``max_ticks`` ticks that ran (a failed one is not counted), a
+        ``KeyboardInterrupt``/``SystemExit``, and an exception raised by your
+        own ``on_tick`` callback, which is yours to handle.
+        """
+        running.run(self._context, stop=stop, idle=idle, on_tick=on_tick, max_ticks=max_ticks)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch."""
+        running.stop(self._context)
+
+    def enrollments(
+        self,
+        sequence_id: str,
+        *,
+        status: EnrollmentStatus | None = None,
+        contact_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Enrollment]:
+        """Who is in a sequence: which step they are on and when the next is due.
+
+        ``contact_id`` narrows it to one contact's enrollments (oldest first).
+        """
+        return queries.enrollments(
+            self._context, sequence_id, status=status, contact_id=contact_id, limit=limit, offset=offset
+        )
+
+    def get_enrollment(self, enrollment_id: str) -> Enrollment:
+        """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""
+        return queries.get_enrollment(self._context, enrollment_id)
+
+    def overview(self) -> list[SequenceSummary]:
+        """Every sequence with its trigger, step counts and enrollment counts (for a list page)."""
+        return queries.overview(self._context)
+
+    def stats(self, sequence_id: str) -> SequenceStats:
+        """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""
+        return queries.stats(self._context, sequence_id)

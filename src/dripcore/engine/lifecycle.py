@@ -1,0 +1,208 @@
+"""A sequence's lifecycle: save (with the replan of an edit), activate, pause, resume, archive, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+
+import attrs
+
+from .. import scheduler
+from .._checks import check_flag, check_id, check_opt_enum
+from ..errors import (
+    ConcurrencyConflict,
+    ContactNotFound,
+    InvalidArgument,
+    SequenceStateError,
+)
+from ..model import (
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    ExitReason,
+    PausePolicy,
+    Sequence,
+    SequenceStatus,
+)
+from ..ports import (
+    CounterName,
+)
+from .commits import PAGE, commit_all, live
+from .context import Context, log
+from .enrolling import enroll_one
+from .lookups import look_up_contacts
+
+__all__ = [
+    "activate",
+    "archive",
+    "delete_sequence",
+    "enroll_members",
+    "pause",
+    "replan",
+    "resume",
+    "save_sequence",
+    "set_status",
+]
+
+# A sequence-level counter set while an edit's replan is under way (see save_sequence).
+REPLAN_PENDING = CounterName.REPLAN_PENDING.value
+
+
+def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
+    """Create a sequence or save an edit of it; returns what was stored."""
+    if not isinstance(sequence, Sequence):
+        raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
+    current = ctx.store.get_sequence(sequence.id)
+    if current is None:
+        if sequence.status not in (SequenceStatus.DRAFT, SequenceStatus.ACTIVE):
+            raise SequenceStateError(
+                sequence_id=sequence.id, status=sequence.status.value, action="create",
+                hint="a new sequence starts as draft or active",
+            )  # fmt: skip
+        stored = attrs.evolve(sequence, version=1)
+        ctx.store.save_sequence(stored, expected_version=None)
+        return stored
+    if current.status is SequenceStatus.ARCHIVED:
+        raise SequenceStateError(sequence_id=sequence.id, status="archived", action="edit")
+    if sequence.status is not current.status:
+        raise SequenceStateError(
+            sequence_id=sequence.id, status=current.status.value, action=f"set status={sequence.status.value} of",
+            hint="use activate(), pause(), resume() or archive()",
+        )  # fmt: skip
+    stored = attrs.evolve(sequence, version=current.version + 1, paused_at=current.paused_at)
+    pending = ctx.store.counters(sequence.id).get((0, REPLAN_PENDING), 0)
+    ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, 1)])
+    try:
+        ctx.store.save_sequence(stored, expected_version=current.version)
+    except ConcurrencyConflict:
+        ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -1)])  # nothing was stored: nothing to replan
+        raise
+    # After an interrupted replan some enrollments follow an older plan than ``current``:
+    # replan everyone from their last send (losing only EXTEND shifts and cap deferrals).
+    changed = replan(ctx, stored, None if pending > 0 else current)
+    ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -(pending + 1))])
+    if changed:
+        ctx.wake.set()
+    return stored
+
+
+def replan(ctx: Context, sequence: Sequence, previous: Sequence | None) -> int:
+    """Replan the live enrollments of an edited ``sequence`` (from ``previous``, or from their last send)."""
+    contacts: Mapping[str, Contact] = {}
+
+    def transition(e: Enrollment) -> scheduler.Advance:
+        return scheduler.replan(e, sequence, contact=contacts.get(e.contact_id), previous=previous)
+
+    def pages() -> Iterator[list[Enrollment]]:
+        nonlocal contacts
+        for page in live(ctx, sequence_id=sequence.id):
+            # A contact that can't be looked up is replanned in the sequence's zone.
+            contacts = look_up_contacts(ctx, {e.contact_id for e in page})[0]
+            yield page
+
+    return commit_all(ctx, transition, pages())
+
+
+def set_status(ctx: Context, sequence: Sequence, status: SequenceStatus, paused_at: datetime | None) -> Sequence:
+    """Store ``sequence`` with a new status (a version bump, checked against the stored one)."""
+    updated = attrs.evolve(sequence, status=status, paused_at=paused_at, version=sequence.version + 1)
+    ctx.store.save_sequence(updated, expected_version=sequence.version)
+    return updated
+
+
+def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = None) -> Sequence:
+    """Start a draft (or resume a paused) sequence."""
+    if enroll_existing is not None:
+        check_flag(enroll_existing, "enroll_existing")
+    sequence = ctx.sequence(sequence_id)
+    if sequence.status is SequenceStatus.PAUSED:
+        return resume(ctx, sequence_id)
+    if sequence.status is not SequenceStatus.DRAFT:
+        raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="activate")
+    if not sequence.active_steps():
+        raise SequenceStateError(
+            sequence_id=sequence_id, status=sequence.status.value, action="activate",
+            hint="it has no active step to send",
+        )  # fmt: skip
+    active = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None, version=sequence.version + 1)
+    if sequence.enroll_existing if enroll_existing is None else enroll_existing:
+        enroll_members(ctx, active)
+    ctx.store.save_sequence(active, expected_version=sequence.version)
+    ctx.wake.set()
+    return active
+
+
+def enroll_members(ctx: Context, sequence: Sequence) -> None:
+    """Enroll the trigger list's members into ``sequence`` (as it will be once active).
+
+    Members whose contact can't be looked up are logged, the others enrolled, and then
+    :class:`~dripcore.errors.ContactNotFound` is raised naming the first: the sequence
+    stays a draft, and :meth:`activate` can be called again once the directory is fixed.
+    """
+    members = list(dict.fromkeys(ctx.contacts.members(sequence.trigger)))
+    unreadable: dict[str, str] = {}
+    for start in range(0, len(members), PAGE):
+        page = members[start : start + PAGE]
+        contacts, failed = look_up_contacts(ctx, set(page))
+        for contact_id, why in failed.items():
+            log.warning("member %s of %s's trigger list can't be looked up: %s", contact_id, sequence.id, why)
+        unreadable.update(failed)
+        for contact_id in page:
+            contact = contacts.get(contact_id)
+            if contact is not None and contact.suppressed is None:
+                enroll_one(ctx, sequence, contact)
+    if unreadable:
+        raise ContactNotFound(next(iter(unreadable)))
+
+
+def pause(ctx: Context, sequence_id: str) -> Sequence:
+    """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
+    sequence = ctx.sequence(sequence_id)
+    if sequence.status is not SequenceStatus.ACTIVE:
+        raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="pause")
+    return set_status(ctx, sequence, SequenceStatus.PAUSED, ctx.now())
+
+
+def resume(ctx: Context, sequence_id: str, *, policy: PausePolicy | None = None) -> Sequence:
+    """Resume a paused sequence."""
+    policy = check_opt_enum(policy, PausePolicy, "policy")
+    sequence = ctx.sequence(sequence_id)
+    if sequence.status is not SequenceStatus.PAUSED:
+        raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="resume")
+    assert sequence.paused_at is not None
+    now = ctx.now()
+    resumed = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None, version=sequence.version + 1)
+    if (policy or sequence.pause_policy) is PausePolicy.EXTEND:
+        shift = max(now - sequence.paused_at, timedelta(0))
+        try:
+            ctx.store.resume_sequence(resumed, expected_version=sequence.version, shift=shift)
+            ctx.wake.set()
+            return resumed
+        except NotImplementedError:
+            log.warning("%s has no resume_sequence: EXTEND shifts page by page", type(ctx.store).__name__)
+
+        def extend(e: Enrollment) -> scheduler.Advance:
+            if e.status is not EnrollmentStatus.ACTIVE or e.next_step_due_at is None:
+                return scheduler.Advance(e)
+            return scheduler.Advance(attrs.evolve(e, next_step_due_at=e.next_step_due_at + shift))
+
+        # Shift before reactivating, so no tick sees the old due times.
+        commit_all(ctx, extend, live(ctx, sequence_id=sequence_id))
+    ctx.store.save_sequence(resumed, expected_version=sequence.version)
+    ctx.wake.set()
+    return resumed
+
+
+def archive(ctx: Context, sequence_id: str) -> Sequence:
+    """End a sequence for good: every active or paused enrollment exits (reason ARCHIVED)."""
+    sequence = ctx.sequence(sequence_id)
+    if sequence.status is not SequenceStatus.ARCHIVED:
+        sequence = set_status(ctx, sequence, SequenceStatus.ARCHIVED, None)
+    now = ctx.now()
+    commit_all(ctx, lambda e: scheduler.exit(e, ExitReason.ARCHIVED, now), live(ctx, sequence_id=sequence_id))
+    return sequence
+
+
+def delete_sequence(ctx: Context, sequence_id: str) -> None:
+    """Delete a sequence; refused while it has active or paused enrollments."""
+    ctx.store.delete_sequence(check_id(sequence_id, "sequence_id"))

@@ -1,0 +1,80 @@
+"""Read-only questions: sequences, who is enrolled where, and the figures of each sequence."""
+
+from __future__ import annotations
+
+from .._checks import check_count, check_opt_enum, check_opt_id
+from ..model import (
+    Enrollment,
+    EnrollmentStatus,
+    Sequence,
+    SequenceStatus,
+)
+from ..ports import (
+    SequenceStats,
+    SequenceSummary,
+)
+from .context import Context
+
+__all__ = ["enrollments", "get_enrollment", "get_sequence", "overview", "sequences", "stats"]
+
+
+def get_sequence(ctx: Context, sequence_id: str) -> Sequence:
+    """The sequence, or :class:`~dripcore.errors.SequenceNotFound`."""
+    return ctx.sequence(sequence_id)
+
+
+def sequences(ctx: Context, status: SequenceStatus | None = None) -> list[Sequence]:
+    """Every sequence (of one status), ordered by id."""
+    return ctx.store.list_sequences(check_opt_enum(status, SequenceStatus, "status"))
+
+
+def enrollments(
+    ctx: Context,
+    sequence_id: str,
+    *,
+    status: EnrollmentStatus | None = None,
+    contact_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Enrollment]:
+    """Who is in a sequence: which step they are on and when the next is due."""
+    status = check_opt_enum(status, EnrollmentStatus, "status")
+    contact_id = check_opt_id(contact_id, "contact_id")
+    limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+    ctx.sequence(sequence_id)
+    statuses = None if status is None else (status,)
+    return ctx.store.find_enrollments(
+        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
+    )
+
+
+def get_enrollment(ctx: Context, enrollment_id: str) -> Enrollment:
+    """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""
+    return ctx.enrollment(enrollment_id)
+
+
+def overview(ctx: Context) -> list[SequenceSummary]:
+    """Every sequence with its trigger, step counts and enrollment counts (for a list page)."""
+    summaries = []
+    for sequence in ctx.store.list_sequences():
+        stats = SequenceStats.from_counters(sequence.id, ctx.store.counters(sequence.id))
+        summaries.append(
+            SequenceSummary(
+                id=sequence.id,
+                name=sequence.name,
+                status=sequence.status,
+                trigger=sequence.trigger,
+                steps=len(sequence.steps),
+                active_steps=len(sequence.active_steps()),
+                active_enrollments=stats.active,
+                paused_enrollments=stats.paused,
+                recipients=stats.recipients,
+            )
+        )
+    return summaries
+
+
+def stats(ctx: Context, sequence_id: str) -> SequenceStats:
+    """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""
+    ctx.sequence(sequence_id)
+    return SequenceStats.from_counters(sequence_id, ctx.store.counters(sequence_id))
