@@ -565,6 +565,8 @@ class Delay:
     amount: int
     unit: DelayUnit = attrs.field(converter=_c_delay_unit)
     _exact: timedelta = attrs.field(init=False, eq=False, repr=False)
+    # Read on every advance(): one attribute load instead of comparing the unit three times.
+    _calendar: bool = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         amount = self.amount
@@ -577,6 +579,9 @@ class Delay:
         if seconds > _MAX_DELAY_SECONDS or (unit is DelayUnit.MONTHS and amount > _MAX_MONTHS):
             raise InvalidDelay("delay.amount", amount, f"{amount} {unit.value} is longer than the 3660-day maximum")
         object.__setattr__(self, "_exact", timedelta(seconds=seconds))
+        object.__setattr__(
+            self, "_calendar", unit is DelayUnit.DAYS or unit is DelayUnit.WEEKS or unit is DelayUnit.MONTHS
+        )
 
     @classmethod
     def seconds(cls, amount: int) -> Delay:
@@ -659,8 +664,7 @@ class Delay:
     @property
     def is_calendar(self) -> bool:
         """True for days, weeks and months, which follow the local calendar."""
-        unit = self.unit
-        return unit is DelayUnit.DAYS or unit is DelayUnit.WEEKS or unit is DelayUnit.MONTHS
+        return self._calendar
 
     @property
     def is_zero(self) -> bool:

@@ -244,12 +244,14 @@ def add_delay(instant: datetime, delay: Delay | WaitUntil, zone: zoneinfo.ZoneIn
     """
     if isinstance(delay, WaitUntil):
         return _wait_until(instant, delay, zone or UTC)
+    if not delay.is_calendar or delay.amount == 0:
+        # (A zero calendar delay must not re-resolve the local time: from the second
+        # occurrence of an ambiguous hour, fold=0 would land an hour in the past.)
+        return instant + delay.nominal
     months = delay.calendar_months
     if months:
         return _add_months(instant, months, zone or UTC)
-    if zone is None or not delay.is_calendar or delay.amount == 0:
-        # (A zero calendar delay must not re-resolve the local time: from the second
-        # occurrence of an ambiguous hour, fold=0 would land an hour in the past.)
+    if zone is None:
         return instant + delay.nominal
     local = instant.astimezone(zone)
     return _localize(local.replace(tzinfo=None) + timedelta(days=delay.calendar_days), zone)
