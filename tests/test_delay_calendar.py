@@ -306,6 +306,22 @@ class TestDelaysInWords:
         assert [p.after for p in plan] == ["immediately", "1 day 1 hour", "2 days 1 hour", "2 days 2 hours 30 minutes"]
         assert all(p.start == start for p in plan)
 
+    def test_an_hour_across_the_repeated_hour_is_one_hour(self) -> None:
+        """When the clocks fall back, 01:30 EDT + 1 hour is 01:30 EST: the same wall time, an hour later."""
+        sequence = Sequence(
+            id="fall",
+            name="Fall",
+            steps=(
+                Step(position=1, subject="a", text="."),
+                Step(position=2, delay=Delay.hours(1), subject="b", text="."),
+                Step(position=3, delay=Delay.minutes(30), subject="c", text="."),
+            ),
+        )
+        bo = Contact(id="bo", email="bo@example.com", timezone="America/New_York")
+        plan = preview(sequence, bo, _utc(2026, 11, 1, 5, 30))  # 01:30 EDT, the first one
+        assert [f"{p.local:%H:%M %Z}" for p in plan] == ["01:30 EDT", "01:30 EST", "02:00 EST"]
+        assert [p.after for p in plan] == ["immediately", "1 hour", "1 hour 30 minutes"]
+
     def test_words_are_english_whatever_the_locale(self) -> None:
         sequence = Sequence(id="m", name="M", steps=(Step(position=1, delay=Delay.months(2), subject="x", text="."),))
         start = _utc(2026, 1, 31, 9)

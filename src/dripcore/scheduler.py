@@ -611,7 +611,9 @@ def _elapsed_in_words(start: datetime, end: datetime) -> str:
     Counted the way a person reads a calendar (pendulum's precise difference of the
     two local wall-clock times): years, months, weeks, days, hours, minutes and
     seconds, the zero ones left out; ``"immediately"`` when ``end`` is within a
-    second of ``start``. Always English, whatever pendulum's current locale.
+    second of ``start``; the elapsed time when the clocks fell back in between
+    so far that the wall clock shows no later time. Always English, whatever
+    pendulum's current locale.
 
     >>> from datetime import datetime, timezone
     >>> utc = timezone.utc
@@ -622,10 +624,14 @@ def _elapsed_in_words(start: datetime, end: datetime) -> str:
     """
     import pendulum  # here, not at the top: only previews pay for importing pendulum
 
-    if abs(end - start) < timedelta(seconds=1):
+    elapsed = end - start
+    if abs(elapsed) < timedelta(seconds=1):
         return "immediately"
-    zone = end.tzinfo or UTC
-    return (pendulum.instance(end) - pendulum.instance(start.astimezone(zone))).in_words(locale="en")
+    local_start = start.astimezone(end.tzinfo or UTC)
+    if end.replace(tzinfo=None) - local_start.replace(tzinfo=None) < timedelta(seconds=1):
+        # The clocks fell back in between and the wall clock shows no later time: say the elapsed time.
+        return pendulum.duration(seconds=int(elapsed.total_seconds())).in_words(locale="en")
+    return (pendulum.instance(end) - pendulum.instance(local_start)).in_words(locale="en")
 
 
 def preview(
