@@ -48,6 +48,7 @@ _MAX_AMOUNT = {
     DelayUnit.HOURS: 10 * 24,
     DelayUnit.DAYS: 30,
     DelayUnit.WEEKS: 6,
+    DelayUnit.MONTHS: 2,
 }
 
 
@@ -323,7 +324,7 @@ def long_delays(draw: st.DrawFn) -> Delay:
     longest = 3660 * 86400 // {
         DelayUnit.SECONDS: 1, DelayUnit.MINUTES: 60, DelayUnit.HOURS: 3600, DelayUnit.DAYS: 86400,
         DelayUnit.WEEKS: 604800,
-    }[unit]  # fmt: skip
+    }[unit] if unit is not DelayUnit.MONTHS else 120  # fmt: skip
     return Delay(amount=draw(st.integers(0, longest) | st.just(longest)), unit=unit)
 
 

@@ -115,3 +115,61 @@ def test_run_help_names_the_target_form() -> None:
     ).stdout
     assert "MODULE:ATTR" in out
     assert "--once" in out
+
+
+def test_preview_shows_each_step_and_how_long_after_enrollment(capsys: pytest.CaptureFixture[str]) -> None:
+    """preview prints a prefab's timeline with its delays in words, the same on every run."""
+    argv = ["preview", "welcome", "--timezone", "America/New_York", "--start", "2026-03-02T09:00"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "welcome (Welcome series) for a contact in America/New_York, enrolled Mon 2026-03-02 09:00 EST",
+        "step  delay                  after enrollment         local time               subject",
+        "   1  immediately            immediately              Mon 2026-03-02 09:00 EST Welcome aboard, {{FirstName}}",
+        "   2  24 hours               1 day                    Tue 2026-03-03 09:00 EST Getting started: three tips",
+        "   3  6 days                 1 week                   Mon 2026-03-09 09:00 EDT "
+        "How is it going, {{FirstName}}?",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_preview_reads_a_sequence_from_a_sqlite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """preview --db plans a stored sequence: a monthly step lands on the last day of February."""
+    from dripcore import Delay, Sequence, Step
+    from dripcore.adapters.sqlite import SQLiteStore
+
+    db = tmp_path / "app.db"
+    with SQLiteStore(str(db)) as store:
+        store.save_sequence(
+            Sequence(
+                id="monthly",
+                name="Monthly",
+                steps=(
+                    Step(position=1, subject="Hi", text="."),
+                    Step(position=2, delay=Delay.parse("P1M"), subject="A month in", text="."),
+                ),
+            )
+        )
+    assert main(["preview", "monthly", "--db", str(db), "--start", "2026-01-31T09:00Z"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "monthly (Monthly) for a contact in UTC, enrolled Sat 2026-01-31 09:00 UTC"
+    assert " ".join(lines[3].split()) == "2 1 month 1 month Sat 2026-02-28 09:00 UTC A month in"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["preview", "nope"], "no prefab called 'nope'"),
+        (["preview", "welcome", "--start", "next week"], "not an ISO 8601 date and time"),
+        (["preview", "welcome", "--db", "missing.db"], "does not exist"),
+    ],
+)
+def test_preview_explains_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_preview_refuses_an_unknown_time_zone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preview", "welcome", "--timezone", "Mars/Olympus"]) == 1
+    assert "not a known IANA time zone" in capsys.readouterr().err

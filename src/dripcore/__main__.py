@@ -1,4 +1,4 @@
-"""Command line: ``python -m dripcore demo | run | status``.
+"""Command line: ``python -m dripcore demo | run | status | preview``.
 
 - ``demo [--db PATH]``: the prefab sequences for a few contacts over two
   simulated weeks, on the embedded SQLite store (a fresh file unless ``--db``).
@@ -8,6 +8,9 @@
   current batch. ``--once`` runs a single tick.
 - ``status --db PATH``: each sequence's active, paused, completed and exited
   counts and its next due time.
+- ``preview SEQUENCE [--db PATH] [--timezone ZONE] [--start WHEN]``: when each
+  step of a sequence (a prefab, or one stored in a SQLite file) would go for a
+  contact enrolled at WHEN, and how long after the enrollment, in words.
 """
 
 from __future__ import annotations
@@ -19,17 +22,21 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TextIO, cast
 
 from .adapters.sqlite import SQLiteStore
 from .demo import run_demo
 from .engine import Drip, TickReport
 from .errors import DripcoreError
+from .model import Contact, Sequence, zone
 from .ports import SequenceStats
+from .prefabs import PREFABS
+from .scheduler import preview, resolve_zone
 
 log = logging.getLogger("dripcore.worker")
 
@@ -125,6 +132,69 @@ def _status(db: str, out: TextIO) -> int:
     return 0
 
 
+def _load_sequence(name: str, db: str | None) -> Sequence | None:
+    """The prefab called ``name``, or with ``db`` the sequence of that id in the SQLite file."""
+    if db is None:
+        # (PREFABS's factories take different keywords, so mypy types the mapping's values as bare functions.)
+        factory = cast("Callable[[], Sequence] | None", PREFABS.get(name))
+        if factory is None:
+            print(
+                f"error: no prefab called {name!r} (there are {', '.join(sorted(PREFABS))}); "
+                "give --db PATH to preview a sequence of your own",
+                file=sys.stderr,
+            )
+            return None
+        return factory()
+    path = Path(db)
+    if not path.exists():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        return None
+    with SQLiteStore(str(path)) as store:
+        sequence = store.get_sequence(name)
+    if sequence is None:
+        print(f"error: {path} has no sequence {name!r}", file=sys.stderr)
+    return sequence
+
+
+def _start(text: str | None, tz: tzinfo) -> datetime | None:
+    """``--start``: an ISO 8601 date and time; without an offset it is local time in ``tz``."""
+    if text is None:
+        return datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        print(f"error: --start {text!r} is not an ISO 8601 date and time such as 2026-03-02T09:00", file=sys.stderr)
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
+
+
+def _preview(name: str, *, db: str | None, zone_name: str | None, start: str | None, out: TextIO) -> int:
+    sequence = _load_sequence(name, db)
+    if sequence is None:
+        return 2
+    contact = None
+    if zone_name is not None:
+        zone(zone_name, "--timezone")
+        contact = Contact(id="preview", email="preview@example.com", timezone=zone_name)
+    tz = resolve_zone(sequence, contact) or timezone.utc
+    enrolled = _start(start, tz)
+    if enrolled is None:
+        return 2
+    steps = {step.position: step for step in sequence.steps}
+    local_start = enrolled.astimezone(tz)
+    print(
+        f"{sequence.id} ({sequence.name}) for a contact in {tz}, enrolled {local_start:%a %Y-%m-%d %H:%M %Z}", file=out
+    )
+    print(f"{'step':>4}  {'delay':<22} {'after enrollment':<24} {'local time':<24} subject", file=out)
+    for planned in preview(sequence, contact, enrolled):
+        subject = planned.subject or planned.name or "-"
+        if planned.skipped is not None:
+            subject = f"(skipped: {planned.skipped.value}) {subject}"
+        delay, local = str(steps[planned.position].delay), f"{planned.local:%a %Y-%m-%d %H:%M %Z}"
+        print(f"{planned.position:>4}  {delay:<22} {planned.after or '-':<24} {local:<24} {subject}", file=out)
+    return 0
+
+
 def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of ``python -m dripcore``."""
     out = sys.stdout if out is None else out
@@ -138,6 +208,19 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     run.add_argument("--idle", type=float, default=30.0, help="longest sleep between ticks, in seconds")
     status = commands.add_parser("status", help="sequences of a SQLite database with their counts")
     status.add_argument("--db", required=True, help="the SQLite file")
+    plan = commands.add_parser(
+        "preview", help="when each step of a sequence would go for one contact, and how long after enrollment"
+    )
+    plan.add_argument(
+        "sequence", metavar="SEQUENCE", help=f"a prefab ({', '.join(sorted(PREFABS))}), or a sequence id with --db"
+    )
+    plan.add_argument("--db", help="the SQLite file holding the sequence (default: SEQUENCE names a prefab)")
+    plan.add_argument(
+        "--timezone", metavar="ZONE", help="the contact's IANA time zone (default: the sequence's, else UTC)"
+    )
+    plan.add_argument(
+        "--start", metavar="WHEN", help="enrollment time, ISO 8601 (default: now); without an offset, local to ZONE"
+    )
     args = parser.parse_args(argv)
     # The worker reports what it does; the demo and status print their own output.
     level = logging.INFO if args.command == "run" else logging.WARNING
@@ -147,6 +230,8 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
             return _demo(args.db, out)
         if args.command == "run":
             return _run(args.target, once=args.once, idle=args.idle, out=out)
+        if args.command == "preview":
+            return _preview(args.sequence, db=args.db, zone_name=args.timezone, start=args.start, out=out)
         return _status(args.db, out)
     except DripcoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,9 +21,12 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
+
+if TYPE_CHECKING:
+    import pendulum
 
 from .errors import (
     DuplicateStepPosition,
@@ -484,10 +487,13 @@ def _position_validator(field: str, error: type[ValidationError]) -> Callable[[A
 class DelayUnit(enum.Enum):
     """The unit of a :class:`Delay`.
 
-    Seconds, minutes and hours are *exact*: they add elapsed time. Days and
-    weeks are *calendar* units: they keep the local wall-clock time in the
+    Seconds, minutes and hours are *exact*: they add elapsed time. Days, weeks
+    and months are *calendar* units: they keep the local wall-clock time in the
     contact's time zone, so a "1 day" step goes at the same local hour even
     across a daylight-saving change (when that day is 23 or 25 hours long).
+    A month goes to the same day of a later month, or to that month's last day
+    when it is shorter: one month after January 31 is February 28 (29 in a
+    leap year).
     """
 
     SECONDS = "seconds"
@@ -495,6 +501,7 @@ class DelayUnit(enum.Enum):
     HOURS = "hours"
     DAYS = "days"
     WEEKS = "weeks"
+    MONTHS = "months"
 
 
 _UNIT_SECONDS = {
@@ -503,7 +510,11 @@ _UNIT_SECONDS = {
     DelayUnit.HOURS: 3600,
     DelayUnit.DAYS: 86400,
     DelayUnit.WEEKS: 604800,
+    DelayUnit.MONTHS: 30 * 86400,  # nominal only: a month's real length depends on where it starts
 }
+#: The most months a delay may be: 120 months span at most 3653 days (ten years, three of them
+#: leap), within the 3660-day maximum; 121 can reach 3684.
+_MAX_MONTHS = 120
 _UNIT_WORDS = {
     "s": DelayUnit.SECONDS, "sec": DelayUnit.SECONDS, "secs": DelayUnit.SECONDS,
     "second": DelayUnit.SECONDS, "seconds": DelayUnit.SECONDS,
@@ -513,9 +524,14 @@ _UNIT_WORDS = {
     "hour": DelayUnit.HOURS, "hours": DelayUnit.HOURS,
     "d": DelayUnit.DAYS, "day": DelayUnit.DAYS, "days": DelayUnit.DAYS,
     "w": DelayUnit.WEEKS, "week": DelayUnit.WEEKS, "weeks": DelayUnit.WEEKS,
+    "mo": DelayUnit.MONTHS, "month": DelayUnit.MONTHS, "months": DelayUnit.MONTHS,
 }  # fmt: skip
 _DELAY_RE = re.compile(r"^(?:after\s+|wait\s+)?(\d{1,12})\s*([a-z]+)$")
 _IMMEDIATE_WORDS = frozenset({"immediately", "now", "0", "none", "no delay"})
+_ISO_DESIGNATORS = {
+    DelayUnit.SECONDS: "PT{}S", DelayUnit.MINUTES: "PT{}M", DelayUnit.HOURS: "PT{}H",
+    DelayUnit.DAYS: "P{}D", DelayUnit.WEEKS: "P{}W", DelayUnit.MONTHS: "P{}M",
+}  # fmt: skip
 
 
 _impl_delay_unit = _enum(DelayUnit, "delay.unit", InvalidDelay)
@@ -535,18 +551,22 @@ class Delay:
     Delay(amount=24, unit=<DelayUnit.HOURS: 'hours'>)
     >>> Delay.parse("2 days") == Delay.days(2)
     True
+    >>> Delay.parse("P1M") == Delay.months(1)
+    True
     >>> Delay.parse("immediately").is_zero
     True
 
     ``Delay.hours(24)`` and ``Delay.days(1)`` differ: the first is always 24
     elapsed hours, the second is "the same local time tomorrow". Negative
-    delays and delays over ten years are rejected with
-    :class:`~dripcore.errors.InvalidDelay`.
+    delays and delays over ten years (3660 days, or 120 months) are rejected
+    with :class:`~dripcore.errors.InvalidDelay`.
     """
 
     amount: int
     unit: DelayUnit = attrs.field(converter=_c_delay_unit)
     _exact: timedelta = attrs.field(init=False, eq=False, repr=False)
+    # Read on every advance(): one attribute load instead of comparing the unit three times.
+    _calendar: bool = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         amount = self.amount
@@ -554,12 +574,14 @@ class Delay:
             raise InvalidDelay("delay.amount", amount, "must be an integer")
         if amount < 0:
             raise InvalidDelay("delay.amount", amount, "a delay can't be negative")
-        seconds = amount * _UNIT_SECONDS[self.unit]
-        if seconds > _MAX_DELAY_SECONDS:
-            raise InvalidDelay(
-                "delay.amount", amount, f"{amount} {self.unit.value} is longer than the 3660-day maximum"
-            )
+        unit = self.unit
+        seconds = amount * _UNIT_SECONDS[unit]
+        if seconds > _MAX_DELAY_SECONDS or (unit is DelayUnit.MONTHS and amount > _MAX_MONTHS):
+            raise InvalidDelay("delay.amount", amount, f"{amount} {unit.value} is longer than the 3660-day maximum")
         object.__setattr__(self, "_exact", timedelta(seconds=seconds))
+        object.__setattr__(
+            self, "_calendar", unit is DelayUnit.DAYS or unit is DelayUnit.WEEKS or unit is DelayUnit.MONTHS
+        )
 
     @classmethod
     def seconds(cls, amount: int) -> Delay:
@@ -587,31 +609,62 @@ class Delay:
         return cls(amount=amount, unit=DelayUnit.WEEKS)
 
     @classmethod
+    def months(cls, amount: int) -> Delay:
+        """A calendar delay: the same local wall-clock time on the same day ``amount`` months
+        later, or on that month's last day when it is shorter (January 31 + 1 month is
+        February 28, or 29 in a leap year). At most 120 months."""
+        return cls(amount=amount, unit=DelayUnit.MONTHS)
+
+    @classmethod
     def immediately(cls) -> Delay:
         """No delay at all."""
         return _IMMEDIATELY
 
     @classmethod
     def parse(cls, text: str) -> Delay:
-        """Parse ``"immediately"``, ``"30 minutes"``, ``"24h"``, ``"2 days"``, ``"after 1 week"``.
+        """Parse ``"immediately"``, ``"30 minutes"``, ``"24h"``, ``"2 days"``, ``"after 1 week"``,
+        ``"1 month"``, or an ISO 8601 duration: ``"P3D"``, ``"PT30M"``, ``"P1W"``, ``"P1M"``.
 
-        Raises :class:`~dripcore.errors.InvalidDelay` for anything else.
+        An ISO 8601 duration (read by pendulum's parser) becomes one delay, in the
+        coarsest unit that says it exactly:
+
+        - clock time (after the ``T``) is exact: ``"PT1H30M"`` is 90 minutes,
+          ``"PT2H"`` and ``"PT120M"`` are 2 hours, ``"PT24H"`` is 24 hours (not a day);
+        - days and weeks are calendar days: ``"P14D"`` is 2 weeks, ``"P10D"`` 10 days;
+        - years and months are calendar months: ``"P1Y2M"`` is 14 months.
+
+        A duration that no single unit says exactly is refused, not rounded:
+        calendar parts with clock time (``"P1DT2H"``: a calendar day is 23 or 25
+        hours on the days clocks change), months with days (``"P1M3D"``), part of
+        a day (``"P1.5D"``) or of a second (``"PT0.5S"``).
+
+        >>> Delay.parse("PT1H30M")
+        Delay(amount=90, unit=<DelayUnit.MINUTES: 'minutes'>)
+
+        Raises :class:`~dripcore.errors.InvalidDelay` naming the text for anything else.
         """
         if not isinstance(text, str):
             raise InvalidDelay("delay", text, "expected a string such as '2 days'")
         cleaned = " ".join(text.strip().lower().split())
         if cleaned in _IMMEDIATE_WORDS:
             return _IMMEDIATELY
+        if cleaned.startswith("p"):
+            return _parse_iso_duration(text)
         match = _DELAY_RE.match(cleaned)
         unit = _UNIT_WORDS.get(match.group(2)) if match else None
         if match is None or unit is None:
-            raise InvalidDelay("delay", text, "expected 'immediately' or '<number> <seconds|minutes|hours|days|weeks>'")
+            raise InvalidDelay(
+                "delay",
+                text,
+                "expected 'immediately', '<number> <seconds|minutes|hours|days|weeks|months>' "
+                "or an ISO 8601 duration such as 'P3D'",
+            )
         return cls(amount=int(match.group(1)), unit=unit)
 
     @property
     def is_calendar(self) -> bool:
-        """True for days and weeks, which follow the local calendar."""
-        return self.unit is DelayUnit.DAYS or self.unit is DelayUnit.WEEKS
+        """True for days, weeks and months, which follow the local calendar."""
+        return self._calendar
 
     @property
     def is_zero(self) -> bool:
@@ -620,17 +673,34 @@ class Delay:
 
     @property
     def nominal(self) -> timedelta:
-        """The delay as a timedelta (a calendar day counts as 24 hours here)."""
+        """The delay as a timedelta (a calendar day counts as 24 hours here, a month as 30 days)."""
         return self._exact
 
     @property
     def calendar_days(self) -> int:
-        """For a calendar delay, its length in days; 0 for exact units."""
+        """For a delay in days or weeks, its length in days; 0 for exact units and months
+        (a month's length in days depends on where it starts: see :attr:`calendar_months`)."""
         if self.unit is DelayUnit.DAYS:
             return self.amount
         if self.unit is DelayUnit.WEEKS:
             return self.amount * 7
         return 0
+
+    @property
+    def calendar_months(self) -> int:
+        """For a delay in months, its length in months; 0 for every other unit."""
+        return self.amount if self.unit is DelayUnit.MONTHS else 0
+
+    def isoformat(self) -> str:
+        """The delay as an ISO 8601 duration in its own unit: ``"PT90M"``, ``"P3D"``, ``"P1M"``.
+
+        :meth:`parse` reads it back to a delay that schedules the same: the same
+        one, or the same length in a coarser unit (``"PT120M"`` reads as 2 hours).
+
+        >>> Delay.minutes(90).isoformat(), Delay.months(1).isoformat()
+        ('PT90M', 'P1M')
+        """
+        return _ISO_DESIGNATORS[self.unit].format(self.amount)
 
     def __str__(self) -> str:
         if self.amount == 0:
@@ -640,6 +710,64 @@ class Delay:
 
 
 _IMMEDIATELY = Delay(amount=0, unit=DelayUnit.SECONDS)
+
+_NOT_ISO_DURATION = "not an ISO 8601 duration such as 'P3D', 'PT30M', 'P1W' or 'P1M'"
+
+
+def _parse_iso_duration(text: str) -> Delay:
+    """An ISO 8601 duration as one :class:`Delay`, by the rules :meth:`Delay.parse` states."""
+    # pendulum's Duration folds clock time into days ("PT24H" and "P1D" come out equal), so each
+    # half of the text is read on its own: the date half is calendar time, the time half exact.
+    code = text.strip().upper()
+    date_half, has_time, clock_half = code.partition("T")
+    if not code.startswith("P") or (date_half == "P" and not has_time) or (has_time and not clock_half):
+        raise InvalidDelay("delay", text, _NOT_ISO_DURATION)
+    calendar = _pendulum_duration(date_half, text) if date_half != "P" else None
+    clock = _pendulum_duration("PT" + clock_half, text) if has_time else None
+    months = days = seconds = 0
+    if calendar is not None:
+        if calendar.hours or calendar.minutes or calendar.remaining_seconds or calendar.microseconds:
+            raise InvalidDelay("delay", text, "days and weeks must be whole: write the part of a day in hours")
+        months = calendar.years * 12 + calendar.months
+        days = calendar.weeks * 7 + calendar.remaining_days
+    if clock is not None:
+        if clock.microseconds:
+            raise InvalidDelay("delay", text, "a delay is a whole number of seconds")
+        seconds = clock.in_seconds()
+    if months and days:
+        raise InvalidDelay("delay", text, "mixes months with days: no single unit says that exactly")
+    if (months or days) and seconds:
+        raise InvalidDelay(
+            "delay",
+            text,
+            "mixes calendar days or months with clock time: no single unit says that exactly "
+            "(a calendar day is 23 or 25 hours when clocks change); write e.g. 'P1D' or 'PT26H'",
+        )
+    if months:
+        return Delay(amount=months, unit=DelayUnit.MONTHS)
+    if days % 7 == 0 and days:
+        return Delay(amount=days // 7, unit=DelayUnit.WEEKS)
+    if days:
+        return Delay(amount=days, unit=DelayUnit.DAYS)
+    if seconds:
+        for unit in (DelayUnit.HOURS, DelayUnit.MINUTES):
+            if seconds % _UNIT_SECONDS[unit] == 0:
+                return Delay(amount=seconds // _UNIT_SECONDS[unit], unit=unit)
+        return Delay(amount=seconds, unit=DelayUnit.SECONDS)
+    return _IMMEDIATELY
+
+
+def _pendulum_duration(code: str, text: str) -> pendulum.Duration:
+    """pendulum's reading of one half of an ISO 8601 duration; InvalidDelay naming ``text`` if it has none."""
+    import pendulum  # here, not at the top: only ISO 8601 text pays for importing pendulum
+
+    try:
+        parsed = pendulum.parse(code)
+    except Exception:  # ParserError, OverflowError, ...: pendulum's ways of saying "not a duration"
+        raise InvalidDelay("delay", text, _NOT_ISO_DURATION) from None
+    if not isinstance(parsed, pendulum.Duration):
+        raise InvalidDelay("delay", text, _NOT_ISO_DURATION)
+    return parsed
 
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -743,10 +871,16 @@ Wait = Delay | WaitUntil
 
 
 def parse_wait(text: str) -> Delay | WaitUntil:
-    """Parse a delay (``"2 days"``) or a wait (``"next tuesday 09:00"``)."""
+    """Parse a delay (``"2 days"``, ``"P1M"``) or a wait (``"next tuesday 09:00"``).
+
+    Text that starts with ``P`` is an ISO 8601 duration: when it is refused, the
+    :class:`~dripcore.errors.InvalidDelay` says why (see :meth:`Delay.parse`).
+    """
     try:
         return Delay.parse(text)
     except InvalidDelay:
+        if isinstance(text, str) and text.strip()[:1] in ("P", "p"):
+            raise
         return WaitUntil.parse(text)
 
 

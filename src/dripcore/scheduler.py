@@ -236,18 +236,34 @@ def add_delay(instant: datetime, delay: Delay | WaitUntil, zone: zoneinfo.ZoneIn
     Exact units add elapsed time. Calendar units (days, weeks) add days to the
     local date in ``zone`` and keep the local wall-clock time; a local time in
     a spring-forward gap moves forward by the gap, an ambiguous one resolves
-    to its first occurrence. A :class:`~dripcore.model.WaitUntil` goes to its
-    next local weekday and/or time of day strictly after ``instant``.
-    ``zone=None`` means UTC.
+    to its first occurrence. Months do the same on the local date moved by
+    whole months with pendulum's arithmetic: the same day of the month, or the
+    month's last day when it is shorter (January 31 + 1 month is February 28,
+    or 29). A :class:`~dripcore.model.WaitUntil` goes to its next local weekday
+    and/or time of day strictly after ``instant``. ``zone=None`` means UTC.
     """
     if isinstance(delay, WaitUntil):
         return _wait_until(instant, delay, zone or UTC)
-    if zone is None or not delay.is_calendar or delay.amount == 0:
+    if not delay.is_calendar or delay.amount == 0:
         # (A zero calendar delay must not re-resolve the local time: from the second
         # occurrence of an ambiguous hour, fold=0 would land an hour in the past.)
         return instant + delay.nominal
+    months = delay.calendar_months
+    if months:
+        return _add_months(instant, months, zone or UTC)
+    if zone is None:
+        return instant + delay.nominal
     local = instant.astimezone(zone)
     return _localize(local.replace(tzinfo=None) + timedelta(days=delay.calendar_days), zone)
+
+
+def _add_months(instant: datetime, months: int, zone: tzinfo) -> datetime:
+    """``months`` calendar months after ``instant`` at the same local wall-clock time in ``zone``."""
+    import pendulum  # here, not at the top: only month delays pay for importing pendulum
+
+    local = instant.astimezone(zone)
+    day = pendulum.Date(local.year, local.month, local.day).add(months=months)
+    return _localize(datetime.combine(day, local.time()), zone)
 
 
 def _wait_until(instant: datetime, wait: WaitUntil, zone: tzinfo) -> datetime:
@@ -564,7 +580,12 @@ def _completed_event(enrollment: Enrollment, at: datetime) -> Completed:
 
 @attrs.frozen(kw_only=True)
 class PlannedStep:
-    """One line of a :func:`preview`: when a step would go (or why it would not)."""
+    """One line of a :func:`preview`: when a step would go (or why it would not).
+
+    ``at`` is the instant (UTC), ``local`` the same instant in the contact's
+    zone, ``start`` the enrollment the preview started from, and :attr:`after`
+    says how long after it the step goes, in words.
+    """
 
     position: int
     name: str
@@ -572,6 +593,45 @@ class PlannedStep:
     at: datetime
     local: datetime
     skipped: SkipReason | None = None
+    start: datetime | None = None
+
+    @property
+    def after(self) -> str | None:
+        """How long after ``start`` the step goes, in English words on the contact's local
+        calendar (``"immediately"``, ``"2 days"``, ``"1 month"``, ``"1 day 1 hour"`` across
+        a daylight-saving change); None when the step has no ``start``."""
+        if self.start is None:
+            return None
+        return _elapsed_in_words(self.start, self.local)
+
+
+def _elapsed_in_words(start: datetime, end: datetime) -> str:
+    """How long from ``start`` to ``end``, in English words, on the local calendar of ``end``'s zone.
+
+    Counted the way a person reads a calendar (pendulum's precise difference of the
+    two local wall-clock times): years, months, weeks, days, hours, minutes and
+    seconds, the zero ones left out; ``"immediately"`` when ``end`` is within a
+    second of ``start``; the elapsed time when the clocks fell back in between
+    so far that the wall clock shows no later time. Always English, whatever
+    pendulum's current locale.
+
+    >>> from datetime import datetime, timezone
+    >>> utc = timezone.utc
+    >>> _elapsed_in_words(datetime(2026, 1, 31, 9, tzinfo=utc), datetime(2026, 2, 28, 9, tzinfo=utc))
+    '1 month'
+    >>> _elapsed_in_words(datetime(2026, 3, 2, 9, tzinfo=utc), datetime(2026, 3, 4, 10, 30, tzinfo=utc))
+    '2 days 1 hour 30 minutes'
+    """
+    import pendulum  # here, not at the top: only previews pay for importing pendulum
+
+    elapsed = end - start
+    if abs(elapsed) < timedelta(seconds=1):
+        return "immediately"
+    local_start = start.astimezone(end.tzinfo or UTC)
+    if end.replace(tzinfo=None) - local_start.replace(tzinfo=None) < timedelta(seconds=1):
+        # The clocks fell back in between and the wall clock shows no later time: say the elapsed time.
+        return pendulum.duration(seconds=int(elapsed.total_seconds())).in_words(locale="en")
+    return (pendulum.instance(end) - pendulum.instance(local_start)).in_words(locale="en")
 
 
 def preview(
@@ -584,13 +644,16 @@ def preview(
     Engagement is assumed absent (nothing opened or clicked), so conditions
     resolve as for a contact who ignores every email. Works on draft sequences
     too. ``local`` is the instant in the contact's zone (fallback chain: the
-    contact's, the sequence's, UTC).
+    contact's, the sequence's, UTC), and ``after`` how long after ``start``
+    the step goes, in words.
 
     >>> from datetime import datetime, timezone
     >>> from dripcore.prefabs import welcome_series
     >>> plan = preview(welcome_series(), None, datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
     >>> [(p.position, f"{p.at:%a %H:%M}") for p in plan]
     [(1, 'Mon 09:00'), (2, 'Tue 09:00'), (3, 'Mon 09:00')]
+    >>> [p.after for p in plan]
+    ['immediately', '1 day', '1 week']
     """
     start = _now(start)
     runnable = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None)
@@ -614,14 +677,14 @@ def preview(
                 planned.append(
                     PlannedStep(
                         position=step.position, name=step.name, subject=step.subject, at=now,
-                        local=now.astimezone(zone), skipped=event.reason,
+                        local=now.astimezone(zone), skipped=event.reason, start=start,
                     )
                 )  # fmt: skip
         if result.send is not None:
             step = result.send
             planned.append(
                 PlannedStep(position=step.position, name=step.name, subject=step.subject, at=now,
-                            local=now.astimezone(zone))
+                            local=now.astimezone(zone), start=start)
             )  # fmt: skip
         enrollment = result.enrollment
     planned.sort(key=lambda p: (p.at, p.position))
