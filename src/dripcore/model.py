@@ -21,7 +21,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 import attrs
 
@@ -121,6 +121,14 @@ _E = TypeVar("_E", bound=enum.Enum)
 
 # --------------------------------------------------------------------------- helpers
 
+# Why every converted field has a ``_c_<type>_<field>`` function delegating to an
+# ``_impl_<type>_<field>`` closure: the closures come from small factories (``_enum``,
+# ``_frozen_mapping``, ``_frozenset_of``...) that bake in the field's name and error class,
+# but mypy's attrs plugin only types a converter that is a named function (a closure held
+# in a variable is "Unsupported converter"). The one-line named wrapper gives the plugin
+# the field's argument and result types; the closure keeps the logic in one place. Instant
+# fields all share one converter, :func:`_utc_instant`.
+
 
 def _enum(cls: type[_E], field: str, error: type[ValidationError] = ValidationError) -> Callable[[Any], _E]:
     """A converter accepting a member of ``cls`` or its exact wire value."""
@@ -169,6 +177,24 @@ def to_utc(value: Any, field: str = "datetime", error: type[ValidationError] = N
     return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=UTC)
 
 
+@overload
+def _utc_instant(value: Any, field: str, optional: Literal[False]) -> datetime: ...
+@overload
+def _utc_instant(value: Any, field: str, optional: Literal[True]) -> datetime | None: ...
+def _utc_instant(value: Any, field: str, optional: bool) -> datetime | None:
+    """The converter of every instant field: ``value`` as a UTC datetime (None too, if ``optional``).
+
+    The usual value, a UTC datetime in range (read back by a store, computed by the
+    scheduler), comes back as it is without the work of :func:`to_utc`, which converts
+    anything else or raises naming ``field``.
+    """
+    if value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR:
+        return value
+    if value is None and optional:
+        return None
+    return to_utc(value, field)
+
+
 # What no id or single-line text may hold: control characters (NUL, CR, LF, tab, NEL...),
 # lone surrogates (undecodable bytes, which no store can encode) and the Unicode line and
 # paragraph separators (a line break to a header or a log line).
@@ -201,6 +227,14 @@ def check_text(
     if not allow_blank and (not value or value.isspace()):
         raise error(field, value, "must be a non-empty string")
     return value
+
+
+def is_plain_id(value: object) -> bool:
+    """Whether ``value`` passes the id rule of :func:`check_text` by its cheapest route: an
+    exact ``str``, printable (so no control character, line break, NUL or lone surrogate),
+    not blank, at most 255 characters. False does not mean invalid, only "check it fully"
+    (a ``str`` subclass, say); a store decoding rows uses it to choose :func:`trusted_enrollment`."""
+    return type(value) is str and 0 < len(value) <= _ID_MAX and value.isprintable() and not value.isspace()
 
 
 def _check_storable(value: str, field: str, error: type[ValidationError]) -> None:
@@ -1312,9 +1346,7 @@ class PausePolicy(enum.Enum):
 
 
 def _c_sequence_paused_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
-        return value
-    return to_utc(value, "sequence.paused_at")
+    return _utc_instant(value, "sequence.paused_at", True)
 
 
 _impl_sequence_status = _enum(SequenceStatus, "sequence.status", InvalidSequence)
@@ -1528,21 +1560,15 @@ def _c_enrollment_status(value: EnrollmentStatus | str) -> EnrollmentStatus:
 
 
 def _c_enrollment_enrolled_at(value: datetime) -> datetime:
-    if value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR:
-        return value
-    return to_utc(value, "enrollment.enrolled_at")
+    return _utc_instant(value, "enrollment.enrolled_at", False)
 
 
 def _c_enrollment_next_step_due_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
-        return value
-    return to_utc(value, "enrollment.next_step_due_at")
+    return _utc_instant(value, "enrollment.next_step_due_at", True)
 
 
 def _c_enrollment_last_step_sent_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
-        return value
-    return to_utc(value, "enrollment.last_step_sent_at")
+    return _utc_instant(value, "enrollment.last_step_sent_at", True)
 
 
 _impl_enrollment_exit_reason = _opt_enum(ExitReason, "enrollment.exit_reason", InvalidEnrollment)
@@ -1553,15 +1579,11 @@ def _c_enrollment_exit_reason(value: ExitReason | str | None) -> ExitReason | No
 
 
 def _c_enrollment_paused_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
-        return value
-    return to_utc(value, "enrollment.paused_at")
+    return _utc_instant(value, "enrollment.paused_at", True)
 
 
 def _c_enrollment_ended_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
-        return value
-    return to_utc(value, "enrollment.ended_at")
+    return _utc_instant(value, "enrollment.ended_at", True)
 
 
 _impl_enrollment_variables = _frozen_mapping("enrollment.variables", InvalidEnrollment)
@@ -1695,9 +1717,7 @@ class Enrollment:
 
 
 def _c_contact_created_at(value: datetime | None) -> datetime | None:
-    if value is None or (value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR):
-        return value
-    return to_utc(value, "contact.created_at")
+    return _utc_instant(value, "contact.created_at", True)
 
 
 _impl_contact_metadata = _frozen_mapping("contact.metadata", InvalidContact)
@@ -1753,7 +1773,7 @@ _new_object = object.__new__
 _set_field = object.__setattr__
 
 
-def _assemble_enrollment(
+def trusted_enrollment(
     *,
     id: str,
     sequence_id: str,
@@ -1773,23 +1793,35 @@ def _assemble_enrollment(
     key: str | None,
     version: int,
 ) -> Enrollment:
-    """``Enrollment(...)`` for values that are already valid and in their converted form
-    (copied from a validated enrollment, or decoded and checked by a store): the
-    per-field validators and converters are skipped, the cross-field checks of
-    ``__attrs_post_init__`` still run. The dispatch hot path builds two enrollments
-    per step; a property test pins this to the validated constructor."""
+    """``Enrollment(...)`` without the per-field checks, for values that are already valid.
+
+    The one fast constructor of the package, for its hot paths: the scheduler's step
+    sent (fields copied from a validated enrollment) and a store's decoding of a plain
+    row (ids checked with :func:`is_plain_id`, enums decoded to their members,
+    collections built as frozensets and read-only mappings). It skips the id and text
+    validators and the enum, mapping and set converters; instants still pass through
+    the instant converter (a naive or out-of-range one raises, as it would in
+    ``Enrollment``) and the cross-field rules of ``__attrs_post_init__`` still run, so
+    a status contradicting its fields raises :class:`~dripcore.errors.InvalidEnrollment`.
+    Anything not known to be valid goes through ``Enrollment(...)``.
+
+    Why it exists: building an enrollment is done twice per step dispatched (decoded from
+    a claim, advanced by the scheduler); the validated constructor costs about 5 µs more
+    each, over 5% of a SQLite tick's ~80 µs a step (``benchmarks/bench_sqlite.py``). A
+    property test pins it to the validated constructor (same fields, same result, same errors).
+    """
     e: Enrollment = _new_object(Enrollment)
     _set_field(e, "id", id)
     _set_field(e, "sequence_id", sequence_id)
     _set_field(e, "contact_id", contact_id)
     _set_field(e, "status", status)
-    _set_field(e, "enrolled_at", enrolled_at)
-    _set_field(e, "next_step_due_at", next_step_due_at)
+    _set_field(e, "enrolled_at", _utc_instant(enrolled_at, "enrollment.enrolled_at", False))
+    _set_field(e, "next_step_due_at", _utc_instant(next_step_due_at, "enrollment.next_step_due_at", True))
     _set_field(e, "last_step_sent", last_step_sent)
-    _set_field(e, "last_step_sent_at", last_step_sent_at)
+    _set_field(e, "last_step_sent_at", _utc_instant(last_step_sent_at, "enrollment.last_step_sent_at", True))
     _set_field(e, "exit_reason", exit_reason)
-    _set_field(e, "paused_at", paused_at)
-    _set_field(e, "ended_at", ended_at)
+    _set_field(e, "paused_at", _utc_instant(paused_at, "enrollment.paused_at", True))
+    _set_field(e, "ended_at", _utc_instant(ended_at, "enrollment.ended_at", True))
     _set_field(e, "variables", variables)
     _set_field(e, "opened", opened)
     _set_field(e, "clicked", clicked)
@@ -1835,9 +1867,7 @@ def _event_key(_instance: Any, _attribute: Any, value: Any) -> None:
 
 
 def _c_event_at(value: datetime) -> datetime:
-    if value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR:
-        return value
-    return to_utc(value, "event.at")
+    return _utc_instant(value, "event.at", False)
 
 
 @attrs.frozen(kw_only=True)
