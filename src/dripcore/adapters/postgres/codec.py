@@ -23,6 +23,7 @@ _EMPTY: frozenset[Any] = frozenset()
 
 
 def micros(value: datetime) -> int:
+    """An instant as integer microseconds since the Unix epoch (a NOTIFY payload)."""
     return (value - EPOCH) // _MICROSECOND
 
 
@@ -37,6 +38,7 @@ OUTBOX_COLUMNS = (
 
 
 def enrollment_from_row(row: Seq[Any]) -> Enrollment:
+    """An enrollment from a row of ``ENROLLMENT_COLUMNS`` (validated by ``Enrollment``)."""
     (
         id_, sequence_id, contact_id, status, enrolled_at, due, last, last_at,
         reason, paused_at, ended_at, variables, opened, clicked, skipped, key, version,
@@ -91,6 +93,7 @@ def enrollment_columns(e: Enrollment) -> tuple[Any, ...]:
 
 
 def iso(value: datetime | None) -> str | None:
+    """An instant as ISO 8601 text for a JSON batch (None stays None)."""
     return None if value is None else value.isoformat()
 
 
@@ -144,6 +147,7 @@ def message_doc(m: OutboxMessage, lease_owner: str | None, lease_until: datetime
 
 
 def message_from_row(row: Seq[Any]) -> OutboxMessage:
+    """An outbox message from a row of ``OUTBOX_COLUMNS``."""
     (
         key, enrollment_id, sequence_id, contact_id, position, status, created_at, next_attempt_at, attempts,
         last_error, settled_at, provider_id, email_text,

@@ -41,10 +41,12 @@ def instant(value: datetime) -> int:
 
 
 def from_instant(value: int) -> datetime:
+    """The UTC instant of integer microseconds since the Unix epoch."""
     return EPOCH + timedelta(microseconds=value)
 
 
 def opt_from_instant(value: int | None) -> datetime | None:
+    """:func:`from_instant`, None staying None."""
     return None if value is None else EPOCH + timedelta(microseconds=value)
 
 
@@ -70,6 +72,7 @@ _STATUSES = {status.value: status for status in EnrollmentStatus}
 
 
 def enrollment_from_row(row: Seq[Any]) -> Enrollment:
+    """An enrollment from a row of ``ENROLLMENT_COLUMNS``."""
     (
         id_, sequence_id, contact_id, status, enrolled_at, due, last, last_at,
         reason, paused_at, ended_at, variables, opened, clicked, skipped, key, version,
@@ -178,6 +181,7 @@ def message_row(m: OutboxMessage, lease_owner: str | None, lease_until: int | No
 
 
 def message_from_row(row: Seq[Any]) -> OutboxMessage:
+    """An outbox message from a row of ``OUTBOX_COLUMNS``."""
     (
         key, enrollment_id, sequence_id, contact_id, position, status, created_at, next_attempt_at, attempts,
         last_error, settled_at, provider_id, to, subject, html, text, sender, headers, identity,
