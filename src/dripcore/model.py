@@ -159,6 +159,8 @@ def to_utc(value: Any, field: str = "datetime", error: type[ValidationError] = N
     :class:`~dripcore.errors.InvalidInstant` for an instant before :data:`MIN_INSTANT` or
     from :data:`MAX_INSTANT` on; ``field`` names the value in the error.
     """
+    if value.__class__ is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year < _MAX_YEAR:
+        return value  # already what this returns: the usual case on the hot paths ends here
     if not isinstance(value, datetime):
         raise error(field, value, "expected a timezone-aware datetime")
     try:
@@ -1796,32 +1798,34 @@ def trusted_enrollment(
     """``Enrollment(...)`` without the per-field checks, for values that are already valid.
 
     The one fast constructor of the package, for its hot paths: the scheduler's step
-    sent (fields copied from a validated enrollment) and a store's decoding of a plain
-    row (ids checked with :func:`is_plain_id`, enums decoded to their members,
-    collections built as frozensets and read-only mappings). It skips the id and text
-    validators and the enum, mapping and set converters; instants still pass through
-    the instant converter (a naive or out-of-range one raises, as it would in
-    ``Enrollment``) and the cross-field rules of ``__attrs_post_init__`` still run, so
-    a status contradicting its fields raises :class:`~dripcore.errors.InvalidEnrollment`.
-    Anything not known to be valid goes through ``Enrollment(...)``.
+    sent (fields copied from a validated enrollment, new instants through :func:`to_utc`)
+    and a store's decoding of a plain row (ids checked with :func:`is_plain_id`, enums
+    decoded to their members, instants built as UTC datetimes). It skips every per-field
+    validator and converter, so the caller must pass each field in its converted form:
+    ids and keys that pass the id rule, enum members, UTC datetimes within the accepted
+    range (what :func:`to_utc` returns), frozensets, read-only mappings. The cross-field
+    rules of ``__attrs_post_init__`` still run: a status contradicting its fields raises
+    :class:`~dripcore.errors.InvalidEnrollment`. Anything not known to be valid goes
+    through ``Enrollment(...)``.
 
-    Why it exists: building an enrollment is done twice per step dispatched (decoded from
-    a claim, advanced by the scheduler); the validated constructor costs about 5 µs more
-    each, over 5% of a SQLite tick's ~80 µs a step (``benchmarks/bench_sqlite.py``). A
-    property test pins it to the validated constructor (same fields, same result, same errors).
+    Why it exists: an enrollment is built twice per step dispatched (decoded from a claim,
+    advanced by the scheduler), and the validated constructor costs about 5 µs more each:
+    over 5% of a SQLite tick's ~80 µs a step (``benchmarks/bench_sqlite.py``) and about
+    half of an ``advance`` call (``benchmarks/bench_core.py``). A property test pins it to
+    the validated constructor (same fields, same result; the same cross-field errors).
     """
     e: Enrollment = _new_object(Enrollment)
     _set_field(e, "id", id)
     _set_field(e, "sequence_id", sequence_id)
     _set_field(e, "contact_id", contact_id)
     _set_field(e, "status", status)
-    _set_field(e, "enrolled_at", _utc_instant(enrolled_at, "enrollment.enrolled_at", False))
-    _set_field(e, "next_step_due_at", _utc_instant(next_step_due_at, "enrollment.next_step_due_at", True))
+    _set_field(e, "enrolled_at", enrolled_at)
+    _set_field(e, "next_step_due_at", next_step_due_at)
     _set_field(e, "last_step_sent", last_step_sent)
-    _set_field(e, "last_step_sent_at", _utc_instant(last_step_sent_at, "enrollment.last_step_sent_at", True))
+    _set_field(e, "last_step_sent_at", last_step_sent_at)
     _set_field(e, "exit_reason", exit_reason)
-    _set_field(e, "paused_at", _utc_instant(paused_at, "enrollment.paused_at", True))
-    _set_field(e, "ended_at", _utc_instant(ended_at, "enrollment.ended_at", True))
+    _set_field(e, "paused_at", paused_at)
+    _set_field(e, "ended_at", ended_at)
     _set_field(e, "variables", variables)
     _set_field(e, "opened", opened)
     _set_field(e, "clicked", clicked)

@@ -497,8 +497,9 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
 
 def _sent(enrollment: Enrollment, position: int, now: datetime, due: datetime, skipped: frozenset[int]) -> Enrollment:
     """``attrs.evolve`` for the hot path (a step sent, more to come), spelled out: the unchanged
-    fields were validated when ``enrollment`` was built, the new ones are the scheduler's own
-    (``skipped`` a frozenset of positions; the instants are checked by the constructor)."""
+    fields were validated when ``enrollment`` was built; of the new ones, the instants are
+    converted (``to_utc``: an instant past the accepted range raises) and ``skipped`` is a
+    frozenset of positions already."""
     e = enrollment
     return trusted_enrollment(
         id=e.id,
@@ -506,9 +507,9 @@ def _sent(enrollment: Enrollment, position: int, now: datetime, due: datetime, s
         contact_id=e.contact_id,
         status=e.status,
         enrolled_at=e.enrolled_at,
-        next_step_due_at=due,
+        next_step_due_at=to_utc(due, "enrollment.next_step_due_at"),
         last_step_sent=position,
-        last_step_sent_at=now,
+        last_step_sent_at=to_utc(now, "enrollment.last_step_sent_at"),
         exit_reason=e.exit_reason,
         paused_at=e.paused_at,
         ended_at=e.ended_at,
