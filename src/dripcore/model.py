@@ -231,14 +231,6 @@ def check_text(
     return value
 
 
-def is_plain_id(value: object) -> bool:
-    """Whether ``value`` passes the id rule of :func:`check_text` by its cheapest route: an
-    exact ``str``, printable (so no control character, line break, NUL or lone surrogate),
-    not blank, at most 255 characters. False does not mean invalid, only "check it fully"
-    (a ``str`` subclass, say); a store decoding rows uses it to choose :func:`trusted_enrollment`."""
-    return type(value) is str and 0 < len(value) <= _ID_MAX and value.isprintable() and not value.isspace()
-
-
 def _check_storable(value: str, field: str, error: type[ValidationError]) -> None:
     """Refuse a string holding NUL or a lone surrogate, which no store can encode."""
     if value.isascii() and "\x00" not in value:  # ASCII holds no surrogate: the usual case ends here
@@ -1797,22 +1789,20 @@ def trusted_enrollment(
 ) -> Enrollment:
     """``Enrollment(...)`` without the per-field checks, for values that are already valid.
 
-    The one fast constructor of the package, for its hot paths: the scheduler's step
-    sent (fields copied from a validated enrollment, new instants through :func:`to_utc`)
-    and a store's decoding of a plain row (ids checked with :func:`is_plain_id`, enums
-    decoded to their members, instants built as UTC datetimes). It skips every per-field
-    validator and converter, so the caller must pass each field in its converted form:
-    ids and keys that pass the id rule, enum members, UTC datetimes within the accepted
-    range (what :func:`to_utc` returns), frozensets, read-only mappings. The cross-field
-    rules of ``__attrs_post_init__`` still run: a status contradicting its fields raises
-    :class:`~dripcore.errors.InvalidEnrollment`. Anything not known to be valid goes
-    through ``Enrollment(...)``.
+    The one fast constructor of the package. It skips every per-field validator and
+    converter, so the caller passes each field in its converted form: ids and keys
+    that pass the id rule, enum members, UTC datetimes within the accepted range (what
+    :func:`to_utc` returns), frozensets, read-only mappings; in practice, fields copied
+    from a validated enrollment plus a few new ones converted by the caller. The
+    cross-field rules of ``__attrs_post_init__`` still run, so a status contradicting
+    its fields raises :class:`~dripcore.errors.InvalidEnrollment`. Anything not known to
+    be valid goes through ``Enrollment(...)``.
 
-    Why it exists: an enrollment is built twice per step dispatched (decoded from a claim,
-    advanced by the scheduler), and the validated constructor costs about 5 µs more each:
-    over 5% of a SQLite tick's ~80 µs a step (``benchmarks/bench_sqlite.py``) and about
-    half of an ``advance`` call (``benchmarks/bench_core.py``). A property test pins it to
-    the validated constructor (same fields, same result; the same cross-field errors).
+    Its one user is the scheduler's step sent (``advance``'s hot path), where it is
+    worth more than 5%: with the validated constructor instead, ``advance()`` on
+    exact-unit steps runs 10-30% slower (``benchmarks/bench_core.py``). Stores don't use
+    it: decoding rows through it was worth 1-3% of a SQLite tick. A property test pins
+    it to the validated constructor (same fields, same result; the same cross-field errors).
     """
     e: Enrollment = _new_object(Enrollment)
     _set_field(e, "id", id)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from collections.abc import Sequence as Seq
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from ...model import UTC, Enrollment, EnrollmentStatus, SenderIdentity, is_plain_id, trusted_enrollment
+from ...model import UTC, Enrollment, EnrollmentStatus, SenderIdentity
 from ...ports import Email, OutboxMessage, OutboxStatus
 from .._common import dumps, dumps_text_map
 
@@ -77,24 +77,15 @@ def enrollment_from_row(row: Seq[Any]) -> Enrollment:
         id_, sequence_id, contact_id, status, enrolled_at, due, last, last_at,
         reason, paused_at, ended_at, variables, opened, clicked, skipped, key, version,
     ) = row  # fmt: skip
-    known = _STATUSES.get(status)
-    # The common row (no engagement, no variables, not exited): its ids are checked here
-    # by the model's own rule (is_plain_id), the instants and cross-field rules by
-    # trusted_enrollment. Anything else takes the validated constructor. Kept because it
-    # is worth more than 5% of a tick: a claimed row is decoded once per step dispatched,
-    # and the validated constructor costs ~5 us more of a ~80 us step (bench_sqlite.py).
-    plain = (
-        known is not None and reason is None and not (variables or opened or clicked or skipped)
-        and is_plain_id(id_) and is_plain_id(sequence_id) and is_plain_id(contact_id)
-        and (key is None or is_plain_id(key))
-        and enrolled_at.__class__ is int
-    )  # fmt: skip
-    build: Callable[..., Enrollment] = trusted_enrollment if plain else Enrollment
-    return build(
+    # Every row goes through the validated constructor. A trusted shortcut for plain rows
+    # (skipping the per-field checks) was measured at 1-3% of a tick (bench_sqlite.py's
+    # population, one tick's dispatch decoded either way): under the 5% that would pay
+    # for a second way to build an enrollment.
+    return Enrollment(
         id=id_,
         sequence_id=sequence_id,
         contact_id=contact_id,
-        status=status if known is None else known,
+        status=_STATUSES.get(status, status),
         enrolled_at=EPOCH + timedelta(microseconds=enrolled_at),
         next_step_due_at=None if due is None else EPOCH + timedelta(microseconds=due),
         last_step_sent=last,
