@@ -38,7 +38,7 @@ from dripcore import (
     resume,
 )
 from dripcore.errors import InvalidEnrollment
-from dripcore.model import _assemble_enrollment
+from dripcore.model import trusted_enrollment
 from dripcore.scheduler import _next_step, _sent, resolve_zone
 
 from .strategies import contacts, enrollments, instants, sequences, steps_lists
@@ -286,11 +286,11 @@ def test_the_hot_path_constructor_equals_attrs_evolve(
 
 @given(enrollments())
 def test_the_fast_enrollment_constructor_equals_the_validated_one(enrollment: Enrollment) -> None:
-    """model._assemble_enrollment skips the per-field converters; given the fields of a valid
+    """model.trusted_enrollment skips the per-field converters; given the fields of a valid
     enrollment it must build the same enrollment, and it must take every field."""
     fields = {f.name: getattr(enrollment, f.name) for f in attrs.fields(Enrollment) if f.init}
-    assert _assemble_enrollment(**fields) == Enrollment(**fields) == enrollment
-    assert set(inspect.signature(_assemble_enrollment).parameters) == set(fields)
+    assert trusted_enrollment(**fields) == Enrollment(**fields) == enrollment
+    assert set(inspect.signature(trusted_enrollment).parameters) == set(fields)
 
 
 @given(enrollments())
@@ -299,4 +299,4 @@ def test_the_fast_enrollment_constructor_keeps_the_cross_field_rules(enrollment:
     fields = {f.name: getattr(enrollment, f.name) for f in attrs.fields(Enrollment) if f.init}
     fields["next_step_due_at"] = None if enrollment.next_step_due_at is not None else enrollment.enrolled_at
     with pytest.raises(InvalidEnrollment):
-        _assemble_enrollment(**fields)
+        trusted_enrollment(**fields)

@@ -905,3 +905,16 @@ def test_a_batch_stores_its_messages_whatever_their_key_order_and_keeps_the_firs
         assert kept is not None
         assert kept.email is not None
         assert kept.email.subject == "Step 1"
+
+
+def test_both_sql_stores_raise_the_same_schema_and_corruption_errors() -> None:
+    """CorruptRecord and SchemaTooNew are defined once (dripcore.errors): the adapters' names
+    are the same classes, so one ``except`` or ``isinstance`` covers both stores."""
+    from dripcore import errors
+
+    assert CorruptRecord is errors.CorruptRecord
+    assert SchemaTooNew is errors.SchemaTooNew
+    assert issubclass(CorruptRecord, errors.UnreadableRecord)
+    postgres = pytest.importorskip("dripcore.adapters.postgres")
+    assert postgres.CorruptRecord is CorruptRecord
+    assert postgres.SchemaTooNew is SchemaTooNew

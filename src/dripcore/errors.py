@@ -45,7 +45,9 @@ The tree::
     │   └── PermanentSendError                 never retry; may carry a bounce/complaint reason
     └── StoreError                             raised by Store implementations
         ├── ConcurrencyConflict                optimistic-concurrency check failed
+        ├── SchemaTooNew                       a database written by a newer dripcore (SQL adapters)
         ├── UnreadableRecord                   a stored row that can't be read back (named by table and id)
+        │   └── CorruptRecord                  the SQL adapters' unreadable row, naming where it is stored
         └── RecordRejected                     records the store can't hold as given (named by id)
 """
 
@@ -57,6 +59,7 @@ __all__ = [
     "ConcurrencyConflict",
     "ContactNotFound",
     "ContactSuppressed",
+    "CorruptRecord",
     "DecodeError",
     "DripcoreError",
     "DuplicateStepPosition",
@@ -83,6 +86,7 @@ __all__ = [
     "RecordRejected",
     "RenderError",
     "RenderLimitExceeded",
+    "SchemaTooNew",
     "SendError",
     "SenderUnavailable",
     "SequenceNotFound",
@@ -409,3 +413,40 @@ class RenderLimitExceeded(RenderError):
     def __init__(self, *, limit: str, **where: Any) -> None:
         self.limit = limit
         super().__init__(**where)
+# --------------------------------------------------------------------------- errors of the SQL adapters
+# Defined once here, so both SQL stores raise the same classes (``isinstance`` holds across
+# them); each adapter package re-exports them under its own name, as before
+# (``dripcore.adapters.sqlite.CorruptRecord`` is ``dripcore.errors.CorruptRecord``).
+
+
+class SchemaTooNew(StoreError):
+    """The database's schema was written by a newer dripcore, whose schema this version does not know.
+
+    ``where`` names the database (a file's path, or a server and schema; never a
+    password); ``found`` is the version stored and ``supported`` the newest this code
+    knows. Nothing was written: upgrade dripcore to open it.
+    """
+
+    def __init__(self, where: str, found: int, supported: int) -> None:
+        self.where = where
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{where}: schema version {found} was written by a newer dripcore; this version knows schema "
+            f"versions up to {supported}. Upgrade dripcore to open it (the database is left untouched)"
+        )
+
+
+class CorruptRecord(UnreadableRecord):
+    """A stored row of a SQL store can't be read back (broken JSON, an unknown enum value).
+
+    ``where`` names the database (as in :class:`SchemaTooNew`), ``table`` and ``id`` the row,
+    ``error`` what was wrong with it.
+    """
+
+    def __init__(self, where: str, table: str, id: str, error: str) -> None:
+        self.where = where
+        self.table = table
+        self.id = id
+        self.error = error
+        super().__init__(f"{where}: {table} row {id!r} is corrupt and can't be read: {error}")

@@ -96,12 +96,9 @@ from .model import (
     TriggerEvent,
     WaitUntil,
     WindowAction,
-    _assemble_enrollment,
-    _c_enrollment_last_step_sent_at,
-    _c_enrollment_next_step_due_at,
-    _c_enrollment_skipped,
     normalize_trigger_value,
     to_utc,
+    trusted_enrollment,
 )
 
 __all__ = [
@@ -515,25 +512,27 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
 
 
 def _sent(enrollment: Enrollment, position: int, now: datetime, due: datetime, skipped: frozenset[int]) -> Enrollment:
-    """``attrs.evolve`` for the hot path (a step sent, more to come), spelled out: only the
-    changed fields are converted, the unchanged ones were validated when ``enrollment`` was built."""
+    """``attrs.evolve`` for the hot path (a step sent, more to come), spelled out: the unchanged
+    fields were validated when ``enrollment`` was built; of the new ones, the instants are
+    converted (``to_utc``: an instant past the accepted range raises) and ``skipped`` is a
+    frozenset of positions already."""
     e = enrollment
-    return _assemble_enrollment(
+    return trusted_enrollment(
         id=e.id,
         sequence_id=e.sequence_id,
         contact_id=e.contact_id,
         status=e.status,
         enrolled_at=e.enrolled_at,
-        next_step_due_at=_c_enrollment_next_step_due_at(due),
+        next_step_due_at=to_utc(due, "enrollment.next_step_due_at"),
         last_step_sent=position,
-        last_step_sent_at=_c_enrollment_last_step_sent_at(now),
+        last_step_sent_at=to_utc(now, "enrollment.last_step_sent_at"),
         exit_reason=e.exit_reason,
         paused_at=e.paused_at,
         ended_at=e.ended_at,
         variables=e.variables,
         opened=e.opened,
         clicked=e.clicked,
-        skipped=_c_enrollment_skipped(skipped),
+        skipped=skipped,
         key=e.key,
         version=e.version,
     )
