@@ -48,10 +48,17 @@ that does not exist (the hour skipped when clocks spring forward) moves
 forward by the length of the gap; a local time that occurs twice (clocks
 falling back) means its first occurrence. This is :pep:`495`'s ``fold=0``.
 
-The other transitions are small and are checked against
-:data:`TRANSITIONS`, a table of status x action in the manner of h11: an
-action missing from a status's row is illegal and raises
-:class:`~dripcore.errors.InvalidTransition` naming the enrollment, its status
+Every status an enrollment gets is read from :data:`TRANSITIONS`, a table of
+status x action in the manner of h11 (:func:`advance`'s sends, skips,
+deferrals and completions included): an action missing from a status's row is
+illegal and raises :class:`~dripcore.errors.InvalidTransition` naming the
+enrollment, its status and the action.
+
+A sequence has its own, smaller machine beside it,
+:data:`SEQUENCE_TRANSITIONS` (DRAFT, ACTIVE, PAUSED, ARCHIVED x
+:class:`SequenceAction`). The engine asks :func:`sequence_target` for the
+status an operation leads to; an illegal one raises
+:class:`~dripcore.errors.SequenceStateError` naming the sequence, its status
 and the action.
 """
 
@@ -108,6 +115,9 @@ __all__ = [
     "Action",
     "Advance",
     "PlannedStep",
+    "SEQUENCE_STARTS",
+    "SEQUENCE_TRANSITIONS",
+    "SequenceAction",
     "TRANSITIONS",
     "add_delay",
     "advance",
@@ -125,6 +135,7 @@ __all__ = [
     "resolve_zone",
     "resume",
     "schedule",
+    "sequence_target",
     "window_of",
 ]
 
@@ -178,6 +189,110 @@ COMPLETED and EXITED have empty rows: terminal states are absorbing.
 >>> Action.SEND in TRANSITIONS[EnrollmentStatus.COMPLETED]
 False
 """
+
+
+class SequenceAction(enum.Enum):
+    """What can happen to a sequence; the columns of :data:`SEQUENCE_TRANSITIONS`."""
+
+    CREATE = "create"
+    EDIT = "edit"
+    ENROLL = "enroll"
+    ACTIVATE = "activate"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ARCHIVE = "archive"
+
+
+_DRAFT = SequenceStatus.DRAFT
+_LIVE = SequenceStatus.ACTIVE
+_HELD = SequenceStatus.PAUSED
+_ARCHIVED = SequenceStatus.ARCHIVED
+
+SEQUENCE_STARTS: frozenset[SequenceStatus] = frozenset({_DRAFT, _LIVE})
+"""The statuses a new sequence may be created in (:attr:`SequenceAction.CREATE`)."""
+
+SEQUENCE_TRANSITIONS: Mapping[SequenceStatus, Mapping[SequenceAction, SequenceStatus]] = MappingProxyType(
+    {
+        _DRAFT: MappingProxyType(
+            {SequenceAction.EDIT: _DRAFT, SequenceAction.ACTIVATE: _LIVE, SequenceAction.ARCHIVE: _ARCHIVED}
+        ),
+        _LIVE: MappingProxyType(
+            {
+                SequenceAction.EDIT: _LIVE,
+                SequenceAction.ENROLL: _LIVE,
+                SequenceAction.PAUSE: _HELD,
+                SequenceAction.ARCHIVE: _ARCHIVED,
+            }
+        ),
+        _HELD: MappingProxyType(
+            {
+                SequenceAction.EDIT: _HELD,
+                SequenceAction.ACTIVATE: _LIVE,
+                SequenceAction.RESUME: _LIVE,
+                SequenceAction.ARCHIVE: _ARCHIVED,
+            }
+        ),
+        _ARCHIVED: MappingProxyType({SequenceAction.ARCHIVE: _ARCHIVED}),
+    }
+)
+"""The sequence state machine: status -> action -> the status it leads to.
+
+A missing entry is an illegal operation (:class:`~dripcore.errors.SequenceStateError`,
+raised by :func:`sequence_target`). Only an ACTIVE sequence takes new
+enrollments (ENROLL) and sends; ACTIVATE on a PAUSED sequence resumes it; an
+ARCHIVED sequence is never edited or revived, and archiving it again is
+allowed (it lets an interrupted archive finish exiting its enrollments).
+New sequences start in one of :data:`SEQUENCE_STARTS`. The docs' sequence
+state diagram is generated from this table.
+
+>>> SEQUENCE_TRANSITIONS[SequenceStatus.PAUSED][SequenceAction.RESUME]
+<SequenceStatus.ACTIVE: 'active'>
+>>> SequenceAction.EDIT in SEQUENCE_TRANSITIONS[SequenceStatus.ARCHIVED]
+False
+"""
+
+#: How an action reads in an error ("can't enroll into sequence 'x' ...").
+_SEQUENCE_VERBS: Mapping[SequenceAction, str] = MappingProxyType({SequenceAction.ENROLL: "enroll into"})
+
+#: Why an action is refused, where the status alone does not say it.
+_SEQUENCE_HINTS: Mapping[SequenceAction, str] = MappingProxyType(
+    {
+        SequenceAction.CREATE: "a new sequence starts as draft or active",
+        SequenceAction.ENROLL: "only an active sequence takes new enrollments",
+    }
+)
+
+
+def sequence_target(sequence: Sequence, action: SequenceAction) -> SequenceStatus:
+    """The status ``action`` leads ``sequence`` to, read from :data:`SEQUENCE_TRANSITIONS`.
+
+    For :attr:`SequenceAction.CREATE` ``sequence`` is the new sequence, and
+    its own status must be one of :data:`SEQUENCE_STARTS`. An illegal action
+    raises :class:`~dripcore.errors.SequenceStateError` naming the sequence,
+    its status and the action.
+
+    >>> from dripcore import Sequence
+    >>> draft = Sequence(id="welcome", name="Welcome")
+    >>> sequence_target(draft, SequenceAction.ACTIVATE)
+    <SequenceStatus.ACTIVE: 'active'>
+    >>> sequence_target(draft, SequenceAction.PAUSE)
+    Traceback (most recent call last):
+    ...
+    dripcore.errors.SequenceStateError: can't pause sequence 'welcome' when status=draft
+    """
+    status = sequence.status
+    if action is SequenceAction.CREATE:
+        target: SequenceStatus | None = status if status in SEQUENCE_STARTS else None
+    else:
+        target = SEQUENCE_TRANSITIONS[status].get(action)
+    if target is None:
+        raise SequenceStateError(
+            sequence_id=sequence.id,
+            status=status.value,
+            action=_SEQUENCE_VERBS.get(action, action.value),
+            hint=_SEQUENCE_HINTS.get(action, ""),
+        )
+    return target
 
 
 #: The statuses with an empty row: nothing ever changes them again.
@@ -668,13 +783,7 @@ def enroll(
             raise ContactSuppressed(contact_id=contact.id, reason=contact.suppressed.value)
     if contact_id is None:
         raise DripcoreError("enroll() needs a contact or a contact_id")
-    if sequence.status is not SequenceStatus.ACTIVE:
-        raise SequenceStateError(
-            sequence_id=sequence.id,
-            status=sequence.status.value,
-            action="enroll into",
-            hint="only an active sequence takes new enrollments",
-        )
+    sequence_target(sequence, SequenceAction.ENROLL)
     start = now if started_at is None else to_utc(started_at, "started_at")
     first = sequence.next_active_step(0)
     due = start if first is None else schedule(start, first, sequence, resolve_zone(sequence, contact))
