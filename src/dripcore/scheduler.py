@@ -295,10 +295,13 @@ def sequence_target(sequence: Sequence, action: SequenceAction) -> SequenceStatu
     return target
 
 
+# Read from the table once (it is immutable). Tuples, not sets: ``in`` compares by identity
+# first, and an Enum's hash is computed in Python, which shows on advance's hot path.
 #: The statuses with an empty row: nothing ever changes them again.
-_ABSORBING = frozenset(status for status, row in TRANSITIONS.items() if not row)
-#: The statuses that may send a step (a PAUSED enrollment waits).
-_SENDING = frozenset(status for status, row in TRANSITIONS.items() if Action.SEND in row)
+_ABSORBING = tuple(status for status, row in TRANSITIONS.items() if not row)
+#: The statuses that may send a step (a PAUSED enrollment waits), and where SEND leads each.
+_SENDING = tuple(status for status, row in TRANSITIONS.items() if Action.SEND in row)
+_SEND_TARGETS = tuple(TRANSITIONS[status][Action.SEND] for status in _SENDING)
 
 
 def _target(enrollment: Enrollment, action: Action) -> EnrollmentStatus:
@@ -531,15 +534,14 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
     and then the next one is considered. No candidate left: the enrollment
     completes (:func:`_complete`).
     """
-    zone = resolve_zone(sequence, contact)
     skipped = enrollment.skipped
     events: list[Event] = []
     step = _next_step(sequence, enrollment.last_step_sent, skipped)
     step_due = due  # when the candidate fell due
     while step is not None:
-        verdict = _verdict(step, step_due, now, enrollment, sequence, zone)
+        verdict = _verdict(step, step_due, now, enrollment, sequence, contact)
         if verdict is None:
-            return _send(enrollment, step, now, sequence, zone, skipped, events)
+            return _send(enrollment, step, now, sequence, contact, skipped, events)
         if isinstance(verdict, datetime):
             return _wait(enrollment, verdict, skipped, events)
         skipped = skipped | {step.position}  # rule 6: skipped for good
@@ -548,6 +550,7 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
         if step is not None:
             # The next candidate's delay counts from the last send, never from the skipped step,
             # and it is never due earlier than the step it replaces.
+            zone = resolve_zone(sequence, contact)
             step_due = max(schedule(enrollment.reference_time, step, sequence, zone), due)
             if step_due > now:
                 return _wait(enrollment, step_due, skipped, events)
@@ -556,7 +559,7 @@ def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Con
 
 def _verdict(
     step: Step, step_due: datetime, now: datetime, enrollment: Enrollment, sequence: Sequence,
-    zone: zoneinfo.ZoneInfo | None,
+    contact: Contact | None,
 ) -> SkipReason | datetime | None:  # fmt: skip
     """Whether the candidate ``step``, due since ``step_due``, may go at ``now``: None if it
     may, the reason it is skipped for good, or (outside a MOVE window) when to look again."""
@@ -564,10 +567,12 @@ def _verdict(
     if expires is not None and now - step_due > expires.nominal:
         return SkipReason.EXPIRED
     window = window_of(step, sequence)
-    if window is not None and not window.contains(now.astimezone(zone or UTC)):
-        if window.outside is WindowAction.SKIP:
-            return SkipReason.WINDOW
-        return next_opening(now, window, zone)  # too late for today's window: its next opening
+    if window is not None:
+        zone = resolve_zone(sequence, contact)
+        if not window.contains(now.astimezone(zone or UTC)):
+            if window.outside is WindowAction.SKIP:
+                return SkipReason.WINDOW
+            return next_opening(now, window, zone)  # too late for today's window: its next opening
     condition = step.condition
     if condition is not None and not condition.holds(enrollment):
         return SkipReason.CONDITION
@@ -575,11 +580,11 @@ def _verdict(
 
 
 def _send(
-    enrollment: Enrollment, step: Step, now: datetime, sequence: Sequence, zone: zoneinfo.ZoneInfo | None,
+    enrollment: Enrollment, step: Step, now: datetime, sequence: Sequence, contact: Contact | None,
     skipped: frozenset[int], events: list[Event],
 ) -> Advance:  # fmt: skip
     """Rule 7: ``step`` goes now (SEND), and the next active step is planned from now."""
-    status = _target(enrollment, Action.SEND)
+    status = _SEND_TARGETS[_SENDING.index(enrollment.status)]  # SEND is legal here: advance checked (rule 4)
     last, position = enrollment.last_step_sent, step.position
     if sequence.has_inactive_between(last, position):
         events.extend(_inactive_between(enrollment, sequence, last, position, now))
@@ -593,7 +598,7 @@ def _send(
         # so COMPLETED comes once the last email was delivered, and after its StepSent.
         next_due = now
     elif following.delay.is_calendar or window_of(following, sequence) is not None:
-        next_due = schedule(now, following, sequence, zone)
+        next_due = schedule(now, following, sequence, resolve_zone(sequence, contact))
     else:
         next_due = now + following.delay.nominal  # the hot path: no zone arithmetic
     sent = _sent(enrollment, position, now, next_due, skipped)
