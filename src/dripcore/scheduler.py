@@ -602,7 +602,7 @@ def _send(
     else:
         next_due = now + following.delay.nominal  # the hot path: no zone arithmetic
     sent = _sent(enrollment, position, now, next_due, skipped)
-    if status is not enrollment.status:  # SEND keeps an enrollment ACTIVE; should the table say otherwise
+    if status is not enrollment.status:  # (the fast constructor keeps the status; the table may not)
         sent = attrs.evolve(sent, status=status)
     return Advance(sent, step, tuple(events))
 
