@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dripcore import (
@@ -80,6 +80,11 @@ def batches(draw: st.DrawFn, zoned_contacts: bool = False) -> tuple[list[BatchIt
     return items, now
 
 
+# Each example draws up to five whole sequences and their contacts: half the profile's count
+# keeps these four properties to a few seconds (the ci profile still runs hundreds).
+_BATCH_EXAMPLES = settings(max_examples=max(settings.default.max_examples // 2, 20))
+
+
 def store_counts(data: st.DataObject, items: list[BatchItem], now: datetime, cap: FrequencyCap) -> dict[CapQuery, int]:
     return {query: data.draw(st.integers(0, 4)) for query in cap_queries(items, now, cap)}
 
@@ -87,6 +92,7 @@ def store_counts(data: st.DataObject, items: list[BatchItem], now: datetime, cap
 # --------------------------------------------------------------------------- the plan without a cap
 
 
+@_BATCH_EXAMPLES
 @given(batches())
 def test_an_uncapped_plan_is_advance_for_each_enrollment(batch: tuple[list[BatchItem], datetime]) -> None:
     items, now = batch
@@ -155,6 +161,7 @@ def test_a_full_rolling_window_reopens_a_share_of_the_window_later(
 # --------------------------------------------------------------------------- the cap over a batch
 
 
+@_BATCH_EXAMPLES
 @given(st.data(), cap_settings())
 def test_a_batch_never_takes_a_contact_over_the_cap(data: st.DataObject, cap: FrequencyCap) -> None:
     items, now = data.draw(batches(zoned_contacts=True))
@@ -168,6 +175,7 @@ def test_a_batch_never_takes_a_contact_over_the_cap(data: st.DataObject, cap: Fr
         assert sends[query.contact_id] <= max(limit - stored, 0), (query, stored, sends)
 
 
+@_BATCH_EXAMPLES
 @given(st.data(), cap_settings().map(lambda cap: attrs.evolve(cap, over=CapAction.WAIT)))
 def test_wait_defers_to_exactly_when_the_cap_reopens(data: st.DataObject, cap: FrequencyCap) -> None:
     items, now = data.draw(batches())
@@ -200,6 +208,7 @@ def test_wait_defers_to_exactly_when_the_cap_reopens(data: st.DataObject, cap: F
             assert due >= reopens
 
 
+@_BATCH_EXAMPLES
 @given(st.data(), cap_settings().map(lambda cap: attrs.evolve(cap, over=CapAction.SKIP)))
 def test_skip_passes_over_exactly_the_steps_that_would_go_now(data: st.DataObject, cap: FrequencyCap) -> None:
     """SKIP never skips a step that could go: only while the cap is full, and only steps due now, in order."""
