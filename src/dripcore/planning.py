@@ -33,6 +33,10 @@ unless it sends and the cap is full for that contact:
   none is due; the cap's verdict does not change within one enrollment at one
   instant, so no skipped step could have gone.
 
+What stays in the shell: rendering (a template may fail; the engine holds
+that step), the rate limiter (it consumes a budget shared between workers)
+and the counters written with each commit.
+
 A failure deciding one enrollment (a bug, an enrollment that does not belong
 to its sequence) is recorded in its decision's ``error``; the rest of the
 batch is planned.
