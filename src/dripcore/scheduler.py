@@ -566,7 +566,7 @@ def _verdict(
     expires = step.expires_after
     if expires is not None and now - step_due > expires.nominal:
         return SkipReason.EXPIRED
-    window = window_of(step, sequence)
+    window = step.window if step.window is not None else sequence.window  # window_of, inlined: the hot path
     if window is not None:
         zone = resolve_zone(sequence, contact)
         if not window.contains(now.astimezone(zone or UTC)):
@@ -597,7 +597,7 @@ def _send(
         # completes it. A store does not claim an enrollment whose email is still pending,
         # so COMPLETED comes once the last email was delivered, and after its StepSent.
         next_due = now
-    elif following.delay.is_calendar or window_of(following, sequence) is not None:
+    elif following.delay.is_calendar or following.window is not None or sequence.window is not None:
         next_due = schedule(now, following, sequence, resolve_zone(sequence, contact))
     else:
         next_due = now + following.delay.nominal  # the hot path: no zone arithmetic
