@@ -16,7 +16,7 @@ import pytest
 import dripcore
 from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.prefabs import PREFABS
-from dripcore.scheduler import TRANSITIONS
+from dripcore.scheduler import SEQUENCE_STARTS, SEQUENCE_TRANSITIONS, TRANSITIONS
 from dripcore.senders import SMTPSender
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,17 +78,39 @@ def test_committed_pictures_are_what_the_code_draws_now() -> None:
         assert committed == content.encode("utf-8"), f"docs/diagrams/{name} is stale: python docs/_tools/pictures.py"
 
 
-def test_the_state_diagram_has_exactly_the_transitions_of_the_table() -> None:
-    text = (DOCS / "diagrams" / "enrollment-states.mmd").read_text("utf-8")
+def _drawn(name: str) -> tuple[set[tuple[str, str, str]], set[str], set[str]]:
+    """The edges (status, action, target), the start states and the final states of a committed diagram."""
+    text = (DOCS / "diagrams" / name).read_text("utf-8")
     edges = set()
     for source, target, label in re.findall(r"^\s+(\w+) --> (\w+): (.+)$", text, re.M):
         edges |= {(source, action.strip(), target) for action in label.split(",")}
-    table = {
-        (status.value, action.value, to.value) for status, row in TRANSITIONS.items() for action, to in row.items()
-    }
-    assert edges == table
-    terminal = {status.value for status, row in TRANSITIONS.items() if not row}
-    assert set(re.findall(r"^\s+(\w+) --> \[\*\]$", text, re.M)) == terminal
+    starts = set(re.findall(r"^\s+\[\*\] --> (\w+)", text, re.M))
+    finals = set(re.findall(r"^\s+(\w+) --> \[\*\]$", text, re.M))
+    return edges, starts, finals
+
+
+def _table(table: Any) -> set[tuple[str, str, str]]:
+    return {(status.value, action.value, to.value) for status, row in table.items() for action, to in row.items()}
+
+
+def test_the_state_diagram_has_exactly_the_transitions_of_the_table() -> None:
+    edges, starts, finals = _drawn("enrollment-states.mmd")
+    assert edges == _table(TRANSITIONS)
+    assert starts == {"active"}
+    assert finals == {status.value for status, row in TRANSITIONS.items() if not row}
+
+
+def test_the_sequence_diagram_has_exactly_the_transitions_of_its_table() -> None:
+    edges, starts, finals = _drawn("sequence-states.mmd")
+    assert edges == _table(SEQUENCE_TRANSITIONS)
+    assert starts == {status.value for status in SEQUENCE_STARTS}
+    assert finals == {status.value for status, row in SEQUENCE_TRANSITIONS.items() if set(row.values()) <= {status}}
+
+
+def test_the_state_diagrams_are_on_the_explanation_page() -> None:
+    page = (DOCS / "explanation" / "advance.md").read_text("utf-8")
+    for name in ("enrollment-states.mmd", "sequence-states.mmd"):
+        assert f'--8<-- "docs/diagrams/{name}"' in page
 
 
 def test_every_prefab_has_a_timeline_in_the_docs() -> None:

@@ -6,6 +6,7 @@ import zoneinfo
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,8 @@ from dripcore import (
     Step,
     Trigger,
     ValidationError,
+    advance,
+    planning,
 )
 from dripcore.adapters.memory import MemoryStore
 from dripcore.ports import Store
@@ -159,3 +162,77 @@ def test_no_contact_ever_exceeds_the_cap(
     if over is CapAction.WAIT:
         # nothing is lost: every step of every plan went, just later
         assert len(sender.sent) == per_contact * len(contacts)
+
+
+# --------------------------------------------------------------------------- the pure planner agrees with the engine
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    per_day=st.none() | st.integers(1, 2),
+    per_window=st.none() | st.integers(1, 2),
+    over=st.sampled_from(CapAction),
+    plans=st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=3), min_size=1, max_size=3),
+    people=st.lists(zones, min_size=1, max_size=2),
+    gaps=st.lists(st.integers(1, 300), min_size=5, max_size=30),
+)
+def test_the_planner_decides_as_the_engine_does(
+    per_day: int | None,
+    per_window: int | None,
+    over: CapAction,
+    plans: list[list[int]],
+    people: list[str],
+    gaps: list[int],
+) -> None:
+    """Drip (one enrollment per tick) and planning.plan_batch, given the store's counts, leave the same enrollment."""
+    if per_day is None and per_window is None:
+        per_day = 1
+    window = None if per_window is None else timedelta(hours=6)
+    contacts = [Contact(id=f"c{i}", email=f"c{i}@example.com", timezone=z) for i, z in enumerate(people)]
+    clock = FakeClock(T0)
+    drip = Drip(store=MemoryStore(), sender=RecordingSender(), clock=clock, contacts=MemoryContacts(contacts),
+                frequency_cap=FrequencyCap(per_day=per_day, per_window=per_window, window=window, over=over),
+                batch_size=1)  # fmt: skip
+    pure_cap = planning.FrequencyCap(
+        per_day=per_day, per_window=per_window, window=window, over=planning.CapAction(over.value)
+    )
+    sequences = {}
+    for i, hours in enumerate(plans):
+        sequences[f"s{i}"] = drip.save_sequence(sequence(f"s{i}", *hours))
+        for contact in contacts:
+            drip.enroll(f"s{i}", contact.id)
+    by_id = {c.id: c for c in contacts}
+    for gap in gaps:
+        now = clock.now()
+        before = {e.id: e for e in drip.store.find_enrollments(limit=1000)}
+        drip.tick()
+        for after in drip.store.find_enrollments(limit=1000):
+            was = before[after.id]
+            if after.version == was.version:
+                continue
+            item = planning.BatchItem(
+                enrollment=was, sequence=sequences[was.sequence_id], contact=by_id[was.contact_id]
+            )
+            counts = {q: drip.store.count_messages(q.contact_id, q.start, q.end) - _sent_now(drip, q, after.id, now)
+                      for q in planning.cap_queries([item], now, pure_cap)}  # fmt: skip
+            decision = planning.plan_batch([item], now, cap=pure_cap, counts=counts).decisions[0]
+            assert decision.result is not None
+            planned = decision.result.enrollment
+            if after.status.is_terminal and not planned.status.is_terminal:
+                # the tick completed it once its last email went: that is the next advance
+                planned = advance(planned, now, sequence=item.sequence, contact=item.contact).enrollment
+            assert attrs.evolve(after, version=0) == attrs.evolve(planned, version=0)
+        wake = drip.next_wake_at()  # mostly straight to the next work, sometimes a while later
+        if wake is not None and gap % 3:
+            clock.set(max(wake, now + timedelta(seconds=1)))
+        else:
+            clock.advance(timedelta(minutes=gap))
+
+
+def _sent_now(drip: Drip, query: planning.CapQuery, enrollment_id: str, now: datetime) -> int:
+    """The message the tick itself queued for ``enrollment_id`` (the planner counts what was there before)."""
+    return sum(
+        m.enrollment_id == enrollment_id and m.created_at == now and query.start <= m.created_at < query.end
+        for m in drip.store.find_messages(limit=1000)
+        if m.contact_id == query.contact_id
+    )

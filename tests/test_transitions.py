@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 import attrs
 import pytest
 
 from dripcore import (
+    Condition,
+    ConditionType,
     Contact,
     ContactSuppressed,
     Delay,
     Enrollment,
     EnrollmentStatus,
     ExitReason,
+    InvalidEnrollment,
     InvalidTransition,
     PausePolicy,
+    SendWindow,
     Sequence,
     SequenceStateError,
     SequenceStatus,
@@ -24,6 +29,7 @@ from dripcore import (
     Trigger,
     TriggerEvent,
     TriggerType,
+    WindowAction,
     advance,
     anniversary_date,
     enroll,
@@ -32,6 +38,7 @@ from dripcore import (
     matches,
     pause,
     resume,
+    scheduler,
 )
 from dripcore.scheduler import TRANSITIONS, Action, exits_on
 
@@ -169,6 +176,67 @@ class TestTransitionTable:
             for action, target in row.items():
                 assert isinstance(action, Action)
                 assert isinstance(target, EnrollmentStatus)
+
+
+def _due_at_window(now: datetime) -> tuple[Sequence, Enrollment]:
+    """A step that falls due outside its Monday-only window: advance waits for it to open (DEFER)."""
+    monday_only = SendWindow(days=frozenset({0}), outside=WindowAction.MOVE)
+    sequence = seq(steps=(Step(position=1, subject="a", text="b", window=monday_only),))
+    enrollment = attrs.evolve(enrolled(sequence), next_step_due_at=now)
+    return sequence, enrollment
+
+
+def _skip_then_wait(now: datetime) -> tuple[Sequence, Enrollment]:
+    """Step 1 went; step 2 is skipped for its condition, and step 3's delay is not up yet (SKIP)."""
+    sequence = seq(steps=(
+        Step(position=1, subject="a", text="b"),
+        Step(position=2, subject="c", text="d", condition=Condition(type=ConditionType.OPENED, step=1)),
+        Step(position=3, delay=Delay.hours(24), subject="e", text="f"),
+    ))  # fmt: skip
+    return sequence, advance(enrolled(sequence, now), now, sequence=sequence).enrollment
+
+
+def _last_step_sent(now: datetime) -> tuple[Sequence, Enrollment]:
+    """The last step went; the next call finds none left (COMPLETE)."""
+    sequence = seq(steps=(Step(position=1, subject="a", text="b"),))
+    return sequence, advance(enrolled(sequence, now), now, sequence=sequence).enrollment
+
+
+class TestTheTableWritesEveryStatus:
+    """advance() reads each status it writes from TRANSITIONS: take an action out and advance refuses it.
+
+    (SEND, on the hot path, reads its row once, when the module loads: the table is immutable.)"""
+
+    @pytest.mark.parametrize(
+        ("action", "situation"),
+        [
+            (Action.SKIP, _skip_then_wait),
+            (Action.DEFER, _due_at_window),
+            (Action.COMPLETE, _last_step_sent),
+        ],
+    )
+    def test_advance_asks_the_table(self, monkeypatch: pytest.MonkeyPatch, action: Action, situation: Any) -> None:
+        now = T0 + timedelta(days=1)  # a Tuesday
+        sequence, enrollment = situation(now)
+        assert advance(enrollment, now, sequence=sequence).enrollment is not enrollment
+        active = EnrollmentStatus.ACTIVE
+        without = {**TRANSITIONS, active: {a: s for a, s in TRANSITIONS[active].items() if a is not action}}
+        monkeypatch.setattr(scheduler, "TRANSITIONS", without)
+        message = f"can't {action.value} enrollment 'e1' when status=active"
+        with pytest.raises(InvalidTransition, match=message):
+            advance(enrollment, now, sequence=sequence)
+
+    def test_the_table_writes_the_status_it_names(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The completion's status comes from the table's COMPLETE entry, not from advance's own code:
+        point it at EXITED and the model refuses the result (an exit needs a reason)."""
+        sequence, enrollment = _last_step_sent(T0)
+        active = EnrollmentStatus.ACTIVE
+        monkeypatch.setattr(
+            scheduler, "TRANSITIONS",
+            {**TRANSITIONS, active: {**TRANSITIONS[active], Action.COMPLETE: EnrollmentStatus.EXITED}},
+        )  # fmt: skip
+        with pytest.raises(InvalidEnrollment, match="an exited enrollment needs a reason"):
+            advance(enrollment, T0, sequence=sequence)
 
 
 class TestTriggerMatching:

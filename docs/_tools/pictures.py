@@ -2,6 +2,8 @@
 
 - ``docs/diagrams/enrollment-states.mmd``: a Mermaid state diagram of
   :data:`dripcore.scheduler.TRANSITIONS`, the enrollment state machine.
+- ``docs/diagrams/sequence-states.mmd``: the same for
+  :data:`dripcore.scheduler.SEQUENCE_TRANSITIONS`, the sequence state machine.
 - ``docs/diagrams/prefab-<name>.svg``: a timeline of each prefab in
   :data:`dripcore.prefabs.PREFABS` for a sample contact, computed with
   :func:`dripcore.preview`.
@@ -18,11 +20,12 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from dripcore import Contact, Delay, EnrollmentStatus, PlannedStep, Sequence, preview
 from dripcore.prefabs import PREFABS
-from dripcore.scheduler import TRANSITIONS, Action
+from dripcore.scheduler import SEQUENCE_STARTS, SEQUENCE_TRANSITIONS, TRANSITIONS, SequenceAction
 
 DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
 
@@ -55,15 +58,32 @@ def state_diagram() -> str:
     lead between the same two statuses share one edge label. Statuses with an
     empty row are terminal and lead to the end state.
     """
-    lines = ["stateDiagram-v2", "    direction LR", f"    [*] --> {EnrollmentStatus.ACTIVE.value}: enroll"]
-    for status, row in TRANSITIONS.items():
-        grouped: dict[EnrollmentStatus, list[Action]] = {}
+    return _mermaid({EnrollmentStatus.ACTIVE: "enroll"}, TRANSITIONS)
+
+
+def sequence_diagram() -> str:
+    """Mermaid ``stateDiagram-v2`` text for :data:`~dripcore.scheduler.SEQUENCE_TRANSITIONS`.
+
+    Drawn like :func:`state_diagram`; a new sequence starts in one of
+    :data:`~dripcore.scheduler.SEQUENCE_STARTS`, and a status whose row leads
+    nowhere else is final.
+    """
+    starts = {status: SequenceAction.CREATE.value for status in SEQUENCE_TRANSITIONS if status in SEQUENCE_STARTS}
+    return _mermaid(starts, SEQUENCE_TRANSITIONS)
+
+
+def _mermaid(starts: Mapping[Any, str], table: Mapping[Any, Mapping[Any, Any]]) -> str:
+    """A state diagram of ``table`` (status -> action -> status), entered at ``starts``."""
+    lines = ["stateDiagram-v2", "    direction LR"]
+    lines += [f"    [*] --> {status.value}: {label}" for status, label in starts.items()]
+    for status, row in table.items():
+        grouped: dict[Any, list[Any]] = {}
         for action, target in row.items():
             grouped.setdefault(target, []).append(action)
         for target, actions in grouped.items():
             label = ", ".join(action.value for action in actions)
             lines.append(f"    {status.value} --> {target.value}: {label}")
-        if not row:
+        if set(grouped) <= {status}:
             lines.append(f"    {status.value} --> [*]")
     return "\n".join(lines) + "\n"
 
@@ -151,7 +171,7 @@ def timeline_svg(sequence: Sequence, contact: Contact, start: datetime, *, trigg
 
 def pictures() -> dict[str, str]:
     """Every generated picture: file name (under ``docs/diagrams``) -> content."""
-    files = {"enrollment-states.mmd": state_diagram()}
+    files = {"enrollment-states.mmd": state_diagram(), "sequence-states.mmd": sequence_diagram()}
     factories: Mapping[str, Callable[[], Sequence]] = PREFABS
     for name, factory in factories.items():
         files[f"prefab-{name}.svg"] = timeline_svg(

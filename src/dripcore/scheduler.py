@@ -48,10 +48,17 @@ that does not exist (the hour skipped when clocks spring forward) moves
 forward by the length of the gap; a local time that occurs twice (clocks
 falling back) means its first occurrence. This is :pep:`495`'s ``fold=0``.
 
-The other transitions are small and are checked against
-:data:`TRANSITIONS`, a table of status x action in the manner of h11: an
-action missing from a status's row is illegal and raises
-:class:`~dripcore.errors.InvalidTransition` naming the enrollment, its status
+Every status an enrollment gets is read from :data:`TRANSITIONS`, a table of
+status x action in the manner of h11 (:func:`advance`'s sends, skips,
+deferrals and completions included): an action missing from a status's row is
+illegal and raises :class:`~dripcore.errors.InvalidTransition` naming the
+enrollment, its status and the action.
+
+A sequence has its own, smaller machine beside it,
+:data:`SEQUENCE_TRANSITIONS` (DRAFT, ACTIVE, PAUSED, ARCHIVED x
+:class:`SequenceAction`). The engine asks :func:`sequence_target` for the
+status an operation leads to; an illegal one raises
+:class:`~dripcore.errors.SequenceStateError` naming the sequence, its status
 and the action.
 """
 
@@ -105,6 +112,9 @@ __all__ = [
     "Action",
     "Advance",
     "PlannedStep",
+    "SEQUENCE_STARTS",
+    "SEQUENCE_TRANSITIONS",
+    "SequenceAction",
     "TRANSITIONS",
     "add_delay",
     "advance",
@@ -122,6 +132,7 @@ __all__ = [
     "resolve_zone",
     "resume",
     "schedule",
+    "sequence_target",
     "window_of",
 ]
 
@@ -177,7 +188,121 @@ False
 """
 
 
+class SequenceAction(enum.Enum):
+    """What can happen to a sequence; the columns of :data:`SEQUENCE_TRANSITIONS`."""
+
+    CREATE = "create"
+    EDIT = "edit"
+    ENROLL = "enroll"
+    ACTIVATE = "activate"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ARCHIVE = "archive"
+
+
+_DRAFT = SequenceStatus.DRAFT
+_LIVE = SequenceStatus.ACTIVE
+_HELD = SequenceStatus.PAUSED
+_ARCHIVED = SequenceStatus.ARCHIVED
+
+SEQUENCE_STARTS: frozenset[SequenceStatus] = frozenset({_DRAFT, _LIVE})
+"""The statuses a new sequence may be created in (:attr:`SequenceAction.CREATE`)."""
+
+SEQUENCE_TRANSITIONS: Mapping[SequenceStatus, Mapping[SequenceAction, SequenceStatus]] = MappingProxyType(
+    {
+        _DRAFT: MappingProxyType(
+            {SequenceAction.EDIT: _DRAFT, SequenceAction.ACTIVATE: _LIVE, SequenceAction.ARCHIVE: _ARCHIVED}
+        ),
+        _LIVE: MappingProxyType(
+            {
+                SequenceAction.EDIT: _LIVE,
+                SequenceAction.ENROLL: _LIVE,
+                SequenceAction.PAUSE: _HELD,
+                SequenceAction.ARCHIVE: _ARCHIVED,
+            }
+        ),
+        _HELD: MappingProxyType(
+            {
+                SequenceAction.EDIT: _HELD,
+                SequenceAction.ACTIVATE: _LIVE,
+                SequenceAction.RESUME: _LIVE,
+                SequenceAction.ARCHIVE: _ARCHIVED,
+            }
+        ),
+        _ARCHIVED: MappingProxyType({SequenceAction.ARCHIVE: _ARCHIVED}),
+    }
+)
+"""The sequence state machine: status -> action -> the status it leads to.
+
+A missing entry is an illegal operation (:class:`~dripcore.errors.SequenceStateError`,
+raised by :func:`sequence_target`). Only an ACTIVE sequence takes new
+enrollments (ENROLL) and sends; ACTIVATE on a PAUSED sequence resumes it; an
+ARCHIVED sequence is never edited or revived, and archiving it again is
+allowed (it lets an interrupted archive finish exiting its enrollments).
+New sequences start in one of :data:`SEQUENCE_STARTS`. The docs' sequence
+state diagram is generated from this table.
+
+>>> SEQUENCE_TRANSITIONS[SequenceStatus.PAUSED][SequenceAction.RESUME]
+<SequenceStatus.ACTIVE: 'active'>
+>>> SequenceAction.EDIT in SEQUENCE_TRANSITIONS[SequenceStatus.ARCHIVED]
+False
+"""
+
+#: How an action reads in an error ("can't enroll into sequence 'x' ...").
+_SEQUENCE_VERBS: Mapping[SequenceAction, str] = MappingProxyType({SequenceAction.ENROLL: "enroll into"})
+
+#: Why an action is refused, where the status alone does not say it.
+_SEQUENCE_HINTS: Mapping[SequenceAction, str] = MappingProxyType(
+    {
+        SequenceAction.CREATE: "a new sequence starts as draft or active",
+        SequenceAction.ENROLL: "only an active sequence takes new enrollments",
+    }
+)
+
+
+def sequence_target(sequence: Sequence, action: SequenceAction) -> SequenceStatus:
+    """The status ``action`` leads ``sequence`` to, read from :data:`SEQUENCE_TRANSITIONS`.
+
+    For :attr:`SequenceAction.CREATE` ``sequence`` is the new sequence, and
+    its own status must be one of :data:`SEQUENCE_STARTS`. An illegal action
+    raises :class:`~dripcore.errors.SequenceStateError` naming the sequence,
+    its status and the action.
+
+    >>> from dripcore import Sequence
+    >>> draft = Sequence(id="welcome", name="Welcome")
+    >>> sequence_target(draft, SequenceAction.ACTIVATE)
+    <SequenceStatus.ACTIVE: 'active'>
+    >>> sequence_target(draft, SequenceAction.PAUSE)
+    Traceback (most recent call last):
+    ...
+    dripcore.errors.SequenceStateError: can't pause sequence 'welcome' when status=draft
+    """
+    status = sequence.status
+    if action is SequenceAction.CREATE:
+        target: SequenceStatus | None = status if status in SEQUENCE_STARTS else None
+    else:
+        target = SEQUENCE_TRANSITIONS[status].get(action)
+    if target is None:
+        raise SequenceStateError(
+            sequence_id=sequence.id,
+            status=status.value,
+            action=_SEQUENCE_VERBS.get(action, action.value),
+            hint=_SEQUENCE_HINTS.get(action, ""),
+        )
+    return target
+
+
+# Read from the table once (it is immutable). Tuples, not sets: ``in`` compares by identity
+# first, and an Enum's hash is computed in Python, which shows on advance's hot path.
+#: The statuses with an empty row: nothing ever changes them again.
+_ABSORBING = tuple(status for status, row in TRANSITIONS.items() if not row)
+#: The statuses that may send a step (a PAUSED enrollment waits), and where SEND leads each.
+_SENDING = tuple(status for status, row in TRANSITIONS.items() if Action.SEND in row)
+_SEND_TARGETS = tuple(TRANSITIONS[status][Action.SEND] for status in _SENDING)
+
+
 def _target(enrollment: Enrollment, action: Action) -> EnrollmentStatus:
+    """The status ``action`` leads ``enrollment`` to; :class:`~dripcore.errors.InvalidTransition` if illegal."""
     try:
         return TRANSITIONS[enrollment.status][action]
     except KeyError:
@@ -387,7 +512,7 @@ def advance(
     (1, '2026-01-06T09:00:00+00:00')
     """
     status = enrollment.status
-    if status is _C or status is _X:
+    if status in _ABSORBING:
         return Advance(enrollment)  # rule 1: terminal is absorbing
     now = _now(now)
     if enrollment.sequence_id != sequence.id:
@@ -404,7 +529,7 @@ def advance(
     seq_status = sequence.status
     if seq_status is SequenceStatus.ARCHIVED:  # rule 3
         return _exit(enrollment, ExitReason.ARCHIVED, now)
-    if seq_status is not SequenceStatus.ACTIVE or status is _P:  # rule 4
+    if seq_status is not SequenceStatus.ACTIVE or status not in _SENDING:  # rule 4
         return Advance(enrollment)
     due = enrollment.next_step_due_at
     assert due is not None  # guaranteed for ACTIVE by Enrollment's validation
@@ -414,101 +539,106 @@ def advance(
 
 
 def _due(enrollment: Enrollment, now: datetime, sequence: Sequence, contact: Contact | None, due: datetime) -> Advance:
-    """Rules 6 and 7, for an ACTIVE enrollment whose due time has come."""
-    last = enrollment.last_step_sent
+    """Rules 6 and 7, for an ACTIVE enrollment whose due time has come.
+
+    The candidates are the active steps after the last send, in order. Each
+    one goes now (:func:`_send`), waits (:func:`_wait`: outside a MOVE window,
+    or its own delay not up yet after a skipped one) or is skipped for good,
+    and then the next one is considered. No candidate left: the enrollment
+    completes (:func:`_complete`).
+    """
     skipped = enrollment.skipped
-    step = _next_step(sequence, last, skipped)
-    zone: zoneinfo.ZoneInfo | None = None
-    zone_known = False
-    events: list[Event] | None = None
-    step_due = due  # when the candidate step fell due
+    events: list[Event] = []
+    step = _next_step(sequence, enrollment.last_step_sent, skipped)
+    step_due = due  # when the candidate fell due
     while step is not None:
-        reason: SkipReason | None = None
-        expires = step.expires_after
-        window = step.window if step.window is not None else sequence.window
-        if expires is not None and now - step_due > expires.nominal:
-            reason = SkipReason.EXPIRED
-        elif window is not None:
-            if not zone_known:
-                zone, zone_known = resolve_zone(sequence, contact), True
-            if not window.contains(now.astimezone(zone or UTC)):
-                if window.outside is WindowAction.SKIP:
-                    reason = SkipReason.WINDOW
-                else:  # too late for today's window: wait for the next opening
-                    opening = next_opening(now, window, zone)
-                    return Advance(
-                        attrs.evolve(enrollment, next_step_due_at=opening, skipped=skipped),
-                        None,
-                        _NO_EVENTS if events is None else tuple(events),
-                    )
-        if reason is None:
-            condition = step.condition
-            if condition is None or condition.holds(enrollment):
-                break
-            reason = SkipReason.CONDITION
-        # Rule 6: a skipped step is skipped for good.
-        skipped = skipped | {step.position}
-        if events is None:
-            events = []
-        events.append(_skip_event(enrollment, step.position, reason, now))
-        step = _next_step(sequence, last, skipped)
-        if step is None:
-            break
-        if not zone_known:
-            zone, zone_known = resolve_zone(sequence, contact), True
-        step_due = schedule(enrollment.reference_time, step, sequence, zone)
-        if step_due < due:
-            step_due = due  # never earlier than the step it replaces
-        if step_due > now:
-            return Advance(
-                attrs.evolve(enrollment, next_step_due_at=step_due, skipped=skipped),
-                None,
-                tuple(events),
-            )
+        verdict = _verdict(step, step_due, now, enrollment, sequence, contact)
+        if verdict is None:
+            return _send(enrollment, step, now, sequence, contact, skipped, events)
+        if isinstance(verdict, datetime):
+            return _wait(enrollment, verdict, skipped, events)
+        skipped = skipped | {step.position}  # rule 6: skipped for good
+        events.append(_skip_event(enrollment, step.position, verdict, now))
+        step = _next_step(sequence, enrollment.last_step_sent, skipped)
+        if step is not None:
+            # The next candidate's delay counts from the last send, never from the skipped step,
+            # and it is never due earlier than the step it replaces.
+            zone = resolve_zone(sequence, contact)
+            step_due = max(schedule(enrollment.reference_time, step, sequence, zone), due)
+            if step_due > now:
+                return _wait(enrollment, step_due, skipped, events)
+    return _complete(enrollment, now, sequence, skipped, events)
 
-    if step is None:
-        if events is None:
-            events = []
-        if sequence.has_inactive_between(last, None):
-            events.extend(_inactive_between(enrollment, sequence, last, None, now))
-        events.append(_completed_event(enrollment, now))
-        _target(enrollment, Action.COMPLETE)
-        return Advance(
-            attrs.evolve(enrollment, status=_C, next_step_due_at=None, ended_at=now, skipped=skipped),
-            None,
-            tuple(events),
-        )
 
-    # The step goes now.
-    position = step.position
+def _verdict(
+    step: Step, step_due: datetime, now: datetime, enrollment: Enrollment, sequence: Sequence,
+    contact: Contact | None,
+) -> SkipReason | datetime | None:  # fmt: skip
+    """Whether the candidate ``step``, due since ``step_due``, may go at ``now``: None if it
+    may, the reason it is skipped for good, or (outside a MOVE window) when to look again."""
+    expires = step.expires_after
+    if expires is not None and now - step_due > expires.nominal:
+        return SkipReason.EXPIRED
+    window = step.window if step.window is not None else sequence.window  # window_of, inlined: the hot path
+    if window is not None:
+        zone = resolve_zone(sequence, contact)
+        if not window.contains(now.astimezone(zone or UTC)):
+            if window.outside is WindowAction.SKIP:
+                return SkipReason.WINDOW
+            return next_opening(now, window, zone)  # too late for today's window: its next opening
+    condition = step.condition
+    if condition is not None and not condition.holds(enrollment):
+        return SkipReason.CONDITION
+    return None
+
+
+def _send(
+    enrollment: Enrollment, step: Step, now: datetime, sequence: Sequence, contact: Contact | None,
+    skipped: frozenset[int], events: list[Event],
+) -> Advance:  # fmt: skip
+    """Rule 7: ``step`` goes now (SEND), and the next active step is planned from now."""
+    status = _SEND_TARGETS[_SENDING.index(enrollment.status)]  # SEND is legal here: advance checked (rule 4)
+    last, position = enrollment.last_step_sent, step.position
     if sequence.has_inactive_between(last, position):
-        if events is None:
-            events = []
         events.extend(_inactive_between(enrollment, sequence, last, position, now))
     if step.condition is not None:
         skipped, else_events = _close_else_branch(enrollment, sequence, step, skipped, now)
-        if else_events:
-            if events is None:
-                events = []
-            events.extend(else_events)
+        events.extend(else_events)
     following = _next_step(sequence, position, skipped)
     if following is None:
         # The last step goes: the enrollment stays ACTIVE, due at once, and the next call
         # completes it. A store does not claim an enrollment whose email is still pending,
         # so COMPLETED comes once the last email was delivered, and after its StepSent.
-        return Advance(
-            _sent(enrollment, position, now, now, skipped), step, _NO_EVENTS if events is None else tuple(events)
-        )
-    delay = following.delay
-    if delay.is_calendar or following.window is not None or sequence.window is not None:
-        if not zone_known:
-            zone = resolve_zone(sequence, contact)
-        next_due = schedule(now, following, sequence, zone)
+        next_due = now
+    elif following.delay.is_calendar or following.window is not None or sequence.window is not None:
+        next_due = schedule(now, following, sequence, resolve_zone(sequence, contact))
     else:
-        next_due = now + delay.nominal  # the hot path: no zone arithmetic
-    return Advance(
-        _sent(enrollment, position, now, next_due, skipped), step, _NO_EVENTS if events is None else tuple(events)
-    )
+        next_due = now + following.delay.nominal  # the hot path: no zone arithmetic
+    sent = _sent(enrollment, position, now, next_due, skipped)
+    if status is not enrollment.status:  # (the fast constructor keeps the status; the table may not)
+        sent = attrs.evolve(sent, status=status)
+    return Advance(sent, step, tuple(events))
+
+
+def _wait(enrollment: Enrollment, until: datetime, skipped: frozenset[int], events: list[Event]) -> Advance:
+    """Nothing goes now; the next candidate is due ``until``. After skipping steps that is a
+    SKIP, else (waiting for a window to open) a DEFER."""
+    status = _target(enrollment, Action.SKIP if events else Action.DEFER)
+    waiting = attrs.evolve(enrollment, status=status, next_step_due_at=until, skipped=skipped)
+    return Advance(waiting, None, tuple(events))
+
+
+def _complete(
+    enrollment: Enrollment, now: datetime, sequence: Sequence, skipped: frozenset[int], events: list[Event]
+) -> Advance:
+    """No active step is left (COMPLETE): a ``StepSkipped`` for each inactive step passed over, then ``Completed``."""
+    status = _target(enrollment, Action.COMPLETE)
+    last = enrollment.last_step_sent
+    if sequence.has_inactive_between(last, None):
+        events.extend(_inactive_between(enrollment, sequence, last, None, now))
+    events.append(_completed_event(enrollment, now))
+    completed = attrs.evolve(enrollment, status=status, next_step_due_at=None, ended_at=now, skipped=skipped)
+    return Advance(completed, None, tuple(events))
 
 
 def _sent(enrollment: Enrollment, position: int, now: datetime, due: datetime, skipped: frozenset[int]) -> Enrollment:
@@ -720,13 +850,7 @@ def enroll(
             raise ContactSuppressed(contact_id=contact.id, reason=contact.suppressed.value)
     if contact_id is None:
         raise DripcoreError("enroll() needs a contact or a contact_id")
-    if sequence.status is not SequenceStatus.ACTIVE:
-        raise SequenceStateError(
-            sequence_id=sequence.id,
-            status=sequence.status.value,
-            action="enroll into",
-            hint="only an active sequence takes new enrollments",
-        )
+    sequence_target(sequence, SequenceAction.ENROLL)
     start = now if started_at is None else to_utc(started_at, "started_at")
     first = sequence.next_active_step(0)
     due = start if first is None else schedule(start, first, sequence, resolve_zone(sequence, contact))
@@ -820,7 +944,7 @@ def replan(
     """
     if enrollment.status.is_terminal:
         return Advance(enrollment)
-    _target(enrollment, Action.REPLAN)
+    status = _target(enrollment, Action.REPLAN)
     nxt = _next_step(sequence, enrollment.last_step_sent, enrollment.skipped)
     if previous is not None:
         before = _next_step(previous, enrollment.last_step_sent, enrollment.skipped)
@@ -836,7 +960,7 @@ def replan(
     due = base if nxt is None else schedule(base, nxt, sequence, resolve_zone(sequence, contact))
     if due == enrollment.next_step_due_at:
         return Advance(enrollment)
-    return Advance(attrs.evolve(enrollment, next_step_due_at=due))
+    return Advance(attrs.evolve(enrollment, status=status, next_step_due_at=due))
 
 
 def defer(enrollment: Enrollment, until: datetime, *, sequence: Sequence, contact: Contact | None = None) -> Advance:
@@ -845,7 +969,7 @@ def defer(enrollment: Enrollment, until: datetime, *, sequence: Sequence, contac
     Used when something outside the schedule says "not now" (a frequency cap);
     the step is not skipped, only made to wait.
     """
-    _target(enrollment, Action.DEFER)
+    status = _target(enrollment, Action.DEFER)
     until = _now(until)
     step = _next_step(sequence, enrollment.last_step_sent, enrollment.skipped)
     if step is not None:
@@ -855,7 +979,7 @@ def defer(enrollment: Enrollment, until: datetime, *, sequence: Sequence, contac
     due = enrollment.next_step_due_at
     if due is not None and due >= until:
         return Advance(enrollment)
-    return Advance(attrs.evolve(enrollment, next_step_due_at=until))
+    return Advance(attrs.evolve(enrollment, status=status, next_step_due_at=until))
 
 
 # --------------------------------------------------------------------------- triggers
