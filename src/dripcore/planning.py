@@ -68,7 +68,7 @@ from datetime import time as dtime
 
 import attrs
 
-from .errors import InvalidArgument, ValidationError
+from .errors import InvalidArgument
 from .model import UTC, Contact, Enrollment, Event, Sequence, SkipReason, StepSkipped, to_utc
 from .scheduler import Advance, advance, defer, resolve_zone
 
@@ -119,17 +119,17 @@ class FrequencyCap:
         for name in ("per_day", "per_window"):
             value = getattr(self, name)
             if value is not None and (value.__class__ is not int or value < 1):
-                raise ValidationError(f"frequency_cap.{name}", value, "must be a positive integer")
+                raise InvalidArgument(f"frequency_cap.{name}", value, "must be a positive integer")
         if (self.per_window is None) is not (self.window is None):
-            raise ValidationError("frequency_cap.window", self.window, "per_window and window go together")
+            raise InvalidArgument("frequency_cap.window", self.window, "per_window and window go together")
         if self.window is not None and (
             not isinstance(self.window, timedelta) or not timedelta(0) < self.window <= timedelta(days=3660)
         ):
-            raise ValidationError("frequency_cap.window", self.window, "must be a timedelta of 0 to 3660 days")
+            raise InvalidArgument("frequency_cap.window", self.window, "must be a timedelta of 0 to 3660 days")
         if self.per_day is None and self.per_window is None:
-            raise ValidationError("frequency_cap", None, "give per_day and/or per_window")
+            raise InvalidArgument("frequency_cap", None, "give per_day and/or per_window")
         if not isinstance(self.over, CapAction):
-            raise ValidationError("frequency_cap.over", self.over, "must be CapAction.WAIT or CapAction.SKIP")
+            raise InvalidArgument("frequency_cap.over", self.over, "must be CapAction.WAIT or CapAction.SKIP")
 
 
 @attrs.frozen

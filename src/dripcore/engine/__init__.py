@@ -49,10 +49,10 @@ runtime state), to the module that does that job:
 
 from __future__ import annotations
 
+from ..planning import CapAction, FrequencyCap
 from .config import Limits, RetryPolicy
 from .drip import Drip
 from .report import TickError, TickReport
 from .text import new_id
-from .tick import CapAction, FrequencyCap
 
 __all__ = ["CapAction", "Drip", "FrequencyCap", "Limits", "RetryPolicy", "TickError", "TickReport", "new_id"]

@@ -24,7 +24,7 @@ from .sending import Breaker, SendPool
 from .text import describe
 
 if TYPE_CHECKING:
-    from .tick import FrequencyCap
+    from ..planning import FrequencyCap
 
 __all__ = ["Context", "log"]
 

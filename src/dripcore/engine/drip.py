@@ -14,6 +14,7 @@ import attrs
 from .._checks import check_id
 from ..errors import InvalidArgument
 from ..model import Enrollment, EnrollmentStatus, ExitReason, PausePolicy, Sequence, SequenceStatus, TriggerEvent
+from ..planning import FrequencyCap
 from ..ports import (
     Clock,
     ContactDirectory,
@@ -32,7 +33,6 @@ from .config import Limits, RetryPolicy, settings_from
 from .context import Context
 from .report import TickReport
 from .text import new_id
-from .tick import FrequencyCap
 
 __all__ = ["Drip"]
 

@@ -1,16 +1,18 @@
-"""One tick: gather a claimed batch -> plan it (advance, frequency cap, rate limit) -> commit -> deliver and settle.
+"""One tick: gather a claimed batch -> plan it in one pure call -> commit -> deliver and settle.
 
-The planning part (``advance_batch``, ``apply_frequency_cap``, ``dispatch_change``,
-:class:`FrequencyCap`, :class:`CapAction`) is kept together here, as it was in the
-engine, to be replaced by one pure planning call."""
+The tick gathers (claims, the batch's sequences and contacts, the counts a
+frequency cap needs), asks :func:`dripcore.planning.plan_batch` for every
+decision at once, renders the steps to send, applies the rate limiter (a
+budget shared between workers, so it stays here), commits, then delivers. It
+never calls back into the scheduler to decide: the one call to the pure core
+after a decision is :func:`~dripcore.scheduler.pause`, to hold an enrollment
+whose step could not be rendered."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from collections.abc import Sequence as Seq
-from datetime import datetime, timedelta, tzinfo
-from datetime import time as dtime
+from datetime import datetime
 
 import attrs
 
@@ -20,19 +22,17 @@ from ..errors import (
     DripcoreError,
     SequenceNotFound,
     StoreError,
-    ValidationError,
 )
 from ..model import (
-    UTC,
     Contact,
     Enrollment,
     EnrollmentStatus,
     Event,
     Sequence,
-    SkipReason,
     StepFailed,
     StepSkipped,
 )
+from ..planning import BatchItem, CapQuery, cap_queries, plan_batch
 from ..ports import (
     BrokenRecord,
     Change,
@@ -49,7 +49,7 @@ from .outbox import render_message
 from .report import Tally, TickError, TickReport
 from .text import describe, safe_text
 
-__all__ = ["CapAction", "FrequencyCap", "tick"]
+__all__ = ["tick"]
 
 
 def tick(ctx: Context) -> TickReport:
@@ -125,9 +125,7 @@ def advance_batch(
         release_claims(ctx, [e.id for e in enrollments], set_aside, now)
         raise
 
-    changes: list[Change] = []
-    idle: list[str] = []
-    by_id = {e.id: e for e in enrollments}
+    items: list[BatchItem] = []
     for before in enrollments:
         if before.sequence_id in unreadable:
             put_aside("sequence", before.id, unreadable[before.sequence_id])
@@ -135,25 +133,43 @@ def advance_batch(
         if before.contact_id in lookup_failed:
             put_aside("contact", before.id, lookup_failed[before.contact_id])
             continue
-        try:
-            sequence = sequences[before.sequence_id]
-            if sequence is None:
-                raise SequenceNotFound(before.sequence_id)
-            contact = contacts.get(before.contact_id)
-            if contact is None:
-                raise ContactNotFound(before.contact_id)
-            result = scheduler.advance(before, now, sequence=sequence, contact=contact)
-            if result.enrollment is before:
-                idle.append(before.id)
-                continue
-            changes.append(dispatch_change(ctx, before, result, sequence, contact, now))
-        except Exception as exc:
-            log.exception("enrollment %s set aside", before.id)
-            put_aside("enrollment", before.id, describe(exc))
+        sequence = sequences[before.sequence_id]
+        contact = contacts.get(before.contact_id)
+        if sequence is None:
+            put_aside("enrollment", before.id, describe(SequenceNotFound(before.sequence_id)))
+        elif contact is None:
+            put_aside("enrollment", before.id, describe(ContactNotFound(before.contact_id)))
+        else:
+            items.append(BatchItem(enrollment=before, sequence=sequence, contact=contact))
 
+    changes: list[Change] = []
+    idle: list[str] = []
     try:  # the batch as a whole: a failure here (a store error, your rate limiter) gives it back
-        if ctx.frequency_cap is not None and changes:
-            changes = apply_frequency_cap(ctx, changes, by_id, sequences, contacts, now, tally)
+        cap = ctx.frequency_cap
+        counts: dict[CapQuery, int] = {}
+        if cap is not None:
+            counts = {q: ctx.store.count_messages(q.contact_id, q.start, q.end) for q in cap_queries(items, now, cap)}
+        plan = plan_batch(items, now, cap=cap, counts=counts)
+        tally.deferred += len(plan.deferred)
+        for decision in plan.decisions:
+            before = decision.before
+            if decision.error is not None:
+                log.error("enrollment %s set aside", before.id, exc_info=decision.error)
+                put_aside("enrollment", before.id, describe(decision.error))
+            elif decision.idle:
+                idle.append(before.id)
+            else:
+                assert decision.result is not None
+                assert decision.item.contact is not None
+                try:
+                    changes.append(
+                        dispatch_change(
+                            ctx, before, decision.result, decision.item.sequence, decision.item.contact, now
+                        )
+                    )
+                except Exception as exc:
+                    log.exception("enrollment %s set aside", before.id)
+                    put_aside("enrollment", before.id, describe(exc))
         if ctx.rate_limiter is not None:
             sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
             granted = ctx.rate_limiter.consume(len(sending), now) if sending else 0
@@ -243,130 +259,3 @@ def dispatch_change(
         result = attrs.evolve(result, enrollment=held, events=(*result.events, failed))
         return change_of(before, result, (message,), ((sequence.id, step.position, CounterName.FAILED.value, 1),))
     return change_of(before, result, (message,), ((sequence.id, step.position, CounterName.SENT.value, 1),))
-
-
-class CapAction(enum.Enum):
-    """What happens to a step that would go over a :class:`FrequencyCap`."""
-
-    WAIT = "wait"
-    SKIP = "skip"
-
-
-@attrs.frozen(kw_only=True)
-class FrequencyCap:
-    """At most ``per_day`` sequence emails per contact per calendar day in the
-    contact's zone, and/or at most ``per_window`` within any rolling ``window``.
-
-    Counted across all sequences. A step over the cap waits (``over=WAIT``:
-    until the next local midnight, or for a rolling window a fraction of it,
-    then into the step's send window) or is skipped (``over=SKIP``:
-    ``StepSkipped(reason="frequency cap")``).
-
-    >>> from datetime import timedelta
-    >>> FrequencyCap(per_day=2, per_window=3, window=timedelta(days=7))
-    FrequencyCap(per_day=2, per_window=3, window=datetime.timedelta(days=7), over=<CapAction.WAIT: 'wait'>)
-    """
-
-    per_day: int | None = None
-    per_window: int | None = None
-    window: timedelta | None = None
-    over: CapAction = CapAction.WAIT
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("per_day", "per_window"):
-            value = getattr(self, name)
-            if value is not None and (value.__class__ is not int or value < 1):
-                raise ValidationError(f"frequency_cap.{name}", value, "must be a positive integer")
-        if (self.per_window is None) is not (self.window is None):
-            raise ValidationError("frequency_cap.window", self.window, "per_window and window go together")
-        if self.window is not None and (
-            not isinstance(self.window, timedelta) or not timedelta(0) < self.window <= timedelta(days=3660)
-        ):
-            raise ValidationError("frequency_cap.window", self.window, "must be a timedelta of 0 to 3660 days")
-        if self.per_day is None and self.per_window is None:
-            raise ValidationError("frequency_cap", None, "give per_day and/or per_window")
-        if not isinstance(self.over, CapAction):
-            raise ValidationError("frequency_cap.over", self.over, "must be CapAction.WAIT or CapAction.SKIP")
-
-
-def apply_frequency_cap(
-    ctx: Context,
-    changes: list[Change],
-    befores: Mapping[str, Enrollment],
-    sequences: Mapping[str, Sequence | None],
-    contacts: Mapping[str, Contact],
-    now: datetime,
-    tally: Tally,
-) -> list[Change]:
-    """Hold back (or skip) sends that would take a contact over the cap.
-
-    Counts what the store already queued for the contact plus what this
-    batch queues, in the contact's local day and/or rolling window.
-    """
-    cap = ctx.frequency_cap
-    assert cap is not None
-    queued: dict[tuple[str, object], int] = {}
-
-    def verdict(contact: Contact, sequence: Sequence) -> tuple[bool, datetime, list[tuple[str, object]]]:
-        zone: tzinfo = scheduler.resolve_zone(sequence, contact) or UTC
-        keys: list[tuple[str, object]] = []
-        reopen = now
-        over = False
-        if cap.per_day is not None:
-            today = now.astimezone(zone).date()
-            start = datetime.combine(today, dtime(0), tzinfo=zone).astimezone(UTC)
-            end = datetime.combine(today + timedelta(days=1), dtime(0), tzinfo=zone).astimezone(UTC)
-            key: tuple[str, object] = (contact.id, today)
-            if key not in queued:
-                queued[key] = ctx.store.count_messages(contact.id, start, end)
-            keys.append(key)
-            if queued[key] >= cap.per_day:
-                over, reopen = True, max(reopen, end)
-        if cap.per_window is not None and cap.window is not None:
-            key = (contact.id, "rolling")
-            if key not in queued:
-                queued[key] = ctx.store.count_messages(contact.id, now - cap.window, now + timedelta(seconds=1))
-            keys.append(key)
-            if queued[key] >= cap.per_window:
-                over, reopen = True, max(reopen, now + cap.window / cap.per_window)
-        return over, reopen, keys
-
-    result: list[Change] = []
-    for change in changes:
-        if not any(m.status is OutboxStatus.PENDING for m in change.outbox):
-            result.append(change)
-            continue
-        before = befores[change.enrollment.id]
-        sequence = sequences[before.sequence_id]
-        contact = contacts[before.contact_id]
-        assert sequence is not None
-        over, reopen, keys = verdict(contact, sequence)
-        if not over:
-            for key in keys:
-                queued[key] += 1
-            result.append(change)
-            continue
-        if cap.over is CapAction.WAIT:
-            tally.deferred += 1
-            result.append(change_of(before, scheduler.defer(before, reopen, sequence=sequence, contact=contact)))
-            continue
-        # SKIP: pass over every step that would go now, until one may go or none is due.
-        current, capped = before, []
-        while True:
-            advanced = scheduler.advance(current, now, sequence=sequence, contact=contact)
-            if advanced.send is None:
-                break
-            over, _, keys = verdict(contact, sequence)
-            if not over:
-                for key in keys:
-                    queued[key] += 1
-                break
-            position = advanced.send.position
-            capped.append(
-                StepSkipped(enrollment_id=before.id, sequence_id=sequence.id, contact_id=contact.id, at=now,
-                            position=position, reason=SkipReason.FREQUENCY_CAP)
-            )  # fmt: skip
-            current = attrs.evolve(current, skipped=current.skipped | {position})
-        final = attrs.evolve(advanced, events=(*capped, *advanced.events))
-        result.append(dispatch_change(ctx, before, final, sequence, contact, now))
-    return result
