@@ -24,9 +24,8 @@ from ..model import (
     Sequence,
     SequenceStatus,
 )
-from ..ports import (
-    CounterName,
-)
+from ..ports import CounterName
+from ..scheduler import SequenceAction, sequence_target
 from .commits import PAGE, commit_all, live
 from .context import Context, log
 from .enrolling import enroll_one
@@ -54,16 +53,12 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
         raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
     current = ctx.store.get_sequence(sequence.id)
     if current is None:
-        if sequence.status not in (SequenceStatus.DRAFT, SequenceStatus.ACTIVE):
-            raise SequenceStateError(
-                sequence_id=sequence.id, status=sequence.status.value, action="create",
-                hint="a new sequence starts as draft or active",
-            )  # fmt: skip
+        sequence_target(sequence, SequenceAction.CREATE)
         stored = attrs.evolve(sequence, version=1)
         ctx.store.save_sequence(stored, expected_version=None)
         return stored
-    if current.status is SequenceStatus.ARCHIVED:
-        raise SequenceStateError(sequence_id=sequence.id, status="archived", action="edit")
+    sequence_target(current, SequenceAction.EDIT)
+    # An edit keeps the status: changing it is what the lifecycle methods are for.
     if sequence.status is not current.status:
         raise SequenceStateError(
             sequence_id=sequence.id, status=current.status.value, action=f"set status={sequence.status.value} of",
@@ -115,16 +110,15 @@ def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = N
     if enroll_existing is not None:
         check_flag(enroll_existing, "enroll_existing")
     sequence = ctx.sequence(sequence_id)
+    target = sequence_target(sequence, SequenceAction.ACTIVATE)
     if sequence.status is SequenceStatus.PAUSED:
         return resume(ctx, sequence_id)
-    if sequence.status is not SequenceStatus.DRAFT:
-        raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="activate")
     if not sequence.active_steps():
         raise SequenceStateError(
             sequence_id=sequence_id, status=sequence.status.value, action="activate",
             hint="it has no active step to send",
         )  # fmt: skip
-    active = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None, version=sequence.version + 1)
+    active = attrs.evolve(sequence, status=target, paused_at=None, version=sequence.version + 1)
     if sequence.enroll_existing if enroll_existing is None else enroll_existing:
         enroll_members(ctx, active)
     ctx.store.save_sequence(active, expected_version=sequence.version)
@@ -158,20 +152,17 @@ def enroll_members(ctx: Context, sequence: Sequence) -> None:
 def pause(ctx: Context, sequence_id: str) -> Sequence:
     """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
     sequence = ctx.sequence(sequence_id)
-    if sequence.status is not SequenceStatus.ACTIVE:
-        raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="pause")
-    return set_status(ctx, sequence, SequenceStatus.PAUSED, ctx.now())
+    return set_status(ctx, sequence, sequence_target(sequence, SequenceAction.PAUSE), ctx.now())
 
 
 def resume(ctx: Context, sequence_id: str, *, policy: PausePolicy | None = None) -> Sequence:
     """Resume a paused sequence."""
     policy = check_opt_enum(policy, PausePolicy, "policy")
     sequence = ctx.sequence(sequence_id)
-    if sequence.status is not SequenceStatus.PAUSED:
-        raise SequenceStateError(sequence_id=sequence_id, status=sequence.status.value, action="resume")
+    target = sequence_target(sequence, SequenceAction.RESUME)
     assert sequence.paused_at is not None
     now = ctx.now()
-    resumed = attrs.evolve(sequence, status=SequenceStatus.ACTIVE, paused_at=None, version=sequence.version + 1)
+    resumed = attrs.evolve(sequence, status=target, paused_at=None, version=sequence.version + 1)
     if (policy or sequence.pause_policy) is PausePolicy.EXTEND:
         shift = max(now - sequence.paused_at, timedelta(0))
         try:
@@ -196,8 +187,9 @@ def resume(ctx: Context, sequence_id: str, *, policy: PausePolicy | None = None)
 def archive(ctx: Context, sequence_id: str) -> Sequence:
     """End a sequence for good: every active or paused enrollment exits (reason ARCHIVED)."""
     sequence = ctx.sequence(sequence_id)
-    if sequence.status is not SequenceStatus.ARCHIVED:
-        sequence = set_status(ctx, sequence, SequenceStatus.ARCHIVED, None)
+    target = sequence_target(sequence, SequenceAction.ARCHIVE)
+    if sequence.status is not target:  # archiving again finishes an interrupted archive's exits
+        sequence = set_status(ctx, sequence, target, None)
     now = ctx.now()
     commit_all(ctx, lambda e: scheduler.exit(e, ExitReason.ARCHIVED, now), live(ctx, sequence_id=sequence_id))
     return sequence
