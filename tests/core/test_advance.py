@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import attrs
 import pytest
@@ -22,39 +22,13 @@ from dripcore import (
     Sequence,
     SequenceStatus,
     SkipReason,
-    Step,
     StepSkipped,
-    Trigger,
-    TriggerType,
     advance,
     enroll,
     pause,
     replan,
 )
-
-UTC = timezone.utc
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
-
-
-def step(position: int, delay: Delay | None = None, **kw: object) -> Step:
-    return Step(
-        position=position,
-        delay=delay or Delay.immediately(),
-        subject=f"Step {position}",
-        text=f"Body {position}",
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def welcome_series(**kw: object) -> Sequence:
-    return Sequence(
-        id="welcome",
-        name="Welcome series",
-        status=SequenceStatus.ACTIVE,
-        trigger=Trigger(type=TriggerType.TAG_ADDED),
-        steps=(step(1), step(2, Delay.hours(24)), step(3, Delay.days(6))),
-        **kw,  # type: ignore[arg-type]
-    )
+from tests.builders import T0, UTC, step, welcome
 
 
 def start(sequence: Sequence, at: datetime = T0, contact: Contact | None = None) -> Enrollment:
@@ -79,7 +53,7 @@ def run(sequence: Sequence, enrollment: Enrollment, until: datetime, every: time
 class TestRule1TerminalIsAbsorbing:
     def test_completed_enrollment_never_moves(self) -> None:
         """A COMPLETED enrollment comes back as the very same object."""
-        seq = welcome_series()
+        seq = welcome()
         done = attrs.evolve(start(seq), status=EnrollmentStatus.COMPLETED, next_step_due_at=None, ended_at=T0)
         result = advance(done, T0 + timedelta(days=30), sequence=seq)
         assert result.enrollment is done
@@ -87,9 +61,9 @@ class TestRule1TerminalIsAbsorbing:
         assert result.events == ()
 
     def test_exited_enrollment_ignores_suppression_and_archival(self) -> None:
-        seq = attrs.evolve(welcome_series(), status=SequenceStatus.ARCHIVED)
+        seq = attrs.evolve(welcome(), status=SequenceStatus.ARCHIVED)
         exited = attrs.evolve(
-            start(welcome_series()),
+            start(welcome()),
             status=EnrollmentStatus.EXITED,
             exit_reason=ExitReason.MANUAL,
             next_step_due_at=None,
@@ -104,7 +78,7 @@ class TestRule2SuppressedContactExits:
         "reason", [ExitReason.UNSUBSCRIBED, ExitReason.BOUNCED, ExitReason.COMPLAINED, ExitReason.SUPPRESSED]
     )
     def test_suppressed_contact_exits_with_its_reason(self, reason: ExitReason) -> None:
-        seq = welcome_series()
+        seq = welcome()
         enrollment = start(seq)
         contact = Contact(id="c1", email="a@example.com", suppressed=reason)
         result = advance(enrollment, T0, sequence=seq, contact=contact)
@@ -118,14 +92,14 @@ class TestRule2SuppressedContactExits:
         )
 
     def test_suppression_is_caught_even_before_the_due_time(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         first = advance(start(seq), T0, sequence=seq).enrollment
         contact = Contact(id="c1", email="a@example.com", suppressed=ExitReason.UNSUBSCRIBED)
         result = advance(first, T0 + timedelta(hours=1), sequence=seq, contact=contact)
         assert result.enrollment.status is EnrollmentStatus.EXITED
 
     def test_paused_enrollment_of_suppressed_contact_exits(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         paused = pause(start(seq), T0).enrollment
         contact = Contact(id="c1", email="a@example.com", suppressed=ExitReason.COMPLAINED)
         result = advance(paused, T0, sequence=seq, contact=contact)
@@ -135,7 +109,7 @@ class TestRule2SuppressedContactExits:
 
 class TestRule3ArchivedSequenceExits:
     def test_archived_sequence_exits_enrollment(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         enrollment = start(seq)
         archived = attrs.evolve(seq, status=SequenceStatus.ARCHIVED)
         result = advance(enrollment, T0 - timedelta(days=1), sequence=archived)
@@ -147,7 +121,7 @@ class TestRule3ArchivedSequenceExits:
 class TestRule4InactiveDoesNotMove:
     @pytest.mark.parametrize("status", [SequenceStatus.PAUSED, SequenceStatus.DRAFT])
     def test_paused_sequence_sends_nothing(self, status: SequenceStatus) -> None:
-        seq = welcome_series()
+        seq = welcome()
         enrollment = start(seq)
         stopped = attrs.evolve(seq, status=status, paused_at=T0 if status is SequenceStatus.PAUSED else None)
         result = advance(enrollment, T0 + timedelta(days=30), sequence=stopped)
@@ -155,7 +129,7 @@ class TestRule4InactiveDoesNotMove:
         assert result.send is None
 
     def test_paused_enrollment_sends_nothing(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         paused = pause(start(seq), T0).enrollment
         result = advance(paused, T0 + timedelta(days=30), sequence=seq)
         assert result.enrollment is paused
@@ -164,7 +138,7 @@ class TestRule4InactiveDoesNotMove:
 
 class TestRule5NothingBeforeDue:
     def test_advance_before_due_is_the_identity(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         after_first = advance(start(seq), T0, sequence=seq).enrollment
         result = advance(after_first, T0 + timedelta(hours=23, minutes=59), sequence=seq)
         assert result.enrollment is after_first
@@ -172,7 +146,7 @@ class TestRule5NothingBeforeDue:
         assert result.events == ()
 
     def test_clock_going_backwards_resends_nothing(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         after_first = advance(start(seq), T0, sequence=seq).enrollment
         result = advance(after_first, T0 - timedelta(days=3), sequence=seq)
         assert result.enrollment is after_first
@@ -182,7 +156,7 @@ class TestRule5NothingBeforeDue:
 class TestRule6And7SendingAndScheduling:
     def test_welcome_series_sends_at_exact_offsets(self) -> None:
         """The reference Welcome series: 0 h, +24 h, +6 days after that."""
-        seq = welcome_series()
+        seq = welcome()
         sends, final, events = run(seq, start(seq), T0 + timedelta(days=10))
         assert sends == [(1, T0), (2, T0 + timedelta(hours=24)), (3, T0 + timedelta(days=7))]
         assert final.status is EnrollmentStatus.COMPLETED
@@ -192,7 +166,7 @@ class TestRule6And7SendingAndScheduling:
 
     def test_one_step_per_call_after_long_downtime(self) -> None:
         """A week of downtime: the steps catch up one at a time, delays intact (bumped, not flooded)."""
-        seq = welcome_series()
+        seq = welcome()
         enrollment = start(seq)
         late = T0 + timedelta(days=9)
         first = advance(enrollment, late, sequence=seq)
@@ -349,13 +323,13 @@ class TestRule6And7SendingAndScheduling:
         assert e.next_step_due_at == datetime(2026, 3, 29, 22, 30, tzinfo=UTC)  # 00:30 CEST
 
     def test_a_wrong_sequence_is_refused(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         other = attrs.evolve(seq, id="other")
         with pytest.raises(DripcoreError, match="belongs to sequence 'welcome'"):
             advance(start(seq), T0, sequence=other)
 
     def test_naive_now_is_refused(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         with pytest.raises(NaiveDatetimeError, match="now="):
             advance(start(seq), datetime(2026, 3, 2, 9, 0), sequence=seq)
 
@@ -363,7 +337,7 @@ class TestRule6And7SendingAndScheduling:
 class TestEditsMidFlight:
     def test_sequence_edited_mid_flight_continues_from_last_step_sent(self) -> None:
         """Saving new steps: the enrollment goes on from where it was with the latest list."""
-        seq = welcome_series()
+        seq = welcome()
         e = advance(start(seq), T0, sequence=seq).enrollment
         e = advance(e, T0 + timedelta(hours=24), sequence=seq).enrollment
         assert e.last_step_sent == 2
@@ -379,7 +353,7 @@ class TestEditsMidFlight:
         assert final.status is EnrollmentStatus.COMPLETED
 
     def test_shortened_delay_releases_and_lengthened_delay_holds(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         e = advance(start(seq), T0, sequence=seq).enrollment
         shorter = attrs.evolve(seq, steps=(step(1), step(2, Delay.hours(1)), step(3, Delay.days(6))))
         assert replan(e, shorter, previous=seq).enrollment.next_step_due_at == T0 + timedelta(hours=1)
@@ -387,13 +361,13 @@ class TestEditsMidFlight:
         assert replan(e, longer, previous=seq).enrollment.next_step_due_at == T0 + timedelta(hours=72)
 
     def test_unchanged_next_step_keeps_the_enrollment_as_is(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         e = advance(start(seq), T0, sequence=seq).enrollment
         renamed = attrs.evolve(seq, name="Welcome (v2)", version=2)
         assert replan(e, renamed, previous=seq).enrollment is e
 
     def test_removing_the_remaining_steps_completes_on_next_advance(self) -> None:
-        seq = welcome_series()
+        seq = welcome()
         e = advance(start(seq), T0, sequence=seq).enrollment
         cut = attrs.evolve(seq, steps=(step(1),))
         e = replan(e, cut, previous=seq).enrollment

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import attrs
 import pytest
 
 from dripcore import (
-    Contact,
     Drip,
     Sequence,
     SequenceStateError,
@@ -17,11 +15,9 @@ from dripcore import (
     Step,
     Trigger,
 )
-from dripcore.adapters.memory import MemoryStore
 from dripcore.scheduler import SEQUENCE_STARTS, SEQUENCE_TRANSITIONS, SequenceAction, sequence_target
-from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+from tests.builders import T0, World
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 MOVES = [action for action in SequenceAction if action is not SequenceAction.CREATE]
 
 
@@ -84,8 +80,7 @@ class TestSequenceTarget:
 
 
 def drip() -> Drip:
-    contacts = MemoryContacts([Contact(id="ana", email="ana@example.com")])
-    return Drip(store=MemoryStore(), sender=RecordingSender(), clock=FakeClock(T0), contacts=contacts)
+    return World().drip
 
 
 def put_in(d: Drip, status: SequenceStatus) -> None:

@@ -37,15 +37,12 @@ from dripcore import (
     resume,
 )
 from dripcore.scheduler import next_opening
+from tests.builders import step
 from tests.strategies import zones
 
 UTC = timezone.utc
 NY = zoneinfo.ZoneInfo("America/New_York")
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
-
-
-def step(position: int, delay: Delay | WaitUntil | None = None, **kw: object) -> Step:
-    return Step(position=position, delay=delay or Delay.immediately(), subject=f"S{position}", text="x", **kw)  # type: ignore[arg-type]
 
 
 def seq(*steps: Step, **kw: object) -> Sequence:

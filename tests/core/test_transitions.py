@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -41,9 +41,7 @@ from dripcore import (
     scheduler,
 )
 from dripcore.scheduler import TRANSITIONS, Action, exits_on
-
-UTC = timezone.utc
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+from tests.builders import T0
 
 
 def seq(**kw: object) -> Sequence:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import ClassVar
 
 import pytest
@@ -38,9 +38,7 @@ from dripcore import (
     ValidationError,
     make_converter,
 )
-
-UTC = timezone.utc
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+from tests.builders import T0, UTC
 
 
 def assert_names(error: pytest.ExceptionInfo[ValidationError], field: str, value: object) -> None:

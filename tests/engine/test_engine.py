@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -16,7 +16,6 @@ from dripcore import (
     ContactNotFound,
     ContactSuppressed,
     Delay,
-    Drip,
     EnrollmentConflict,
     EnrollmentNotFound,
     EnrollmentStatus,
@@ -45,63 +44,8 @@ from dripcore import (
 )
 from dripcore.adapters.memory import MemoryStore
 from dripcore.ports import CounterName
-from dripcore.testing import DailyCap, FakeClock, FlakySender, MemoryContacts, RecordingEvents, RecordingSender
-
-UTC = timezone.utc
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def step(position: int, delay: Delay | None = None, **kw: object) -> Step:
-    return Step(
-        position=position, delay=delay or Delay.immediately(), subject=f"Step {position} for {{{{firstName}}}}",
-        text=f"Body {position}", **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
-
-
-def welcome(**kw: object) -> Sequence:
-    fields: dict[str, object] = {
-        "id": "welcome",
-        "name": "Welcome series",
-        "status": SequenceStatus.ACTIVE,
-        "trigger": Trigger(type=TriggerType.TAG_ADDED),
-        "steps": (step(1), step(2, Delay.hours(24)), step(3, Delay.days(6))),
-    }
-    fields.update(kw)
-    return Sequence(**fields)  # type: ignore[arg-type]
-
-
-class World:
-    """A Drip on fakes, with handles on everything."""
-
-    def __init__(self, *, sender: object = None, **drip_kw: object) -> None:
-        self.clock = FakeClock(T0)
-        self.store = MemoryStore()
-        self.recorder = RecordingSender()
-        self.sender = sender if sender is not None else self.recorder
-        self.contacts = MemoryContacts(
-            [
-                Contact(id="ana", email="ana@example.com", first_name="Ana"),
-                Contact(id="bo", email="bo@example.com", first_name="Bo"),
-                Contact(id="cy", email="cy@example.com", first_name="Cy", birthday=date(1990, 3, 3)),
-                Contact(id="leap", email="leap@example.com", birthday=date(2000, 2, 29)),
-            ]
-        )
-        self.events = RecordingEvents()
-        counter = iter(range(1, 10**6))
-        self.drip = Drip(
-            store=self.store, sender=self.sender, clock=self.clock, contacts=self.contacts,  # type: ignore[arg-type]
-            events=self.events, id_factory=lambda: f"enr_{next(counter):06d}", **drip_kw,  # type: ignore[arg-type]
-        )  # fmt: skip
-
-    def run_for(self, duration: timedelta, every: timedelta = timedelta(hours=1)) -> None:
-        end = self.clock.now() + duration
-        while self.clock.now() < end:
-            self.drip.tick()
-            self.clock.advance(every)
-        self.drip.tick()
-
-    def subjects(self, address: str) -> list[str]:
-        return [e.subject for e in self.recorder.to(address)]
+from dripcore.testing import DailyCap, FlakySender, RecordingSender
+from tests.builders import T0, UTC, World, step, welcome
 
 
 @pytest.fixture

@@ -33,8 +33,7 @@ from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.ports import Store
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
 from dripcore.testing._samples import sample_enrollment, sample_sequence
-
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+from tests.builders import T0
 
 
 class Colour(enum.Enum):

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -76,11 +76,10 @@ from dripcore.ports import (
     idempotency_key,
 )
 from dripcore.testing import FakeClock, MemoryContacts, RecordingEvents, RecordingSender
+from tests.builders import T0
 
 pytest_plugins = ["tests.postgres_fixtures"]
 
-UTC = timezone.utc
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 BATCH = 10
 HEALTHY = 9
 SHORTLY = timedelta(minutes=10)  # step 2's delay: the next tick, well inside set_aside_for

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ from dripcore.adapters.memory import MemoryStore
 from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.ports import Change, Store
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+from tests.builders import T0
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 PEOPLE = 1_200
 
 

@@ -4,7 +4,7 @@ message's attempts, retries last days, and a message that does run out holds its
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -23,8 +23,8 @@ from dripcore import (
 from dripcore.adapters.memory import MemoryStore
 from dripcore.ports import Email, MailSender
 from dripcore.testing import FakeClock, MemoryContacts, RecordingEvents, RecordingSender
+from tests.builders import T0
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 PEOPLE = 40
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from dripcore.adapters.memory import MemoryStore
 from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.ports import Store
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
+from tests.builders import T0
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 CONTACTS = 600
 STEPS = 3
 THREADS = 4
