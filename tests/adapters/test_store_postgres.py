@@ -374,6 +374,7 @@ class TestMidBatchFailures:
         with ConnectionPool(postgres_dsn, min_size=1, max_size=2, configure=configure, open=True) as pool:
             store = PostgresStore(pool, schema=schema)
             with pytest.raises(StatementTimeout):
+                # store._run: the one way to run arbitrary SQL through the store's own error mapping (no public seam).
                 store._run("sleep", lambda cur: cur.execute("SELECT pg_sleep(1)"), replay_safe=True)
             store.save_sequence(sample_sequence())
             assert store.get_sequence("seq") == sample_sequence()
@@ -544,7 +545,7 @@ class TestWakeUps:
         """Killing the LISTEN connection never raises: the wait times out, then listening resumes."""
         store = PostgresStore(postgres_dsn, schema=schema)
         store.wait_for_work(0.05)
-        listener = store._listener
+        listener = store._listener  # the LISTEN connection is private; the test must kill that very backend
         assert listener is not None
         with _admin(postgres_dsn) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (listener.info.backend_pid,))
@@ -575,7 +576,7 @@ class TestPoolAndProcesses:
         """Session options given in the DSN survive the store's own (time zone, statement timeout)."""
         dsn = f"{postgres_dsn} options='-c work_mem=7MB' application_name=my-worker"
         with PostgresStore(dsn, schema=schema, statement_timeout=30) as store:
-            settings = store._run(
+            settings = store._run(  # the session's settings are visible only on the store's own connection
                 "show settings",
                 lambda cur: cur.execute(
                     "SELECT current_setting('work_mem'), current_setting('TimeZone'), "

@@ -25,6 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dripcore import Contact, Delay, Drip, EnrollmentStatus, OutboxStatus, Sequence, SequenceStatus, Step
+
+# Private on purpose: test_headers_json_is_the_json_encoders_exactly checks the adapters' hand-rolled header
+# encoder against their JSON encoder; neither is public. The white-box tests below also reach the store's
+# connection (store._conn, store._connection()) for pragmas, query plans and trace callbacks: SQL has no public seam.
 from dripcore.adapters._common import dumps, dumps_text_map
 from dripcore.adapters.sqlite import (
     APPLICATION_ID,

@@ -244,6 +244,7 @@ class DripMachine(RuleBasedStateMachine):
         """With a healthy sender, active sequences and a long clock, everyone finishes."""
         if not hasattr(self, "drip"):
             return
+        # FlakySender has no public way to drop failures queued with fail_next; the teardown needs a healthy sender.
         self.sender._next.clear()
         for sequence_id in SEQUENCE_IDS:
             if self.drip.get_sequence(sequence_id).status is SequenceStatus.PAUSED:

@@ -32,7 +32,7 @@ from dripcore.adapters.memory import MemoryStore
 from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.ports import Store
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
-from dripcore.testing._samples import sample_enrollment, sample_sequence
+from dripcore.testing.contract import sample_enrollment, sample_sequence
 from tests.builders import T0
 
 

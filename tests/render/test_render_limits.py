@@ -283,6 +283,7 @@ def test_many_plain_outputs_of_a_long_value_are_bounded_on_the_fast_path_too() -
 def test_the_time_limit_is_one_budget_for_the_whole_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """The clock starts at the first Liquid field and runs on through the next (a fake clock here)."""
     ticks = itertools.count()
+    # render.liquid.thread_time is the renderer's clock seam (looked up per call), the only way to fake its CPU clock.
     monkeypatch.setattr(dripcore.render.liquid, "thread_time", lambda: next(ticks) * 0.01)
     r = renderer(limits=RenderLimits(time=0.2))
     loop = "{% for i in (1..12) %}{{ i }}{% endfor %}"  # about 13 looks at the clock each
