@@ -26,7 +26,7 @@ the keys it sent; the parent checks them).
 Needs ``pip install -e '.[bench]'`` (psycopg, psycopg-pool, pgqueuer); without
 pgqueuer the dripcore figures are printed alone.
 
-The module also holds the worker processes of ``tests/test_postgres_scale.py``
+The module also holds the worker processes of ``tests/slow/test_postgres_scale.py``
 (``python bench_postgres.py worker CONFIG_JSON``).
 """
 

@@ -5,7 +5,7 @@ runs as an unprivileged user (the Debian ``postgres`` user, else ``nobody``)
 that owns the temp dir. TCP connections need the superuser's password (SCRAM),
 so a wrong password is really refused; local socket connections are trusted.
 
-Used by ``tests/conftest_postgres.py`` and ``benchmarks/bench_postgres.py``.
+Used by ``tests/postgres_fixtures.py`` and ``benchmarks/bench_postgres.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 
 Run ``python docs/_tools/pictures.py`` after changing the scheduler or a
 prefab; ``--check`` exits 1 if a committed picture is out of date. The test
-suite (``tests/test_docs.py``) regenerates them and compares the bytes.
+suite (``tests/project/test_docs.py``) regenerates them and compares the bytes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A dripcore worker delivering over real SMTP that may kill itself (SIGKILL) at a planned point.
 
-Run by tests/test_delivery_crash.py. It ticks a ``Drip`` on a real SQLite file
+Run by tests/slow/test_delivery_crash.py. It ticks a ``Drip`` on a real SQLite file
 (the 3-step sequence of :mod:`tests.workers.sqlite_worker`, each step due as
 soon as the previous one is delivered) with an :class:`~dripcore.senders.SMTPSender`
 to the naive server of :mod:`tests.workers.smtp_server`, until nothing is left

@@ -1,0 +1,1 @@
+"""Tests of the pure core: model, scheduler, planning, time, serialization (see tests/README.md)."""

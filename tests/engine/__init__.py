@@ -1,0 +1,1 @@
+"""Tests of the Drip engine on the fakes and real stores (see tests/README.md)."""

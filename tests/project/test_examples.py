@@ -1,0 +1,145 @@
+"""Every program in examples/ runs on its own and does what its docstring says."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session
+from hypothesis import settings
+
+from dripcore.ports import Store
+from dripcore.testing.contract import StoreContract, StoreStateMachine
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+from custom_store import DocumentStore  # noqa: E402
+
+
+def run_example(*args: str, cwd: Path = ROOT) -> str:
+    """Run ``python examples/<args>`` in a fresh interpreter; returns its output, failing on any error."""
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "", result.stderr
+    return result.stdout
+
+
+# --------------------------------------------------------------------------- quickstart.py
+
+
+def test_quickstart_prints_the_timeline_of_a_week() -> None:
+    out = run_example(str(EXAMPLES / "quickstart.py"))
+    assert "Mon 02 Mar 09:00 UTC  ana@example.com  'Welcome, Ana!'" in out
+    assert "Tue 03 Mar 14:00 UTC  bo@example.com   'Three tips to get started'" in out
+    # a calendar-day delay keeps 09:00 local across New York's change to summer time
+    assert "Mon 09 Mar 13:00 UTC  bo@example.com   'How is it going?'" in out
+    assert "09:00 EDT local" in out
+    assert "2 recipients, 2 completed, 6 emails sent." in out
+
+
+# --------------------------------------------------------------------------- fastapi_app/
+
+
+def test_fastapi_app_demo_plays_its_session() -> None:
+    out = run_example(str(EXAMPLES / "fastapi_app"), "--demo")
+    assert 'POST /sequences {"id": "onboarding", "name": "Onboarding"}\n  -> 201' in out
+    assert "DELETE /sequences/onboarding\n  -> 409" in out
+    assert "emails sent: ['Welcome!']" in out  # the paused, then cancelled, subscriber got nothing more
+
+
+# --------------------------------------------------------------------------- custom_store.py
+
+
+def test_custom_store_runs_the_welcome_series() -> None:
+    out = run_example(str(EXAMPLES / "custom_store.py"))
+    assert out.count("Welcome aboard, Ana") == 1
+    assert "How is it going, Ana?" in out
+
+
+class TestCustomStoreContract(StoreContract):
+    """The example adapter passes every test of the storage contract kit."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[Store]:
+        with DocumentStore() as store:
+            yield store
+
+
+class CustomStoreAgreesWithMemory(StoreStateMachine):
+    """The example adapter and the reference MemoryStore agree on random operations."""
+
+    def make_store(self) -> Store:
+        return DocumentStore()
+
+
+TestCustomStoreStateMachine = CustomStoreAgreesWithMemory.TestCase
+# The example scans JSON documents on every call: keep its state machine short (the
+# memory and SQLite stores get the thorough runs).
+TestCustomStoreStateMachine.settings = settings(max_examples=15, stateful_step_count=20, deadline=None)
+
+
+# --------------------------------------------------------------------------- smtp_worker.py
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        message = message_from_bytes(envelope.content, policy=email_policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 2.0.0 queued"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[int, Mailbox]]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, mailbox
+    finally:
+        controller.stop()
+
+
+def test_smtp_worker_delivers_a_welcome_series_over_smtp(smtp_server: tuple[int, Mailbox], tmp_path: Path) -> None:
+    port, mailbox = smtp_server
+    worker = [str(EXAMPLES / "smtp_worker.py"), "--db", str(tmp_path / "drip.db"), "--smtp-host", "127.0.0.1"]
+    out = run_example(*worker, "--smtp-port", str(port), "--seed", "--simulate")
+    assert "completed=2" in out
+    subjects = sorted(str(m["Subject"]) for m in mailbox.messages)
+    assert subjects == sorted(
+        [f"Welcome aboard, {n}" for n in ("Ana", "Bo")]
+        + ["Getting started: three tips"] * 2
+        + [f"How is it going, {n}?" for n in ("Ana", "Bo")]
+    )
+    first = next(m for m in mailbox.messages if str(m["Subject"]) == "Welcome aboard, Ana")
+    assert str(first["To"]) == "ana@example.com"
+    assert str(first["List-Unsubscribe"]) == "<https://example.com/unsubscribe?contact=ana>"
+    assert str(first["Message-ID"]).startswith("<dripcore.")
+
+    # Run again on the same database: everything was delivered, nothing goes twice.
+    run_example(*worker, "--smtp-port", str(port), "--drain", "--quiet")
+    assert len(mailbox.messages) == 6

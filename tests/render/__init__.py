@@ -1,0 +1,1 @@
+"""Tests of rendering: Liquid, the fast path, limits (see tests/README.md)."""

@@ -1,0 +1,1 @@
+"""Tests of the senders (see tests/README.md)."""
