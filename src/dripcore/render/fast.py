@@ -49,7 +49,7 @@ class SimpleTemplate:
         >>> SimpleTemplate.parse("Hi {{ firstName | upcase }}") is None
         True
         """
-        parts = _SIMPLE_OUTPUT.split(source)
+        parts = _SIMPLE_OUTPUT.split(_one_line_break(source))
         if any(_MARKUP.search(parts[i]) for i in range(0, len(parts), 2)):
             return None  # tags, filters, whitespace control, comments: Liquid's job
         if any(parts[i].endswith("{") for i in range(0, len(parts) - 1, 2)):
@@ -65,7 +65,7 @@ class SimpleTemplate:
             return parts[0]
         if len(parts) == 3:  # one output, the usual case: no list to build
             value = values.get(parts[1], _MISSING)
-            if value.__class__ is str and not html:
+            if value.__class__ is str and not html and "\r" not in value:
                 return parts[0] + value + parts[2]
             text = _printed(value, html, strict)
             return None if text is None else parts[0] + text + parts[2]
@@ -93,4 +93,16 @@ def _printed(value: object, html: bool, strict: bool) -> str | None:
         return ""
     else:
         return None
+    if "\r" in text:
+        text = _one_line_break(text)
     return str(escape(text)) if html else text
+
+
+def _one_line_break(text: str) -> str:
+    """``text`` with every CR LF and lone CR as LF, as Liquid's output buffer writes them.
+
+    Liquid renders through a text buffer with universal newlines; the fast path
+    must print the same. (A bare CR has no place in an email body either: RFC
+    5322 allows CR only before LF, and the MIME writer ends each line with CR LF.)
+    """
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
