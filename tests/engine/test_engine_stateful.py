@@ -38,7 +38,7 @@ from dripcore import (
     add_delay,
 )
 from dripcore.adapters.memory import MemoryStore
-from dripcore.ports import MailSender
+from dripcore.ports import MailSender, SequenceStats
 from dripcore.scheduler import resolve_zone
 from dripcore.testing import FakeClock, FlakySender, MemoryContacts, RecordingEvents
 from tests.strategies import steps_lists
@@ -237,8 +237,13 @@ class DripMachine(RuleBasedStateMachine):
             stats = self.drip.stats(sequence_id)
             mine = self.store.find_enrollments(sequence_id=sequence_id, limit=1000)
             assert stats.recipients == len(mine)
+            stored = SequenceStats.from_counters(sequence_id, self.store.counters(sequence_id))
             for status in EnrollmentStatus:
-                assert getattr(stats, status.value) == sum(e.status is status for e in mine), status
+                assert getattr(stored, status.value) == sum(e.status is status for e in mine), status
+            # What the user is shown (a paused sequence's enrollments read as paused) agrees too.
+            shown = self.drip.enrollments(sequence_id, limit=1000)
+            for status in EnrollmentStatus:
+                assert getattr(stats, status.value) == sum(e.status is status for e in shown), status
 
     def teardown(self) -> None:
         """With a healthy sender, active sequences and a long clock, everyone finishes."""

@@ -254,7 +254,14 @@ class Drip:
         return lifecycle.activate(self._context, sequence_id, enroll_existing=enroll_existing)
 
     def pause(self, sequence_id: str) -> Sequence:
-        """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
+        """Stop all sending of a sequence; new triggers do not enroll meanwhile.
+
+        While it is paused, its active enrollments show as PAUSED (since the
+        sequence's pause) in :meth:`enrollments`, :meth:`get_enrollment`,
+        :meth:`stats` and :meth:`overview`; :meth:`resume` gives them back as
+        active. The pause is one write of the sequence (its enrollments are not
+        rewritten), so a pause that fails changed nothing and can be called again.
+        """
         return lifecycle.pause(self._context, sequence_id)
 
     def resume(self, sequence_id: str, *, policy: PausePolicy | None = None) -> Sequence:

@@ -150,13 +150,19 @@ def enroll_members(ctx: Context, sequence: Sequence) -> None:
 
 
 def pause(ctx: Context, sequence_id: str) -> Sequence:
-    """Stop all sending of a sequence; new triggers do not enroll meanwhile."""
+    """Stop all sending of a sequence; new triggers do not enroll meanwhile.
+
+    One write, of the sequence: its enrollments stay stored as they are, and the read side
+    (engine/queries.py) shows the ACTIVE ones as PAUSED while the sequence is paused. So an
+    enrollment stored PAUSED was paused on its own, and resume leaves it paused.
+    """
     sequence = ctx.sequence(sequence_id)
     return set_status(ctx, sequence, sequence_target(sequence, SequenceAction.PAUSE), ctx.now())
 
 
 def resume(ctx: Context, sequence_id: str, *, policy: PausePolicy | None = None) -> Sequence:
-    """Resume a paused sequence."""
+    """Resume a paused sequence: the enrollments it held (stored ACTIVE) go on under the policy;
+    those paused on their own (stored PAUSED) stay paused."""
     policy = check_opt_enum(policy, PausePolicy, "policy")
     sequence = ctx.sequence(sequence_id)
     target = sequence_target(sequence, SequenceAction.RESUME)

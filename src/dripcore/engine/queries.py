@@ -1,7 +1,15 @@
-"""Read-only questions: sequences, who is enrolled where, and the figures of each sequence."""
+"""Read-only questions: sequences, who is enrolled where, and the figures of each sequence.
+
+A paused sequence holds its enrollments without rewriting them: the answers here show every
+ACTIVE enrollment of a PAUSED sequence as PAUSED (since the sequence's pause), in lists, in
+:func:`get_enrollment` and in the figures. See docs/how-to/pause-resume.md for why at read time.
+"""
 
 from __future__ import annotations
 
+import attrs
+
+from .. import scheduler
 from .._checks import check_count, check_opt_enum, check_opt_id
 from ..model import (
     Enrollment,
@@ -15,7 +23,27 @@ from ..ports import (
 )
 from .context import Context
 
-__all__ = ["enrollments", "get_enrollment", "get_sequence", "overview", "sequences", "stats"]
+__all__ = ["as_held", "enrollments", "get_enrollment", "get_sequence", "overview", "sequences", "stats"]
+
+
+def as_held(enrollment: Enrollment, sequence: Sequence | None) -> Enrollment:
+    """``enrollment`` as its sequence shows it: PAUSED (at the sequence's pause) if it is ACTIVE in a
+    PAUSED sequence, otherwise as stored."""
+    if (
+        sequence is None
+        or sequence.status is not SequenceStatus.PAUSED
+        or enrollment.status is not EnrollmentStatus.ACTIVE
+    ):
+        return enrollment
+    assert sequence.paused_at is not None  # guaranteed for a PAUSED sequence
+    return scheduler.pause(enrollment, sequence.paused_at).enrollment
+
+
+def _held_stats(sequence: Sequence, stats: SequenceStats) -> SequenceStats:
+    """The figures of ``sequence`` with its pause applied: its active enrollments count as paused."""
+    if sequence.status is not SequenceStatus.PAUSED:
+        return stats
+    return attrs.evolve(stats, active=0, paused=stats.paused + stats.active)
 
 
 def get_sequence(ctx: Context, sequence_id: str) -> Sequence:
@@ -41,23 +69,31 @@ def enrollments(
     status = check_opt_enum(status, EnrollmentStatus, "status")
     contact_id = check_opt_id(contact_id, "contact_id")
     limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
-    ctx.sequence(sequence_id)
-    statuses = None if status is None else (status,)
-    return ctx.store.find_enrollments(
+    sequence = ctx.sequence(sequence_id)
+    statuses: tuple[EnrollmentStatus, ...] | None = None if status is None else (status,)
+    if sequence.status is SequenceStatus.PAUSED and status is EnrollmentStatus.ACTIVE:
+        return []  # a paused sequence holds every enrollment: none is active
+    if sequence.status is SequenceStatus.PAUSED and status is EnrollmentStatus.PAUSED:
+        # Held by the sequence (stored ACTIVE) or paused one by one (stored PAUSED): one id-ordered
+        # query, so limit and offset page through both together.
+        statuses = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+    found = ctx.store.find_enrollments(
         sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
     )
+    return [as_held(e, sequence) for e in found]
 
 
 def get_enrollment(ctx: Context, enrollment_id: str) -> Enrollment:
     """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""
-    return ctx.enrollment(enrollment_id)
+    enrollment = ctx.enrollment(enrollment_id)
+    return as_held(enrollment, ctx.store.get_sequence(enrollment.sequence_id))
 
 
 def overview(ctx: Context) -> list[SequenceSummary]:
     """Every sequence with its trigger, step counts and enrollment counts (for a list page)."""
     summaries = []
     for sequence in ctx.store.list_sequences():
-        stats = SequenceStats.from_counters(sequence.id, ctx.store.counters(sequence.id))
+        stats = _held_stats(sequence, SequenceStats.from_counters(sequence.id, ctx.store.counters(sequence.id)))
         summaries.append(
             SequenceSummary(
                 id=sequence.id,
@@ -76,5 +112,5 @@ def overview(ctx: Context) -> list[SequenceSummary]:
 
 def stats(ctx: Context, sequence_id: str) -> SequenceStats:
     """Recipients, active, paused, completed, exited by reason, completion rate, per-step counts."""
-    ctx.sequence(sequence_id)
-    return SequenceStats.from_counters(sequence_id, ctx.store.counters(sequence_id))
+    sequence = ctx.sequence(sequence_id)
+    return _held_stats(sequence, SequenceStats.from_counters(sequence_id, ctx.store.counters(sequence_id)))
