@@ -17,9 +17,9 @@ from dripcore import (
     Delay,
     Drip,
     EnrollmentStatus,
-    InvalidTransition,
     PausePolicy,
     Sequence,
+    SequenceStateError,
     SequenceStatus,
     Step,
     StoreError,
@@ -219,11 +219,14 @@ def test_an_enrollment_paused_during_the_sequence_pause_stays_paused_after_it(co
     drip = course.drip
     ana = course.first()
     drip.pause("newsletter")
+    held_since = drip.get_sequence("newsletter").paused_at
+    course.clock.advance(timedelta(hours=2))
 
     drip.pause_enrollment(ana.id)
     drip.resume("newsletter")
 
     assert drip.get_enrollment(ana.id).status is EnrollmentStatus.PAUSED
+    assert drip.get_enrollment(ana.id).paused_at == held_since, "held since the sequence's pause, for EXTEND"
 
 
 def test_an_enrollment_held_only_by_the_sequence_resumes_with_it(course: Course) -> None:
@@ -232,7 +235,7 @@ def test_an_enrollment_held_only_by_the_sequence_resumes_with_it(course: Course)
     ana = course.first()
     drip.pause("newsletter")
 
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(SequenceStateError, match="resume the sequence"):
         drip.resume_enrollment(ana.id)
 
     assert drip.get_enrollment(ana.id).status is EnrollmentStatus.PAUSED

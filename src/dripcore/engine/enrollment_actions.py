@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from .. import scheduler
 from .._checks import check_opt_enum
-from ..errors import (
-    InvalidTransition,
-)
+from ..errors import InvalidTransition, SequenceStateError
 from ..model import (
     Enrollment,
     EnrollmentStatus,
     ExitReason,
     PausePolicy,
+    SequenceStatus,
 )
 from ..ports import (
     OutboxStatus,
@@ -25,8 +24,15 @@ __all__ = ["cancel_enrollment", "pause_enrollment", "release", "resend", "resume
 
 
 def pause_enrollment(ctx: Context, enrollment_id: str) -> Enrollment:
-    """Hold one contact's enrollment; nothing is sent until it is resumed."""
+    """Hold one contact's enrollment; nothing is sent until it is resumed.
+
+    Paused while its sequence is paused, it has been held since the sequence's
+    pause: that is its ``paused_at`` (what an EXTEND resume measures from).
+    """
     now = ctx.now()
+    sequence = ctx.sequence(ctx.enrollment(enrollment_id).sequence_id)
+    if sequence.status is SequenceStatus.PAUSED and sequence.paused_at is not None:
+        now = min(now, sequence.paused_at)
     return apply_one(ctx, enrollment_id, lambda e: scheduler.pause(e, now))
 
 
@@ -36,6 +42,11 @@ def resume_enrollment(ctx: Context, enrollment_id: str, *, policy: PausePolicy |
     now = ctx.now()
     enrollment = ctx.enrollment(enrollment_id)
     sequence = ctx.sequence(enrollment.sequence_id)
+    if enrollment.status is EnrollmentStatus.ACTIVE and sequence.status is SequenceStatus.PAUSED:
+        raise SequenceStateError(
+            sequence_id=sequence.id, status=sequence.status.value, action=f"resume enrollment {enrollment_id!r} of",
+            hint="the sequence's pause holds it: resume the sequence",
+        )  # fmt: skip
     return apply_one(ctx, enrollment_id, lambda e: scheduler.resume(e, now, sequence=sequence, policy=policy))
 
 
