@@ -428,6 +428,11 @@ class Drip:
         where the contact lives: sweep early (at 00:00 UTC, as the reference
         products do, or a little before the first zone's midnight) and the
         enrollments wait for their local midnight.
+
+        :meth:`run` calls it itself once a day (see ``anniversary_sweep_at``).
+        Sweeping a day again enrolls nobody twice: a year's enrollment blocks
+        another for that year even once it completed or exited, whatever the
+        sequence's reentry policy.
         """
         return enrolling.sweep_anniversaries(self._context, day)
 
