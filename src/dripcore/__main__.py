@@ -2,10 +2,13 @@
 
 - ``demo [--db PATH]``: the prefab sequences for a few contacts over two
   simulated weeks, on the embedded SQLite store (a fresh file unless ``--db``).
-- ``run MODULE:ATTR [--once] [--idle SECONDS]``: the worker. Loads the host's
-  configured :class:`~dripcore.Drip` (an instance, or a callable returning one)
-  and runs it until SIGINT or SIGTERM, which stop it cleanly after the
-  current batch. ``--once`` runs a single tick.
+- ``run MODULE:ATTR [--once] [--idle SECONDS] [--anniversary-sweep-at HH:MM|off]``:
+  the worker. Loads the host's configured :class:`~dripcore.Drip` (an instance,
+  or a callable returning one) and runs it until SIGINT or SIGTERM, which stop
+  it cleanly after the current batch. ``--once`` runs a single tick (no
+  sweep). The worker sweeps anniversaries daily at the Drip's
+  ``anniversary_sweep_at`` (00:00 UTC by default); ``--anniversary-sweep-at``
+  sets that UTC time, or ``off`` turns the sweep off.
 - ``status --db PATH``: each sequence's active, paused, completed and exited
   counts and its next due time.
 - ``preview SEQUENCE [--db PATH] [--timezone ZONE] [--start WHEN]``: when each
@@ -24,7 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, time, timezone, tzinfo
 from pathlib import Path
 from types import FrameType
 from typing import TextIO, cast
@@ -77,8 +80,26 @@ def load_drip(target: str) -> Drip:
     return value
 
 
-def _run(target: str, *, once: bool, idle: float, out: TextIO) -> int:
+_NO_SWEEP = ("off", "none", "no")
+
+
+def sweep_time(text: str) -> time | None:
+    """``--anniversary-sweep-at``: ``HH:MM`` (or ``HH:MM:SS``), UTC, or ``off``."""
+    if text.strip().lower() in _NO_SWEEP:
+        return None
+    try:
+        return time.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UTC time of day such as 00:00, nor 'off'") from None
+
+
+_KEEP = object()
+
+
+def _run(target: str, *, once: bool, idle: float, out: TextIO, sweep_at: object = _KEEP) -> int:
     drip = load_drip(target)
+    if sweep_at is not _KEEP:
+        drip.anniversary_sweep_at = cast("time | None", sweep_at)
     interactive = out.isatty()
 
     def on_tick(report: TickReport) -> None:
@@ -100,7 +121,10 @@ def _run(target: str, *, once: bool, idle: float, out: TextIO) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        log.info("worker %s started", drip.worker_id)
+        log.info(
+        "worker %s started; anniversary sweep %s", drip.worker_id,
+        "off" if drip.anniversary_sweep_at is None else f"daily at {drip.anniversary_sweep_at:%H:%M:%S} UTC",
+    )  # fmt: skip
         drip.run(idle=idle, on_tick=on_tick)
     finally:
         for sig, handler in previous.items():
@@ -206,6 +230,10 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     run.add_argument("target", metavar="MODULE:ATTR", help="where your Drip is, e.g. myapp.drip:engine")
     run.add_argument("--once", action="store_true", help="run a single tick and exit")
     run.add_argument("--idle", type=float, default=30.0, help="longest sleep between ticks, in seconds")
+    run.add_argument(
+        "--anniversary-sweep-at", metavar="HH:MM", type=sweep_time, default=_KEEP,
+        help="UTC time of the daily anniversary sweep, or 'off' (default: the Drip's anniversary_sweep_at, 00:00)",
+    )  # fmt: skip
     status = commands.add_parser("status", help="sequences of a SQLite database with their counts")
     status.add_argument("--db", required=True, help="the SQLite file")
     plan = commands.add_parser(
@@ -229,7 +257,7 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "demo":
             return _demo(args.db, out)
         if args.command == "run":
-            return _run(args.target, once=args.once, idle=args.idle, out=out)
+            return _run(args.target, once=args.once, idle=args.idle, out=out, sweep_at=args.anniversary_sweep_at)
         if args.command == "preview":
             return _preview(args.sequence, db=args.db, zone_name=args.timezone, start=args.start, out=out)
         return _status(args.db, out)

@@ -11,7 +11,7 @@ naming the field and the value. ``Drip(...)`` takes them as ``retry=`` and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Any
 
 import attrs
@@ -19,7 +19,17 @@ import attrs
 from .._checks import check_count, check_span
 from ..errors import InvalidArgument
 
-__all__ = ["FLAT_SETTINGS", "Limits", "RetryPolicy", "settings_from"]
+__all__ = [
+    "DEFAULT_CATCH_UP_DAYS",
+    "DEFAULT_SWEEP_AT",
+    "FLAT_SETTINGS",
+    "MAX_CATCH_UP_DAYS",
+    "Limits",
+    "RetryPolicy",
+    "check_catch_up_days",
+    "check_sweep_at",
+    "settings_from",
+]
 
 _SHORTEST = timedelta(microseconds=1)
 _LONGEST = timedelta(days=3660)
@@ -139,3 +149,32 @@ def settings_from(retry: Any, limits: Any, flat: Mapping[str, Any]) -> tuple[Ret
                 raise
             raise InvalidArgument(keyword_of[exc.field], exc.value, exc.reason) from None
     return built[0], built[1]
+
+
+#: When the run loop sweeps anniversaries by default: 00:00 UTC, as the reference products do.
+DEFAULT_SWEEP_AT = time(0)
+#: How many days before the latest due sweep a starting worker sweeps again by default.
+DEFAULT_CATCH_UP_DAYS = 1
+#: The most days a starting worker looks back (birthday emails much later than that are not wanted).
+MAX_CATCH_UP_DAYS = 31
+
+
+def check_sweep_at(value: Any, field: str = "anniversary_sweep_at") -> time | None:
+    """``anniversary_sweep_at``: a time of day read as UTC (naive, or with a zero UTC offset), or None (off).
+
+    Returns it naive. Anything else is an :class:`~dripcore.errors.InvalidArgument` naming ``field``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, time):
+        raise InvalidArgument(field, value, "must be a datetime.time (read as UTC), or None to turn the sweep off")
+    if value.tzinfo is not None:
+        offset = value.utcoffset()
+        if offset is None or offset != timedelta(0):
+            raise InvalidArgument(field, value, "must be a UTC time of day: naive, or with a zero UTC offset")
+    return value.replace(tzinfo=None, fold=0)
+
+
+def check_catch_up_days(value: Any, field: str = "anniversary_catch_up_days") -> int:
+    """``anniversary_catch_up_days``: a whole number of days from 0 to :data:`MAX_CATCH_UP_DAYS`."""
+    return check_count(value, field, minimum=0, maximum=MAX_CATCH_UP_DAYS)

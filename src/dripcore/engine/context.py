@@ -11,14 +11,14 @@ import logging
 import threading
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import TYPE_CHECKING
 
 from .._checks import check_id
 from ..errors import ContactNotFound, EnrollmentNotFound, SequenceNotFound
 from ..model import Contact, Enrollment, Event, Sequence, to_utc
 from ..ports import Clock, ContactDirectory, EventSink, MailSender, RateLimiter, Renderer, Store
-from .config import Limits, RetryPolicy
+from .config import DEFAULT_CATCH_UP_DAYS, DEFAULT_SWEEP_AT, Limits, RetryPolicy
 from .report import TickError
 from .sending import Breaker, SendPool
 from .text import describe
@@ -49,6 +49,8 @@ class Context:
         frequency_cap: FrequencyCap | None,
         worker_id: str,
         new_id: Callable[[], str],
+        anniversary_sweep_at: time | None = DEFAULT_SWEEP_AT,
+        anniversary_catch_up_days: int = DEFAULT_CATCH_UP_DAYS,
     ) -> None:
         self.store = store
         self.sender = sender
@@ -66,6 +68,10 @@ class Context:
         self.pool = SendPool()
         self.wake = threading.Event()
         self.stop = threading.Event()
+        self.anniversary_sweep_at = anniversary_sweep_at
+        self.anniversary_catch_up_days = anniversary_catch_up_days
+        # The last day whose anniversary sweep this worker finished (None: not yet since it started).
+        self.swept_through: date | None = None
 
     def now(self) -> datetime:
         """The clock's time, in UTC."""

@@ -6,7 +6,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
@@ -29,7 +29,15 @@ from ..ports import (
 )
 from ..render import LiquidRenderer
 from . import engagement, enrolling, enrollment_actions, lifecycle, queries, running, tick
-from .config import Limits, RetryPolicy, settings_from
+from .config import (
+    DEFAULT_CATCH_UP_DAYS,
+    DEFAULT_SWEEP_AT,
+    Limits,
+    RetryPolicy,
+    check_catch_up_days,
+    check_sweep_at,
+    settings_from,
+)
 from .context import Context
 from .report import TickReport
 from .text import new_id
@@ -110,6 +118,11 @@ class Drip:
     ``lease``, ``set_aside_for`` and ``concurrency``. Giving one both ways raises
     :class:`~dripcore.errors.InvalidArgument`, as does any bad setting, naming it.
     The configuration reference page lists every setting.
+
+    :meth:`run` sweeps anniversaries itself once a day at ``anniversary_sweep_at``
+    (a ``datetime.time`` read as UTC; 00:00 by default; None turns it off), and a
+    worker that starts catches up the ``anniversary_catch_up_days`` (1 by default,
+    at most 31) before the latest due day: see :meth:`run`.
     """
 
     store = _Forwarded[Store]()
@@ -174,6 +187,8 @@ class Drip:
         worker_id: str | None = None,
         id_factory: Callable[[], str] | None = None,
         frequency_cap: FrequencyCap | None = None,
+        anniversary_sweep_at: time | None = DEFAULT_SWEEP_AT,
+        anniversary_catch_up_days: int = DEFAULT_CATCH_UP_DAYS,
     ) -> None:
         retry, limits = settings_from(
             retry, limits,
@@ -212,7 +227,27 @@ class Drip:
             frequency_cap=frequency_cap,
             worker_id=worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}",
             new_id=id_factory or new_id,
+            anniversary_sweep_at=check_sweep_at(anniversary_sweep_at),
+            anniversary_catch_up_days=check_catch_up_days(anniversary_catch_up_days),
         )
+
+    @property
+    def anniversary_sweep_at(self) -> time | None:
+        """When (UTC) :meth:`run` sweeps anniversaries each day; None: it doesn't (settable)."""
+        return self._context.anniversary_sweep_at
+
+    @anniversary_sweep_at.setter
+    def anniversary_sweep_at(self, value: time | None) -> None:
+        self._context.anniversary_sweep_at = check_sweep_at(value)
+
+    @property
+    def anniversary_catch_up_days(self) -> int:
+        """How many days before the latest due sweep a starting worker sweeps too (settable)."""
+        return self._context.anniversary_catch_up_days
+
+    @anniversary_catch_up_days.setter
+    def anniversary_catch_up_days(self, value: int) -> None:
+        self._context.anniversary_catch_up_days = check_catch_up_days(value)
 
     def save_sequence(self, sequence: Sequence) -> Sequence:
         """Create a sequence or save an edit of it; returns what was stored.
@@ -400,6 +435,11 @@ class Drip:
         where the contact lives: sweep early (at 00:00 UTC, as the reference
         products do, or a little before the first zone's midnight) and the
         enrollments wait for their local midnight.
+
+        :meth:`run` calls it itself once a day (see ``anniversary_sweep_at``).
+        Sweeping a day again enrolls nobody twice: a year's enrollment blocks
+        another for that year even once it completed or exited, whatever the
+        sequence's reentry policy.
         """
         return enrolling.sweep_anniversaries(self._context, day)
 
@@ -417,7 +457,9 @@ class Drip:
         return tick.tick(self._context)
 
     def next_wake_at(self) -> datetime | None:
-        """When there will next be work: the earliest due enrollment or retry."""
+        """When there will next be work: the earliest due enrollment or retry, or the
+        next anniversary sweep (see :meth:`run`) while an ACTIVE sequence has an
+        anniversary trigger."""
         return running.next_wake_at(self._context)
 
     def run(
@@ -447,6 +489,16 @@ class Drip:
         the current batch), ``max_ticks`` ticks that ran (a failed one is not counted), a
         ``KeyboardInterrupt``/``SystemExit``, and an exception raised by your
         own ``on_tick`` callback, which is yours to handle.
+
+        It also runs :meth:`sweep_anniversaries` itself, before the first
+        tick and then once a day when ``anniversary_sweep_at`` (UTC) comes
+        (:meth:`next_wake_at` wakes it for that while an ACTIVE sequence has
+        an anniversary trigger). On starting it sweeps the latest due day and
+        the ``anniversary_catch_up_days`` before it, the days missed while no
+        worker ran. Sweeping a day again enrolls nobody twice, so several
+        workers and restarts are safe. A failing sweep is logged and tried
+        again after a pause that doubles from 0.5 s up to ``idle``; it never
+        stops the loop or the ticks.
         """
         running.run(self._context, stop=stop, idle=idle, on_tick=on_tick, max_ticks=max_ticks)
 

@@ -115,7 +115,13 @@ def contact_exits(ctx: Context, contact_id: str, reason: ExitReason) -> int:
 
 
 def sweep_anniversaries(ctx: Context, day: date) -> list[Enrollment]:
-    """Enroll every contact whose anniversary falls on ``day``, once per contact per year."""
+    """Enroll every contact whose anniversary falls on ``day``, once per contact per year.
+
+    Idempotent: each enrollment is keyed by the year, and a year's enrollment that has
+    already finished (completed or exited) blocks another one for that year whatever the
+    sequence's reentry policy (reentry is per key, and the key is the year), so sweeping a
+    day again, or from several workers at once, enrolls nobody twice.
+    """
     day = check_day(day, "day")
     created: list[Enrollment] = []
     leap_day_today = day.month == 2 and day.day == 28 and not is_leap(day.year)
@@ -134,10 +140,31 @@ def sweep_anniversaries(ctx: Context, day: date) -> list[Enrollment]:
                 continue
             zone = scheduler.resolve_zone(sequence, contact) or UTC
             start = datetime.combine(day, dtime(0), tzinfo=zone)
-            enrollment, was_created = enroll_one(ctx, sequence, contact, started_at=start, key=str(day.year))
+            enrollment, was_created = enroll_for_year(ctx, sequence, contact, started_at=start, year=day.year)
             if was_created:
                 created.append(enrollment)
     return created
+
+
+def enroll_for_year(
+    ctx: Context, sequence: Sequence, contact: Contact, *, started_at: datetime, year: int
+) -> tuple[Enrollment, bool]:
+    """Enroll ``contact`` for one year's anniversary: never twice for that year, even after it finished.
+
+    :func:`enroll_one` lets a contact in again under ``ReentryPolicy.AFTER_EXIT`` once the
+    enrollment ended; for an anniversary that would send a second birthday email the same
+    year whenever the day is swept again (a restart, a second worker, a catch-up).
+    """
+    result = scheduler.enroll(
+        sequence, contact, ctx.now(), enrollment_id=ctx.new_id(), started_at=started_at, key=str(year)
+    )
+    stored, created = ctx.store.add_enrollment(
+        result.enrollment, allow_reentry=False, counters=status_counters(sequence.id, None, result.enrollment)
+    )
+    if created:
+        ctx.publish(result.events)
+        ctx.wake.set()
+    return stored, created
 
 
 def is_leap(year: int) -> bool:
