@@ -104,6 +104,7 @@ from .scheduler import (
     resume,
 )
 from .serialization import event_from_json, event_to_json, make_converter
+from .warmup import WarmupLimiter, WarmupPlan
 
 __all__ = [
     "Advance",
@@ -191,6 +192,8 @@ __all__ = [
     "UnreadableRecord",
     "ValidationError",
     "WaitUntil",
+    "WarmupLimiter",
+    "WarmupPlan",
     "WindowAction",
     "__version__",
     "add_delay",

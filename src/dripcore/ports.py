@@ -116,7 +116,8 @@ class CounterName(enum.Enum):
     ``CounterName.STATUS.of(EnrollmentStatus.ACTIVE)`` is ``"status:active"``.
     Sequence-level counters (position 0): RECIPIENTS, STATUS, EXITED (by
     :class:`~dripcore.model.ExitReason`) and REPLAN_PENDING (an edit's replan under
-    way); the others count per step (SKIPPED by :class:`~dripcore.model.SkipReason`).
+    way); the others count per step (SKIPPED by :class:`~dripcore.model.SkipReason`;
+    DEFERRED: a step's send held back by the rate limiter, once per time it was held).
 
     >>> CounterName.STATUS.of(EnrollmentStatus.ACTIVE)
     'status:active'
@@ -136,6 +137,7 @@ class CounterName(enum.Enum):
     STATUS = "status"
     EXITED = "exited"
     SKIPPED = "skipped"
+    DEFERRED = "deferred"
 
     def of(self, key: enum.Enum | str) -> str:
         """The stored name of this family's counter for ``key`` (an enum member or its value)."""
@@ -249,7 +251,9 @@ class StepStats:
     the mail sender; ``failed``: given up on (``bounced`` counts the hard
     bounces among them); ``opened``/``clicked``: unique per enrollment;
     ``skipped``: by reason (inactive, condition, outside window, expired,
-    frequency cap, suppressed, cancelled).
+    frequency cap, suppressed, cancelled); ``deferred``: times the step's send
+    was held back by the rate limiter (a domain's warm-up limit, a daily cap) and
+    put off to when it reopens, so one send held over two days counts 2.
     """
 
     position: int
@@ -260,6 +264,7 @@ class StepStats:
     opened: int = 0
     clicked: int = 0
     skipped: Mapping[str, int] = attrs.field(factory=dict, converter=_readonly_int, hash=False)
+    deferred: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -316,6 +321,7 @@ class SequenceStats:
                 opened=names.get(_OPENED, 0),
                 clicked=names.get(_CLICKED, 0),
                 skipped=_family(CounterName.SKIPPED, names),
+                deferred=names.get(_DEFERRED, 0),
             )
             for position, names in sorted(by_step.items())
         )
@@ -333,6 +339,7 @@ class SequenceStats:
 
 _SENT, _DELIVERED, _FAILED = CounterName.SENT.value, CounterName.DELIVERED.value, CounterName.FAILED.value
 _BOUNCED, _OPENED, _CLICKED = CounterName.BOUNCED.value, CounterName.OPENED.value, CounterName.CLICKED.value
+_DEFERRED = CounterName.DEFERRED.value
 
 
 def _family(family: CounterName, names: Mapping[str, int]) -> dict[str, int]:
@@ -466,7 +473,17 @@ class EventSink(ABC):
 
 
 class RateLimiter(ABC):
-    """Caps how many emails may go (a daily limit, a domain warm-up plan)."""
+    """Caps how many emails may go (a daily limit, a domain warm-up plan).
+
+    A limiter keeps one budget for every send, unless it sets ``keyed`` (as
+    :class:`~dripcore.warmup.WarmupLimiter` does): the tick then groups a batch's
+    sends by their key, the domain of the sender address (lower case; ``""`` for
+    an email with no sender identity, which goes from the mail sender's own
+    address), and asks :meth:`consume_for` and :meth:`next_opening_for` per key.
+    """
+
+    #: True when the limiter keeps a budget per key (per sending domain).
+    keyed: bool = False
 
     @abstractmethod
     def available(self, now: datetime) -> int | None:
@@ -479,6 +496,16 @@ class RateLimiter(ABC):
     def next_opening(self, now: datetime) -> datetime | None:
         """When capacity comes back, if it is exhausted now."""
         return None
+
+    def consume_for(self, key: str, count: int, now: datetime) -> int:
+        """Reserve up to ``count`` sends from ``key``'s budget; return how many were granted.
+
+        By default every key shares the one budget of :meth:`consume`."""
+        return self.consume(count, now)
+
+    def next_opening_for(self, key: str, now: datetime) -> datetime | None:
+        """When ``key``'s capacity comes back, if it is exhausted now (by default :meth:`next_opening`)."""
+        return self.next_opening(now)
 
 
 class Renderer(ABC):

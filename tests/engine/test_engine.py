@@ -676,7 +676,7 @@ class TestCounterVocabulary:
     def test_the_stored_names_are_those_stores_already_hold(self) -> None:
         assert {name.value for name in CounterName} == {
             "recipients", "sent", "delivered", "failed", "bounced", "complained", "opened", "clicked",
-            "replan:pending", "status", "exited", "skipped",
+            "replan:pending", "status", "exited", "skipped", "deferred",
         }  # fmt: skip
         assert CounterName.STATUS.of(EnrollmentStatus.ACTIVE) == "status:active"
         assert CounterName.EXITED.of(ExitReason.BOUNCED) == "exited:bounced"

@@ -39,6 +39,7 @@ from ..ports import (
     CounterName,
     OutboxMessage,
     OutboxStatus,
+    RateLimiter,
     idempotency_key,
 )
 from .commits import RECORD_ERRORS, change_of, commit_isolated, release_claims
@@ -171,14 +172,7 @@ def advance_batch(
                     log.exception("enrollment %s set aside", before.id)
                     put_aside("enrollment", before.id, describe(exc))
         if ctx.rate_limiter is not None:
-            sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
-            granted = ctx.rate_limiter.consume(len(sending), now) if sending else 0
-            if granted < len(sending):
-                held = {c.enrollment.id for c in sending[granted:]}
-                changes = [c for c in changes if c.enrollment.id not in held]
-                tally.deferred += len(held)
-                reopen = ctx.rate_limiter.next_opening(now)
-                ctx.store.release(held, owner=ctx.worker_id, until=reopen)
+            changes = limit_sends(ctx, ctx.rate_limiter, changes, now, tally)
     except Exception:
         release_claims(ctx, [e.id for e in enrollments], set_aside, now)
         raise
@@ -231,6 +225,58 @@ def advance_batch(
                 tally.held += 1  # its step could not be rendered
     ctx.publish(events, tally.errors)
     return outgoing, contacts, committed
+
+
+def sending_domain(change: Change) -> str:
+    """The key a keyed rate limiter counts ``change``'s email under: its sender address's
+    domain, lower case; ``""`` when it has none (it goes from the mail sender's own address)."""
+    for message in change.outbox:
+        if message.status is OutboxStatus.PENDING and message.email is not None and message.email.sender is not None:
+            return message.email.sender.from_email.rpartition("@")[2].lower()
+    return ""
+
+
+def limit_sends(ctx: Context, limiter: RateLimiter, changes: list[Change], now: datetime, tally: Tally) -> list[Change]:
+    """The changes the rate limiter lets through. The sends over its budget (per sending
+    domain for a keyed limiter, in batch order within a domain) are dropped from the
+    commit and their enrollments released until the budget reopens, keeping their due
+    time; each counts in ``tally.deferred`` and in its step's DEFERRED counter."""
+    sending = [c for c in changes if any(m.status is OutboxStatus.PENDING for m in c.outbox)]
+    if not sending:
+        return changes
+    held: list[Change] = []
+    if limiter.keyed:
+        by_domain: dict[str, list[Change]] = {}
+        for change in sending:
+            by_domain.setdefault(sending_domain(change), []).append(change)
+        for domain, group in by_domain.items():
+            granted = limiter.consume_for(domain, len(group), now)
+            if granted < len(group):
+                over = group[granted:]
+                held.extend(over)
+                reopen = limiter.next_opening_for(domain, now)
+                ctx.store.release([c.enrollment.id for c in over], owner=ctx.worker_id, until=reopen)
+    else:
+        granted = limiter.consume(len(sending), now)
+        if granted < len(sending):
+            held = sending[granted:]
+            reopen = limiter.next_opening(now)
+            ctx.store.release({c.enrollment.id for c in held}, owner=ctx.worker_id, until=reopen)
+    if not held:
+        return changes
+    tally.deferred += len(held)
+    deferred = [
+        (m.sequence_id, m.position, CounterName.DEFERRED.value, 1)
+        for c in held
+        for m in c.outbox
+        if m.status is OutboxStatus.PENDING
+    ]
+    try:  # a figure only: failing to count it must not fail the batch, whose claims are released
+        ctx.store.bump(deferred)
+    except Exception as exc:
+        log.warning("counting %d deferred sends failed (%s)", len(deferred), describe(exc))
+    ids = {c.enrollment.id for c in held}
+    return [c for c in changes if c.enrollment.id not in ids]
 
 
 def dispatch_change(
