@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "dripcore.planning", "dripcore.prefabs"),
     ("dripcore.ports",),
     ("dripcore.render",),
-    ("dripcore.adapters", "dripcore.senders"),
+    ("dripcore.adapters", "dripcore.senders", "dripcore.warmup"),
     ("dripcore.engine",),
     ("dripcore.testing", "dripcore.demo"),
     ("dripcore.__main__", "dripcore"),
@@ -74,14 +74,19 @@ def _layer(module: str) -> int:
     best, rank = -1, -1
     for index, names in enumerate(LAYERS):
         for name in names:
-            if (module == name or module.startswith(name + ".")) and len(name) > best:
+            # The top package is a layer of its own (its __init__), not a prefix that takes in every module.
+            inside = module == name or (name != "dripcore" and module.startswith(name + "."))
+            if inside and len(name) > best:
                 best, rank = len(name), index
     return rank
 
 
 def _unit(module: str) -> str:
     """The layer entry a module belongs to (a package and everything under it are one unit)."""
-    return max((n for names in LAYERS for n in names if module == n or module.startswith(n + ".")), key=len)
+    return max(
+        (n for names in LAYERS for n in names if module == n or (n != "dripcore" and module.startswith(n + "."))),
+        key=len,
+    )
 
 
 def test_every_module_has_a_layer() -> None:
