@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._checks import check_count, check_opt_enum, check_opt_id
+from .._checks import check_count, check_enum, check_opt_enum, check_opt_id, check_opt_position
 from ..model import (
     Enrollment,
     EnrollmentStatus,
@@ -10,6 +10,7 @@ from ..model import (
     SequenceStatus,
 )
 from ..ports import (
+    EnrollmentOrder,
     SequenceStats,
     SequenceSummary,
 )
@@ -36,16 +37,21 @@ def enrollments(
     contact_id: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    last_step_sent: int | None = None,
+    order: EnrollmentOrder = EnrollmentOrder.ID,
 ) -> list[Enrollment]:
     """Who is in a sequence: which step they are on and when the next is due."""
     status = check_opt_enum(status, EnrollmentStatus, "status")
     contact_id = check_opt_id(contact_id, "contact_id")
     limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+    last_step_sent = check_opt_position(last_step_sent, "last_step_sent")
+    order = check_enum(order, EnrollmentOrder, "order")
     ctx.sequence(sequence_id)
     statuses = None if status is None else (status,)
     return ctx.store.find_enrollments(
-        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
-    )
+        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset,
+        last_step_sent=last_step_sent, order=order,
+    )  # fmt: skip
 
 
 def get_enrollment(ctx: Context, enrollment_id: str) -> Enrollment:
