@@ -360,7 +360,11 @@ def _family(family: CounterName, names: Mapping[str, int]) -> dict[str, int]:
 
 @attrs.frozen(kw_only=True)
 class SequenceSummary:
-    """One row of the sequences overview: what it is and how many are in it."""
+    """One row of the sequences overview: what it is and how many are in it.
+
+    ``created_at`` and ``updated_at`` are the sequence's (None when it was stored
+    before dripcore kept them).
+    """
 
     id: str
     name: str
@@ -371,6 +375,8 @@ class SequenceSummary:
     active_enrollments: int
     paused_enrollments: int
     recipients: int
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -57,6 +57,16 @@ def test_every_status_change_stamps_updated_at() -> None:
     assert world.drip.get_sequence("welcome").status is SequenceStatus.ARCHIVED
 
 
+def test_the_overview_shows_when_each_sequence_was_created_and_last_changed() -> None:
+    """Drip.overview() (the sequence list page) carries each sequence's created_at and updated_at."""
+    world = World()
+    world.drip.save_sequence(draft_welcome())
+    world.clock.advance(2 * HOUR)
+    world.drip.activate("welcome")
+    [row] = world.drip.overview()
+    assert (row.id, row.created_at, row.updated_at) == ("welcome", T0, T0 + 2 * HOUR)
+
+
 def test_a_sequence_stored_without_timestamps_loads_with_none_and_gets_updated_at_on_its_next_save() -> None:
     """A sequence saved before dripcore kept timestamps (JSON without the keys) loads with both None;
     its next save stamps updated_at and leaves created_at unknown (None) rather than inventing one."""

@@ -75,6 +75,8 @@ def overview(ctx: Context) -> list[SequenceSummary]:
                 active_enrollments=stats.active,
                 paused_enrollments=stats.paused,
                 recipients=stats.recipients,
+                created_at=sequence.created_at,
+                updated_at=sequence.updated_at,
             )
         )
     return summaries
