@@ -626,7 +626,9 @@ class Store(ABC):
         instead: soonest first, enrollments with none last, ties by id; ``after``
         still filters by id, so page that order with ``offset``. A negative
         position or an unknown order raises
-        :class:`~dripcore.errors.InvalidArgument` naming it.
+        :class:`~dripcore.errors.InvalidArgument` naming it. (The engine passes
+        these two only when its caller asks for them, so a store written before
+        them keeps listing by id.)
         """
 
     @abstractmethod

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 import attrs
 import pytest
 
-from dripcore import EnrollmentOrder, EnrollmentStatus, InvalidArgument, Sequence, SequenceStatus
+from dripcore import Drip, Enrollment, EnrollmentOrder, EnrollmentStatus, InvalidArgument, Sequence, SequenceStatus
 from dripcore.adapters.memory import MemoryStore
 from dripcore.serialization import make_converter
 from tests.builders import T0, World, welcome
@@ -154,3 +155,32 @@ def test_an_unknown_order_is_refused_naming_it(bad: object) -> None:
         world.drip.enrollments("welcome", order=bad)  # type: ignore[arg-type]
     assert (caught.value.field, caught.value.value) == ("order", bad)
     assert "next_due" in str(caught.value)
+
+
+class StoreBeforeListing(MemoryStore):
+    """A store written before find_enrollments took last_step_sent= and order=."""
+
+    def find_enrollments(  # type: ignore[override]
+        self,
+        *,
+        sequence_id: str | None = None,
+        contact_id: str | None = None,
+        statuses: Iterable[EnrollmentStatus] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> list[Enrollment]:
+        return super().find_enrollments(
+            sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset, after=after
+        )
+
+
+def test_a_store_without_the_new_arguments_still_lists_by_id() -> None:
+    """Drip.enrollments() passes last_step_sent= and order= only when asked, so an older store keeps working."""
+    world = World()
+    world.store = StoreBeforeListing()
+    world.drip = Drip(store=world.store, sender=world.recorder, clock=world.clock, contacts=world.contacts)
+    world.drip.save_sequence(draft_welcome())
+    world.drip.activate("welcome")
+    world.drip.enroll("welcome", "ana")
+    assert [e.contact_id for e in world.drip.enrollments("welcome")] == ["ana"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._checks import check_count, check_enum, check_opt_enum, check_opt_id, check_opt_position
 from ..model import (
     Enrollment,
@@ -48,10 +50,15 @@ def enrollments(
     order = check_enum(order, EnrollmentOrder, "order")
     ctx.sequence(sequence_id)
     statuses = None if status is None else (status,)
+    # Passed only when asked for, so a store written before these arguments still lists by id.
+    extra: dict[str, Any] = {}
+    if last_step_sent is not None:
+        extra["last_step_sent"] = last_step_sent
+    if order is not EnrollmentOrder.ID:
+        extra["order"] = order
     return ctx.store.find_enrollments(
-        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset,
-        last_step_sent=last_step_sent, order=order,
-    )  # fmt: skip
+        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset, **extra
+    )
 
 
 def get_enrollment(ctx: Context, enrollment_id: str) -> Enrollment:
