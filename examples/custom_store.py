@@ -29,10 +29,11 @@ from typing import Any
 import cattrs
 
 from dripcore import Delay, Enrollment, EnrollmentStatus, Sequence, SequenceStatus, WaitUntil, make_converter
-from dripcore.errors import ConcurrencyConflict, SequenceNotFound, SequenceStateError
-from dripcore.ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
+from dripcore.errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, SequenceStateError
+from dripcore.ports import BrokenRecord, Change, Counter, Delivery, EnrollmentOrder, OutboxMessage, OutboxStatus, Store
 
 LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # sorts among the missing due times only
 
 
 def document_converter() -> cattrs.Converter:
@@ -192,8 +193,16 @@ class DocumentStore(Store):
         limit: int = 50,
         offset: int = 0,
         after: str | None = None,
+        last_step_sent: int | None = None,
+        order: EnrollmentOrder = EnrollmentOrder.ID,
     ) -> list[Enrollment]:
-        """Enrollments matching every filter, ordered by id."""
+        """Enrollments matching every filter, ordered by id (or by next due time, none last)."""
+        if last_step_sent is not None and (type(last_step_sent) is not int or last_step_sent < 0):
+            raise InvalidArgument("last_step_sent", last_step_sent, "must be a step position (0 and up)")
+        try:
+            order = EnrollmentOrder(order)
+        except ValueError:
+            raise InvalidArgument("order", order, "expected 'id' or 'next_due'") from None
         wanted = None if statuses is None else frozenset(statuses)
         with self._lock:
             found = [
@@ -203,8 +212,11 @@ class DocumentStore(Store):
                 and (contact_id is None or e.contact_id == contact_id)
                 and (wanted is None or e.status in wanted)
                 and (after is None or e.id > after)
+                and (last_step_sent is None or e.last_step_sent == last_step_sent)
             ]
         found.sort(key=lambda e: e.id)
+        if order is EnrollmentOrder.NEXT_DUE:
+            found.sort(key=lambda e: (e.next_step_due_at is None, e.next_step_due_at or EPOCH))  # stable: ties by id
         return found[offset : offset + limit]
 
     def _claimable(self, now: datetime) -> list[Enrollment]:

@@ -142,6 +142,8 @@ def sequences(
         pause_policy=draw(st.sampled_from(list(PausePolicy))),
         exit_on=draw(st.lists(triggers, max_size=2).map(tuple)),
         version=draw(st.integers(1, 50)),
+        created_at=draw(st.none() | instants),
+        updated_at=draw(st.none() | instants),
     )
 
 

@@ -37,6 +37,7 @@ from dripcore import (
     Drip,
     Enrollment,
     EnrollmentConflict,
+    EnrollmentOrder,
     EnrollmentStatus,
     InvalidTransition,
     NotFound,
@@ -260,8 +261,12 @@ def list_subscribers(
     status_filter: Annotated[EnrollmentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    step: Annotated[int | None, Query(ge=0)] = None,
+    order: EnrollmentOrder = EnrollmentOrder.ID,
 ) -> list[JSON]:
-    page = svc.drip.enrollments(sequence_id, status=status_filter, limit=limit, offset=offset)
+    page = svc.drip.enrollments(
+        sequence_id, status=status_filter, limit=limit, offset=offset, last_step_sent=step, order=order
+    )
     emails = svc.contacts.get_many({e.contact_id for e in page})
     return [subscriber_json(e, emails[e.contact_id].email if e.contact_id in emails else "") for e in page]
 

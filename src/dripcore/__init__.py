@@ -78,7 +78,7 @@ from .model import (
     WindowAction,
     parse_wait,
 )
-from .ports import Email, OutboxMessage, OutboxStatus, SequenceStats, SequenceSummary, StepStats
+from .ports import Email, EnrollmentOrder, OutboxMessage, OutboxStatus, SequenceStats, SequenceSummary, StepStats
 from .render import (
     LiquidRenderer,
     MemoryTemplateStore,
@@ -127,6 +127,7 @@ __all__ = [
     "Enrollment",
     "EnrollmentConflict",
     "EnrollmentNotFound",
+    "EnrollmentOrder",
     "EnrollmentStatus",
     "Event",
     "ExitReason",

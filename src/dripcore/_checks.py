@@ -34,6 +34,7 @@ __all__ = [
     "check_opt_enum",
     "check_opt_id",
     "check_opt_instant",
+    "check_opt_position",
     "check_record",
     "check_records",
     "check_span",
@@ -188,3 +189,8 @@ def check_claim(now: Any, limit: Any, lease: Any, owner: Any) -> tuple[datetime,
         check_span(lease, "lease", maximum=MAX_SPAN),
         check_id(owner, "owner"),
     )
+
+
+def check_opt_position(value: Any, field: str) -> int | None:
+    """A step position (0 and up), or None."""
+    return None if value is None else check_count(value, field)

@@ -1477,6 +1477,14 @@ def _c_sequence_paused_at(value: datetime | None) -> datetime | None:
     return _utc_instant(value, "sequence.paused_at", True)
 
 
+def _c_sequence_created_at(value: datetime | None) -> datetime | None:
+    return _utc_instant(value, "sequence.created_at", True)
+
+
+def _c_sequence_updated_at(value: datetime | None) -> datetime | None:
+    return _utc_instant(value, "sequence.updated_at", True)
+
+
 _impl_sequence_status = _enum(SequenceStatus, "sequence.status", InvalidSequence)
 
 
@@ -1526,6 +1534,10 @@ class Sequence:
     edits; stores use it for optimistic concurrency. ``paused_at`` is set
     while PAUSED (an EXTEND resume shifts due times by the pause's length).
     ``window`` is the send window of every step that has none of its own.
+    ``created_at`` and ``updated_at`` are stamped by the engine from its clock
+    when the sequence is created and on every save or status change (the
+    model never reads a clock); both are None for a sequence stored before
+    dripcore kept them, and ``created_at`` stays None for it (it is unknown).
     """
 
     id: str = attrs.field(validator=_text("sequence.id", InvalidSequence))
@@ -1546,6 +1558,8 @@ class Sequence:
         default=UnknownVariables.EMPTY, converter=_c_sequence_unknown_variables
     )
     window: SendWindow | None = None
+    created_at: datetime | None = attrs.field(default=None, converter=_c_sequence_created_at)
+    updated_at: datetime | None = attrs.field(default=None, converter=_c_sequence_updated_at)
 
     _positions: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
     _first_active_from: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)

@@ -57,6 +57,7 @@ __all__ = [
     "CounterName",
     "Delivery",
     "Email",
+    "EnrollmentOrder",
     "EventSink",
     "MailSender",
     "OutboxMessage",
@@ -177,6 +178,18 @@ class OutboxStatus(enum.Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+class EnrollmentOrder(enum.Enum):
+    """How :meth:`Store.find_enrollments` orders what it finds.
+
+    ``ID``: by id (the default; ``after`` pages through it by keyset).
+    ``NEXT_DUE``: by next due time, soonest first, enrollments with none
+    (completed, exited) last, equal times by id.
+    """
+
+    ID = "id"
+    NEXT_DUE = "next_due"
 
 
 @attrs.frozen(kw_only=True)
@@ -354,7 +367,11 @@ def _family(family: CounterName, names: Mapping[str, int]) -> dict[str, int]:
 
 @attrs.frozen(kw_only=True)
 class SequenceSummary:
-    """One row of the sequences overview: what it is and how many are in it."""
+    """One row of the sequences overview: what it is and how many are in it.
+
+    ``created_at`` and ``updated_at`` are the sequence's (None when it was stored
+    before dripcore kept them).
+    """
 
     id: str
     name: str
@@ -365,6 +382,8 @@ class SequenceSummary:
     active_enrollments: int
     paused_enrollments: int
     recipients: int
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -621,11 +640,22 @@ class Store(ABC):
         limit: int = 50,
         offset: int = 0,
         after: str | None = None,
+        last_step_sent: int | None = None,
+        order: EnrollmentOrder = EnrollmentOrder.ID,
     ) -> list[Enrollment]:
         """Enrollments matching every given filter, ordered by id.
 
         ``after`` keeps only ids greater than it (keyset pagination, safe while
         the matching set changes); ``offset`` skips that many first.
+        ``last_step_sent`` keeps the enrollments whose last sent step is at that
+        position (0: none sent yet), the step each contact is on. ``order``
+        (an :class:`EnrollmentOrder` or its value) orders by next due time
+        instead: soonest first, enrollments with none last, ties by id; ``after``
+        still filters by id, so page that order with ``offset``. A negative
+        position or an unknown order raises
+        :class:`~dripcore.errors.InvalidArgument` naming it. (The engine passes
+        these two only when its caller asks for them, so a store written before
+        them keeps listing by id.)
         """
 
     @abstractmethod

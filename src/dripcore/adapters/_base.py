@@ -25,16 +25,18 @@ from typing import Any
 from .._checks import (
     check_count,
     check_counters,
+    check_enum,
     check_enums,
     check_id,
     check_instant,
     check_key,
     check_opt_enum,
     check_opt_id,
+    check_opt_position,
 )
 from ..errors import CorruptRecord
 from ..model import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
-from ..ports import BrokenRecord, Counter, OutboxMessage, OutboxStatus, Store
+from ..ports import BrokenRecord, Counter, EnrollmentOrder, OutboxMessage, OutboxStatus, Store
 from ..serialization import make_converter
 from ._common import describe, sum_counters
 
@@ -61,6 +63,8 @@ class SQLStoreBase(Store):
     _sequence_body: str = "body"
     #: The parameter placeholder of the driver.
     _param: str = "?"
+    #: ORDER BY for :attr:`EnrollmentOrder.NEXT_DUE`: soonest first, no due time last, then id.
+    _next_due_order: str = "next_due IS NULL, next_due, id"
 
     def __init__(self, where: str, log: logging.Logger) -> None:
         self._where = where
@@ -196,13 +200,18 @@ class SQLStoreBase(Store):
         limit: int = 50,
         offset: int = 0,
         after: str | None = None,
+        last_step_sent: int | None = None,
+        order: EnrollmentOrder = EnrollmentOrder.ID,
     ) -> list[Enrollment]:
-        """Enrollments matching every filter, ordered by id (unreadable rows are logged and left out)."""
+        """Enrollments matching every filter, ordered by id or next due time (unreadable rows are
+        logged and left out)."""
         sequence_id = check_opt_id(sequence_id, "sequence_id")
         contact_id = check_opt_id(contact_id, "contact_id")
         statuses = check_enums(statuses, EnrollmentStatus, "statuses")
         limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
         after = check_opt_id(after, "after")
+        last_step_sent = check_opt_position(last_step_sent, "last_step_sent")
+        order = check_enum(order, EnrollmentOrder, "order")
         p = self._param
         where: list[str] = []
         params: list[Any] = []
@@ -222,12 +231,16 @@ class SQLStoreBase(Store):
         if after is not None:
             where.append(f"id > {p}")
             params.append(after)
+        if last_step_sent is not None:
+            where.append(f"last_step_sent = {p}")
+            params.append(last_step_sent)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order_by = self._next_due_order if order is EnrollmentOrder.NEXT_DUE else "id"
         params.extend((limit, offset))
         rows = self._read_all(
             "find enrollments",
             f"SELECT {self._enrollment_columns} FROM {self._table('enrollments')} {clause} "
-            f"ORDER BY id LIMIT {p} OFFSET {p}",
+            f"ORDER BY {order_by} LIMIT {p} OFFSET {p}",
             params,
         )
         found = []

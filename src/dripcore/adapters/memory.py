@@ -21,6 +21,7 @@ from .._checks import (
     check_claim,
     check_count,
     check_counters,
+    check_enum,
     check_enums,
     check_flag,
     check_id,
@@ -30,17 +31,20 @@ from .._checks import (
     check_opt_enum,
     check_opt_id,
     check_opt_instant,
+    check_opt_position,
     check_record,
     check_records,
     check_span,
 )
 from ..errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, SequenceStateError
-from ..model import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
-from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
+from ..model import UTC, Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
+from ..ports import BrokenRecord, Change, Counter, Delivery, EnrollmentOrder, OutboxMessage, OutboxStatus, Store
 
 __all__ = ["MemoryStore"]
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+# Stands in for a missing due time when sorting (those sort last anyway, before this is compared).
+_NO_DUE = datetime.min.replace(tzinfo=UTC)
 
 
 @attrs.define
@@ -190,13 +194,17 @@ class MemoryStore(Store):
         limit: int = 50,
         offset: int = 0,
         after: str | None = None,
+        last_step_sent: int | None = None,
+        order: EnrollmentOrder = EnrollmentOrder.ID,
     ) -> list[Enrollment]:
-        """Enrollments matching the filters, ordered by id."""
+        """Enrollments matching the filters, ordered by id (or by next due time)."""
         sequence_id = check_opt_id(sequence_id, "sequence_id")
         contact_id = check_opt_id(contact_id, "contact_id")
         statuses = check_enums(statuses, EnrollmentStatus, "statuses")
         limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
         after = check_opt_id(after, "after")
+        last_step_sent = check_opt_position(last_step_sent, "last_step_sent")
+        order = check_enum(order, EnrollmentOrder, "order")
         wanted = None if statuses is None else frozenset(statuses)
         with self._lock:
             found = [
@@ -206,8 +214,11 @@ class MemoryStore(Store):
                 and (contact_id is None or e.contact_id == contact_id)
                 and (wanted is None or e.status in wanted)
                 and (after is None or e.id > after)
+                and (last_step_sent is None or e.last_step_sent == last_step_sent)
             ]
         found.sort(key=lambda e: e.id)
+        if order is EnrollmentOrder.NEXT_DUE:
+            found.sort(key=lambda e: (e.next_step_due_at is None, e.next_step_due_at or _NO_DUE))  # stable: ids
         return found[offset : offset + limit]
 
     def _claimable(self, e: Enrollment, now: datetime) -> bool:

@@ -18,6 +18,7 @@ from ..planning import FrequencyCap
 from ..ports import (
     Clock,
     ContactDirectory,
+    EnrollmentOrder,
     EventSink,
     MailSender,
     RateLimiter,
@@ -514,14 +515,22 @@ class Drip:
         contact_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        last_step_sent: int | None = None,
+        order: EnrollmentOrder = EnrollmentOrder.ID,
     ) -> list[Enrollment]:
         """Who is in a sequence: which step they are on and when the next is due.
 
         ``contact_id`` narrows it to one contact's enrollments (oldest first).
+        ``last_step_sent`` keeps those whose last sent step is at that position
+        (0: none sent yet). ``order=EnrollmentOrder.NEXT_DUE`` (or ``"next_due"``)
+        lists the soonest due first, those with nothing due last, ties by id.
+        A negative position or an unknown order raises
+        :class:`~dripcore.errors.InvalidArgument`.
         """
         return queries.enrollments(
-            self._context, sequence_id, status=status, contact_id=contact_id, limit=limit, offset=offset
-        )
+            self._context, sequence_id, status=status, contact_id=contact_id, limit=limit, offset=offset,
+            last_step_sent=last_step_sent, order=order,
+        )  # fmt: skip
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment:
         """One enrollment, or :class:`~dripcore.errors.EnrollmentNotFound`."""

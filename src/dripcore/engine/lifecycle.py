@@ -54,7 +54,8 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
     current = ctx.store.get_sequence(sequence.id)
     if current is None:
         sequence_target(sequence, SequenceAction.CREATE)
-        stored = attrs.evolve(sequence, version=1)
+        now = ctx.now()
+        stored = attrs.evolve(sequence, version=1, created_at=now, updated_at=now)
         ctx.store.save_sequence(stored, expected_version=None)
         return stored
     sequence_target(current, SequenceAction.EDIT)
@@ -65,6 +66,8 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
             hint="use activate(), pause(), resume() or archive()",
         )  # fmt: skip
     stored = attrs.evolve(sequence, version=current.version + 1, paused_at=current.paused_at)
+    # created_at is the stored one: an edit cannot rewrite when the sequence was made.
+    stored = attrs.evolve(stored, created_at=current.created_at, updated_at=ctx.now())
     pending = ctx.store.counters(sequence.id).get((0, REPLAN_PENDING), 0)
     ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, 1)])
     try:
@@ -101,6 +104,7 @@ def replan(ctx: Context, sequence: Sequence, previous: Sequence | None) -> int:
 def set_status(ctx: Context, sequence: Sequence, status: SequenceStatus, paused_at: datetime | None) -> Sequence:
     """Store ``sequence`` with a new status (a version bump, checked against the stored one)."""
     updated = attrs.evolve(sequence, status=status, paused_at=paused_at, version=sequence.version + 1)
+    updated = attrs.evolve(updated, updated_at=ctx.now())
     ctx.store.save_sequence(updated, expected_version=sequence.version)
     return updated
 
@@ -119,6 +123,7 @@ def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = N
             hint="it has no active step to send",
         )  # fmt: skip
     active = attrs.evolve(sequence, status=target, paused_at=None, version=sequence.version + 1)
+    active = attrs.evolve(active, updated_at=ctx.now())
     if sequence.enroll_existing if enroll_existing is None else enroll_existing:
         enroll_members(ctx, active)
     ctx.store.save_sequence(active, expected_version=sequence.version)
@@ -169,6 +174,7 @@ def resume(ctx: Context, sequence_id: str, *, policy: PausePolicy | None = None)
     assert sequence.paused_at is not None
     now = ctx.now()
     resumed = attrs.evolve(sequence, status=target, paused_at=None, version=sequence.version + 1)
+    resumed = attrs.evolve(resumed, updated_at=now)
     if (policy or sequence.pause_policy) is PausePolicy.EXTEND:
         shift = max(now - sequence.paused_at, timedelta(0))
         try:

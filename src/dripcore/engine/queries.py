@@ -7,10 +7,12 @@ ACTIVE enrollment of a PAUSED sequence as PAUSED (since the sequence's pause), i
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from .. import scheduler
-from .._checks import check_count, check_opt_enum, check_opt_id
+from .._checks import check_count, check_enum, check_opt_enum, check_opt_id, check_opt_position
 from ..model import (
     Enrollment,
     EnrollmentStatus,
@@ -18,6 +20,7 @@ from ..model import (
     SequenceStatus,
 )
 from ..ports import (
+    EnrollmentOrder,
     SequenceStats,
     SequenceSummary,
 )
@@ -64,21 +67,31 @@ def enrollments(
     contact_id: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    last_step_sent: int | None = None,
+    order: EnrollmentOrder = EnrollmentOrder.ID,
 ) -> list[Enrollment]:
     """Who is in a sequence: which step they are on and when the next is due."""
     status = check_opt_enum(status, EnrollmentStatus, "status")
     contact_id = check_opt_id(contact_id, "contact_id")
     limit, offset = check_count(limit, "limit"), check_count(offset, "offset")
+    last_step_sent = check_opt_position(last_step_sent, "last_step_sent")
+    order = check_enum(order, EnrollmentOrder, "order")
     sequence = ctx.sequence(sequence_id)
     statuses: tuple[EnrollmentStatus, ...] | None = None if status is None else (status,)
     if sequence.status is SequenceStatus.PAUSED and status is EnrollmentStatus.ACTIVE:
         return []  # a paused sequence holds every enrollment: none is active
     if sequence.status is SequenceStatus.PAUSED and status is EnrollmentStatus.PAUSED:
-        # Held by the sequence (stored ACTIVE) or paused one by one (stored PAUSED): one id-ordered
-        # query, so limit and offset page through both together.
+        # Held by the sequence (stored ACTIVE) or paused one by one (stored PAUSED): one query,
+        # so limit and offset page through both together.
         statuses = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+    # Passed only when asked for, so a store written before these arguments still lists by id.
+    extra: dict[str, Any] = {}
+    if last_step_sent is not None:
+        extra["last_step_sent"] = last_step_sent
+    if order is not EnrollmentOrder.ID:
+        extra["order"] = order
     found = ctx.store.find_enrollments(
-        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset
+        sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset, **extra
     )
     return [as_held(e, sequence) for e in found]
 
@@ -105,6 +118,8 @@ def overview(ctx: Context) -> list[SequenceSummary]:
                 active_enrollments=stats.active,
                 paused_enrollments=stats.paused,
                 recipients=stats.recipients,
+                created_at=sequence.created_at,
+                updated_at=sequence.updated_at,
             )
         )
     return summaries

@@ -88,6 +88,8 @@ def rich_sequence(id: str = "rich") -> Sequence:
         unknown_variables=UnknownVariables.ERROR,
         version=7,
         window=SendWindow.parse("22:00-06:00 overnight"),
+        created_at=datetime(2025, 12, 30, 8, 0, 0, 123456, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
         steps=(
             Step(position=1, subject="Welcome {{ firstName }}", html="<p>Hello</p>", text="Hello", name="hello"),
             Step(position=2, delay=Delay.hours(36), template_id="tpl-2", active=False),

@@ -83,7 +83,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ..adapters.memory import MemoryStore
-from ..errors import ConcurrencyConflict, DripcoreError, SequenceNotFound, SequenceStateError, UnreadableRecord
+from ..errors import (
+    ConcurrencyConflict,
+    DripcoreError,
+    InvalidArgument,
+    SequenceNotFound,
+    SequenceStateError,
+    UnreadableRecord,
+)
 from ..model import (
     UTC,
     Enrollment,
@@ -91,7 +98,7 @@ from ..model import (
     Sequence,
     SequenceStatus,
 )
-from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
+from ..ports import BrokenRecord, Change, Counter, Delivery, EnrollmentOrder, OutboxMessage, OutboxStatus, Store
 from . import _contract_workers as _workers
 from ._samples import (
     HOUR,
@@ -446,6 +453,93 @@ class EnrollmentContract(_Fixtures):
             pages.extend(page)
             after = page[-1].id
         assert pages == [e for e in population if e.sequence_id == "s1"]
+
+    def _on_steps(self, store: Store) -> list[Enrollment]:
+        """Enrollments of s1 and s2 on steps 0 to 2, due at shuffled times (some at the same
+        time, the finished ones at none), ordered by id."""
+        _setup(store, sequences=(sample_sequence("s1"), sample_sequence("s2")))
+        population = []
+        for i in range(15):
+            step, due = i % 3, T0 + ((i * 7) % 5) * HOUR
+            e = sample_enrollment(
+                f"e{i:02d}", sequence_id=f"s{i % 2 + 1}", contact_id=f"c{i % 4}", due=due, key=f"k{i}"
+            )
+            if step:
+                e = sent(e, step, T0 - HOUR, due)
+            if i % 5 == 4:
+                e = finished(e, EnrollmentStatus.EXITED if step else EnrollmentStatus.COMPLETED)
+            elif i % 5 == 3:
+                e = paused(e)
+            assert store.add_enrollment(e, allow_reentry=True) == (e, True)
+            population.append(e)
+        return population
+
+    @staticmethod
+    def _by_next_due(enrollments: list[Enrollment]) -> list[Enrollment]:
+        def due(e: Enrollment) -> tuple[bool, datetime, str]:
+            return (e.next_step_due_at is None, e.next_step_due_at or T0, e.id)
+
+        return sorted(enrollments, key=due)
+
+    def test_find_filters_by_step_with_the_other_filters(self, store: Store) -> None:
+        """``last_step_sent`` keeps the enrollments on that step, combined with every other filter."""
+        population = self._on_steps(store)
+        live = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+        for step in (0, 1, 2, 3):
+            for sequence_id in (None, "s1"):
+                for contact_id in (None, "c1"):
+                    for statuses in (None, live):
+                        expected = [
+                            e for e in population
+                            if e.last_step_sent == step and sequence_id in (None, e.sequence_id)
+                            and contact_id in (None, e.contact_id) and (statuses is None or e.status in statuses)
+                        ]  # fmt: skip
+                        found = store.find_enrollments(
+                            sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, last_step_sent=step,
+                            limit=100,
+                        )  # fmt: skip
+                        assert found == expected, (step, sequence_id, contact_id, statuses)
+        assert store.find_enrollments(last_step_sent=3) == []
+
+    def test_find_orders_by_next_due_with_none_last_and_ties_by_id(self, store: Store) -> None:
+        """``order=NEXT_DUE`` lists the soonest due first, those with no due time last, equal times by id."""
+        population = self._on_steps(store)
+        found = store.find_enrollments(order=EnrollmentOrder.NEXT_DUE, limit=100)
+        assert found == self._by_next_due(population)
+        assert found[-1].next_step_due_at is None
+        by_value = store.find_enrollments(order="next_due", limit=100)  # type: ignore[arg-type]
+        assert by_value == found, "the order's value works too"
+        assert store.find_enrollments(order=EnrollmentOrder.ID, limit=100) == population
+        mine = store.find_enrollments(sequence_id="s2", last_step_sent=1, order=EnrollmentOrder.NEXT_DUE, limit=100)
+        assert mine == self._by_next_due([e for e in population if e.sequence_id == "s2" and e.last_step_sent == 1])
+
+    def test_pages_of_the_next_due_order_join_up(self, store: Store) -> None:
+        """limit/offset pages through the next-due order with nothing skipped or repeated; ``after``
+        still keeps ids greater than it."""
+        population = self._on_steps(store)
+        expected = self._by_next_due([e for e in population if e.status is not EnrollmentStatus.COMPLETED])
+        statuses = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED, EnrollmentStatus.EXITED)
+        pages: list[Enrollment] = []
+        while page := store.find_enrollments(
+            statuses=statuses, order=EnrollmentOrder.NEXT_DUE, limit=4, offset=len(pages)
+        ):
+            assert len(page) <= 4
+            pages.extend(page)
+        assert pages == expected
+        after = store.find_enrollments(order=EnrollmentOrder.NEXT_DUE, after="e07", limit=100)
+        assert after == self._by_next_due([e for e in population if e.id > "e07"])
+
+    def test_find_refuses_a_negative_step_and_an_unknown_order(self, store: Store) -> None:
+        """A negative or non-integer step position, or an order that is not an EnrollmentOrder, raises
+        InvalidArgument naming it."""
+        for bad in (-1, 1.5, "1", True):
+            with pytest.raises(InvalidArgument) as caught:
+                store.find_enrollments(last_step_sent=bad)  # type: ignore[arg-type]
+            assert caught.value.field == "last_step_sent"
+        for wrong in ("due", "NEXT_DUE", None, 1):
+            with pytest.raises(InvalidArgument) as caught:
+                store.find_enrollments(order=wrong)  # type: ignore[arg-type]
+            assert caught.value.field == "order"
 
     def test_keyset_pagination_is_safe_while_the_matches_change(self, store: Store) -> None:
         """Changing rows between pages (so they leave the filter) skips none of the rest."""
@@ -1495,16 +1589,18 @@ class StoreStateMachine(RuleBasedStateMachine):
         limit=st.integers(0, 5),
         offset=st.integers(0, 3),
         after=st.none() | st.integers(0, 10**6),
+        last_step_sent=st.none() | st.integers(0, 3),
+        order=st.sampled_from(list(EnrollmentOrder)),
     )
     def find_enrollments(
         self, sequence_id: str | None, contact_id: str | None, statuses: set[EnrollmentStatus] | None,
-        limit: int, offset: int, after: int | None,
+        limit: int, offset: int, after: int | None, last_step_sent: int | None, order: EnrollmentOrder,
     ) -> None:  # fmt: skip
         after_id = None if after is None or not self.enrollment_ids else self._pick(self.enrollment_ids, after)
         self.both(
             lambda s: s.find_enrollments(
                 sequence_id=sequence_id, contact_id=contact_id, statuses=statuses, limit=limit, offset=offset,
-                after=after_id,
+                after=after_id, last_step_sent=last_step_sent, order=order,
             )
         )  # fmt: skip
 
@@ -1538,6 +1634,7 @@ class StoreStateMachine(RuleBasedStateMachine):
         self.both(lambda s: s.list_sequences())
         self.both(lambda s: s.list_sequences(SequenceStatus.ACTIVE))
         self.both(lambda s: s.find_enrollments(limit=10_000))
+        self.both(lambda s: s.find_enrollments(order=EnrollmentOrder.NEXT_DUE, limit=10_000))
         self.both(lambda s: s.find_messages(limit=10_000))
         self.both(lambda s: {sequence_id: dict(s.counters(sequence_id)) for sequence_id in _SEQUENCES})
         self.both(lambda s: s.next_due_at())

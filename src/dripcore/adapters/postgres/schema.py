@@ -92,6 +92,11 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "listing a sequence's enrollments by the step they are on goes through an index",
+        ("CREATE INDEX enrollments_by_step ON {s}.enrollments (sequence_id, last_step_sent, id)",),
+    ),
 )
 
 #: The schema version this code writes; older schemas are migrated up to it.

@@ -159,6 +159,7 @@ class PostgresStore(Connections, SQLStoreBase):
     _outbox_columns = OUTBOX_COLUMNS
     _sequence_body = "body::text"
     _param = "%s"
+    _next_due_order = "next_due, id"  # ascending puts NULLs last here, and an index can serve it
     _enrollment_from_row = staticmethod(enrollment_from_row)
     _message_from_row = staticmethod(message_from_row)
 

@@ -214,6 +214,11 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str | Callable[[sqlite3.Connection], No
             "CREATE INDEX outbox_by_contact ON outbox (contact_id, created_at)",
         ),
     ),
+    (
+        6,
+        "listing a sequence's enrollments by the step they are on goes through an index",
+        ("CREATE INDEX enrollments_by_step ON enrollments (sequence_id, last_step_sent, id)",),
+    ),
 )
 
 #: The schema version this code writes; older files are migrated up to it.
