@@ -37,6 +37,7 @@ from .._checks import (
 from ..errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, SequenceStateError
 from ..model import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus, Store
+from ._common import checked_counters
 
 __all__ = ["MemoryStore"]
 
@@ -185,6 +186,7 @@ class MemoryStore(Store):
         """:meth:`add_enrollment` for each, in order, all under one lock (ids checked before anything is added)."""
         check_records(enrollments, Enrollment, "enrollments")
         check_flag(allow_reentry, "allow_reentry")
+        checked = None if counters is None else checked_counters(counters)
         with self._lock:
             results: list[tuple[Enrollment, bool]] = []
             added: dict[tuple[str, str, str | None], Enrollment] = {}
@@ -205,8 +207,8 @@ class MemoryStore(Store):
                     raise ConcurrencyConflict(kind="enrollment", id=enrollment.id, expected=0, actual=0)
                 added[identity] = enrollment
                 added_ids.add(enrollment.id)
-                if counters is not None:
-                    increments.extend(check_counters(counters(enrollment)))
+                if checked is not None:
+                    increments.extend(checked(enrollment))
                 results.append((enrollment, True))
             for identity, enrollment in added.items():
                 self._enrollments[enrollment.id] = enrollment

@@ -24,6 +24,7 @@ from ..model import (
     UTC,
     Contact,
     Enrollment,
+    EnrollmentStatus,
     Event,
     ExitReason,
     ReentryPolicy,
@@ -32,6 +33,7 @@ from ..model import (
     TriggerEvent,
     TriggerType,
 )
+from ..ports import Counter
 from .commits import apply_one, commit_all, live, status_counters
 from .context import Context, log
 from .text import describe
@@ -182,13 +184,21 @@ def enroll_many(
             ))  # fmt: skip
     allow_reentry = sequence.reentry is ReentryPolicy.AFTER_EXIT
     enrollments: dict[str, Enrollment] = {}
+    new_counters: dict[EnrollmentStatus, list[Counter]] = {}
+
+    def counters(enrollment: Enrollment) -> list[Counter]:
+        # The same list for every new enrollment of a status, so the store checks it once.
+        if enrollment.status not in new_counters:
+            new_counters[enrollment.status] = status_counters(sequence.id, None, enrollment)
+        return new_counters[enrollment.status]
+
     any_created = False
     for start in range(0, len(planned), ENROLL_MANY_BATCH):
         chunk = planned[start : start + ENROLL_MANY_BATCH]
         stored = ctx.store.add_enrollment_batch(
             [advance.enrollment for advance in chunk],
             allow_reentry=allow_reentry,
-            counters=lambda e: status_counters(sequence.id, None, e),
+            counters=counters,
         )
         events: list[Event] = []
         for advance, (enrollment, created) in zip(chunk, stored, strict=True):

@@ -40,7 +40,7 @@ from ...errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, Se
 from ...model import UTC, Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
 from ...ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus
 from .._base import SQLStoreBase
-from .._common import dumps, rejected_changes, rejected_deliveries, sum_counters
+from .._common import checked_counters, dumps, rejected_changes, rejected_deliveries, sum_counters
 from .codec import (
     ENROLLMENT_COLUMNS,
     EPOCH,
@@ -442,7 +442,7 @@ class PostgresStore(Connections, SQLStoreBase):
         check_records(enrollments, Enrollment, "enrollments")
         check_flag(allow_reentry, "allow_reentry")
         batch = list(enrollments)
-        increments = (lambda e: check_counters(counters(e))) if counters is not None else None
+        increments = None if counters is None else checked_counters(counters)
 
         def work(cur: psycopg.Cursor[Any]) -> list[tuple[Enrollment | Seq[Any], bool]]:
             # The bulk lock, exclusive: no single add (they hold it shared) and no other

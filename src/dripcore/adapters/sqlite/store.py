@@ -34,7 +34,7 @@ from ...errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, Se
 from ...model import Enrollment, Sequence, SequenceStatus, to_utc
 from ...ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus
 from .._base import SQLStoreBase
-from .._common import dumps, rejected_changes, rejected_deliveries, sum_counters
+from .._common import checked_counters, dumps, rejected_changes, rejected_deliveries, sum_counters
 from .codec import (
     ENROLLMENT_COLUMNS,
     LIVE_STATUSES,
@@ -587,6 +587,7 @@ class SQLiteStore(SQLStoreBase):
         """:meth:`add_enrollment` for each, in order, in one transaction: ``(enrollment, created)`` per item."""
         check_records(enrollments, Enrollment, "enrollments")
         check_flag(allow_reentry, "allow_reentry")
+        increments = None if counters is None else checked_counters(counters)
         results: list[tuple[Enrollment, bool]] = []
         with self._write("add enrollments") as conn:
             live_by_sequence: dict[str, int] = {}
@@ -607,8 +608,8 @@ class SQLiteStore(SQLStoreBase):
                 if e.sequence_id not in live_by_sequence:
                     live_by_sequence[e.sequence_id] = self._sequence_live(conn, e.sequence_id)
                 rows.append(self._insert_row(e, live_by_sequence[e.sequence_id]))
-                if counters is not None:
-                    sum_counters(check_counters(counters(e)), totals)
+                if increments is not None:
+                    sum_counters(increments(e), totals)
                 results.append((e, True))
             try:
                 conn.executemany(_INSERT_ENROLLMENT, rows)
