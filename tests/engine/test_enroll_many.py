@@ -9,13 +9,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dripcore import (
+    ContactNotFound,
+    ContactSuppressed,
     Drip,
     EnrollManyResult,
+    EnrollmentConflict,
     EnrollmentStatus,
     EnrollOutcome,
     Event,
+    ExitReason,
     InvalidArgument,
     ReentryPolicy,
     SequenceNotFound,
@@ -276,3 +282,54 @@ class TestOneCall:
             result = w.drip.enroll_many("welcome", ["ana", "bo", "cy", "leap", "nobody", "leap"])
             outcomes.append((result.outcomes, store.counters("welcome")))
         assert outcomes[0] == outcomes[1]
+
+
+_POOL = [*ALL, "nobody", "ghost"]
+_BEFORE = st.sampled_from(["none", "active", "paused", "finished"])
+
+
+@given(
+    contact_ids=st.lists(st.sampled_from(_POOL), max_size=8),
+    before=st.fixed_dictionaries(dict.fromkeys(ALL, _BEFORE)),
+    suppressed=st.sets(st.sampled_from(ALL)),
+    reentry=st.sampled_from(list(ReentryPolicy)),
+)
+def test_enroll_many_agrees_with_enroll_one_by_one(
+    contact_ids: list[str], before: dict[str, str], suppressed: set[str], reentry: ReentryPolicy
+) -> None:
+    """For any list and any prior state, each outcome is what enroll does, and the stores end up equal."""
+    bulk, single = world(reentry=reentry), world(reentry=reentry)
+    for w in (bulk, single):
+        for contact_id, prior in before.items():
+            if prior == "none":
+                continue
+            enrollment, _ = w.drip.enroll("welcome", contact_id)
+            if prior == "paused":
+                w.drip.pause_enrollment(enrollment.id)
+            elif prior == "finished":
+                w.drip.cancel_enrollment(enrollment.id)
+        for contact_id in sorted(suppressed):
+            w.contacts.suppress(contact_id, ExitReason.UNSUBSCRIBED)
+    result = bulk.drip.enroll_many("welcome", contact_ids)
+    expected: dict[str, EnrollOutcome] = {}
+    for contact_id in contact_ids:
+        if contact_id in expected:
+            continue
+        try:
+            _, created = single.drip.enroll("welcome", contact_id)
+        except ContactNotFound:
+            expected[contact_id] = EnrollOutcome.UNKNOWN_CONTACT
+        except ContactSuppressed:
+            expected[contact_id] = EnrollOutcome.SUPPRESSED
+        except EnrollmentConflict:
+            expected[contact_id] = EnrollOutcome.CONFLICT
+        else:
+            expected[contact_id] = EnrollOutcome.CREATED if created else EnrollOutcome.EXISTING
+    assert result.outcomes == expected
+
+    def state(w: World) -> list[tuple[str, str]]:
+        return sorted((e.contact_id, e.status.value) for e in w.drip.enrollments("welcome", limit=100))
+
+    assert state(bulk) == state(single)
+    assert bulk.store.counters("welcome") == single.store.counters("welcome")
+    assert bulk.events.names() == single.events.names()

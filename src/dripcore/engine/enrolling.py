@@ -1,4 +1,4 @@
-"""Bringing contacts in and taking them out: enroll, trigger events and goals, suppression exits, anniversaries."""
+"""Bringing contacts in and out: enroll (one or many), trigger events and goals, suppression exits, anniversaries."""
 
 from __future__ import annotations
 
