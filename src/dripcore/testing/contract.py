@@ -1474,6 +1474,35 @@ class StoreStateMachine(RuleBasedStateMachine):
         if result is not None and result[1]:
             self.enrollment_ids.append(enrollment_id)
 
+    @rule(
+        items=st.lists(
+            st.tuples(st.sampled_from(_SEQUENCES), st.sampled_from(_CONTACTS), st.sampled_from([None, "k1"])),
+            max_size=5,
+        ),
+        allow_reentry=st.booleans(),
+        reuse=st.none() | st.integers(0, 10**6),
+    )
+    def add_enrollment_batch(
+        self, items: list[tuple[str, str, str | None]], allow_reentry: bool, reuse: int | None
+    ) -> None:
+        batch = [
+            Enrollment(
+                id=self._new_id(), sequence_id=sequence_id, contact_id=contact_id, status=EnrollmentStatus.ACTIVE,
+                enrolled_at=self.now, next_step_due_at=self.now, key=key,
+            )
+            for sequence_id, contact_id, key in items
+        ]  # fmt: skip
+        if reuse is not None and batch and self.enrollment_ids:  # an id taken: the whole batch is refused
+            batch[-1] = attrs.evolve(batch[-1], id=self._pick(self.enrollment_ids, reuse))
+        result = self.both(
+            lambda s: s.add_enrollment_batch(
+                batch, allow_reentry=allow_reentry, counters=lambda e: [(e.sequence_id, 0, "recipients", 1)]
+            )
+        )
+        for enrollment, created in result or ():
+            if created:
+                self.enrollment_ids.append(enrollment.id)
+
     @rule(limit=st.integers(1, 4), lease_minutes=st.integers(1, 60), owner=st.sampled_from(_OWNERS))
     def claim_due(self, limit: int, lease_minutes: int, owner: str) -> None:
         lease = timedelta(minutes=lease_minutes)
