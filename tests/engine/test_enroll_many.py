@@ -27,6 +27,7 @@ from dripcore import (
     SequenceNotFound,
     SequenceStateError,
     SequenceStatus,
+    StoreError,
     Subscribed,
 )
 from dripcore.adapters.memory import MemoryStore
@@ -218,6 +219,20 @@ class _PortDefaultStore(MemoryStore):
         return Store.add_enrollment_batch(self, enrollments, allow_reentry=allow_reentry, counters=counters)
 
 
+class _FailingSecondBatchStore(MemoryStore):
+    """Fails its second batch, once, as a store that went down part-way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    def add_enrollment_batch(self, enrollments: Seq[Enrollment], **kwargs: Any) -> Any:
+        self.batches += 1
+        if self.batches == 2:
+            raise StoreError("the store went away")
+        return super().add_enrollment_batch(enrollments, **kwargs)
+
+
 class _CountingWake(threading.Event):
     def __init__(self) -> None:
         super().__init__()
@@ -269,6 +284,24 @@ class TestOneCall:
         assert store.batches == [3, 1]
         assert result.counts()[EnrollOutcome.CREATED] == 4
         assert wake.sets == 1
+
+    def test_a_store_failing_part_way_keeps_the_written_batches_and_a_retry_finishes(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The batches before a store failure stay (and wake the worker); calling again enrolls the rest."""
+        monkeypatch.setattr(enrolling, "ENROLL_MANY_BATCH", 2)
+        store = _FailingSecondBatchStore()
+        w = world(store)
+        wake = _CountingWake()
+        w.drip._context.wake = wake
+        with pytest.raises(StoreError):
+            w.drip.enroll_many("welcome", ALL)
+        assert sorted(e.contact_id for e in w.drip.enrollments("welcome")) == ["ana", "bo"]
+        assert wake.sets == 1
+        result = w.drip.enroll_many("welcome", ALL)
+        assert result.contact_ids(EnrollOutcome.EXISTING) == ["ana", "bo"]
+        assert result.contact_ids(EnrollOutcome.CREATED) == ["cy", "leap"]
+        assert w.drip.stats("welcome").recipients == 4
 
     def test_a_store_on_the_port_default_gives_the_same_outcomes(self) -> None:
         """A third-party store without its own add_enrollment_batch works through the port's loop."""

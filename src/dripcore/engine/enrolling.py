@@ -193,26 +193,26 @@ def enroll_many(
         return new_counters[enrollment.status]
 
     any_created = False
-    for start in range(0, len(planned), ENROLL_MANY_BATCH):
-        chunk = planned[start : start + ENROLL_MANY_BATCH]
-        stored = ctx.store.add_enrollment_batch(
-            [advance.enrollment for advance in chunk],
-            allow_reentry=allow_reentry,
-            counters=counters,
-        )
-        events: list[Event] = []
-        for advance, (enrollment, created) in zip(chunk, stored, strict=True):
-            contact_id = advance.enrollment.contact_id
-            enrollments[contact_id] = enrollment
-            if created:
-                events.extend(advance.events)
-            else:
-                outcomes[contact_id] = EnrollOutcome.CONFLICT if enrollment.is_terminal else EnrollOutcome.EXISTING
-        if events:
-            any_created = True
-            ctx.publish(events)
-    if any_created:
-        ctx.wake.set()
+    try:
+        for start in range(0, len(planned), ENROLL_MANY_BATCH):
+            chunk = planned[start : start + ENROLL_MANY_BATCH]
+            stored = ctx.store.add_enrollment_batch(
+                [advance.enrollment for advance in chunk], allow_reentry=allow_reentry, counters=counters
+            )
+            events: list[Event] = []
+            for advance, (enrollment, created) in zip(chunk, stored, strict=True):
+                contact_id = advance.enrollment.contact_id
+                enrollments[contact_id] = enrollment
+                if created:
+                    events.extend(advance.events)
+                else:
+                    outcomes[contact_id] = EnrollOutcome.CONFLICT if enrollment.is_terminal else EnrollOutcome.EXISTING
+            if events:
+                any_created = True
+                ctx.publish(events)
+    finally:  # the batches written before a failure are due too
+        if any_created:
+            ctx.wake.set()
     return EnrollManyResult(sequence_id=sequence.id, outcomes=outcomes, enrollments=enrollments)
 
 
