@@ -8,7 +8,17 @@ bounce or complain. The heart is the pure function :func:`advance`.
 """
 
 from ._version import __version__
-from .engine import CapAction, Drip, FrequencyCap, Limits, RetryPolicy, TickError, TickReport
+from .engine import (
+    CapAction,
+    Drip,
+    EnrollManyResult,
+    EnrollOutcome,
+    FrequencyCap,
+    Limits,
+    RetryPolicy,
+    TickError,
+    TickReport,
+)
 from .errors import (
     ConcurrencyConflict,
     ContactNotFound,
@@ -124,6 +134,8 @@ __all__ = [
     "DripcoreError",
     "DuplicateStepPosition",
     "Email",
+    "EnrollManyResult",
+    "EnrollOutcome",
     "Enrollment",
     "EnrollmentConflict",
     "EnrollmentNotFound",

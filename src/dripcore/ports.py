@@ -25,7 +25,7 @@ import enum
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -625,6 +625,33 @@ class Store(ABC):
         ``(enrollment, True)``, applying ``counters``. Atomic: two concurrent
         calls for the same triple create one enrollment.
         """
+
+    def add_enrollment_batch(
+        self,
+        enrollments: Seq[Enrollment],
+        *,
+        allow_reentry: bool,
+        counters: Callable[[Enrollment], Iterable[Counter]] | None = None,
+    ) -> list[tuple[Enrollment, bool]]:
+        """:meth:`add_enrollment` for each of ``enrollments`` (a list), in order: one
+        ``(enrollment, created)`` per item, exactly as calling it for each in turn would give.
+
+        So two items with the same ``(sequence_id, contact_id, key)`` create one
+        enrollment: the first; the later one gets it back with ``created=False``.
+        ``counters(enrollment)`` gives the increments of each created one. Atomic
+        like every write: an id that already exists raises
+        :class:`~dripcore.errors.ConcurrencyConflict` and adds nothing; and a
+        concurrent add for the same identity (single or batched) creates one
+        enrollment in all. The stores shipped with dripcore do it in one
+        transaction, many times faster than a loop; this default loops over
+        :meth:`add_enrollment`, so a third-party store keeps working, but is
+        then neither atomic nor fast (override it).
+        """
+        results: list[tuple[Enrollment, bool]] = []
+        for enrollment in enrollments:
+            increments = () if counters is None else tuple(counters(enrollment))
+            results.append(self.add_enrollment(enrollment, allow_reentry=allow_reentry, counters=increments))
+        return results
 
     @abstractmethod
     def get_enrollment(self, enrollment_id: str) -> Enrollment | None:

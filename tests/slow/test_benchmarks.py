@@ -191,3 +191,21 @@ def test_the_plot_is_drawn(compare: Any, quick: tuple[dict[str, Any], list[str]]
     results, _ = quick
     compare.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --------------------------------------------------------------------------- bench_enroll_many
+
+
+def test_bench_enroll_many_smoke(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Drip.enroll_many and the bare bulk path both enroll everyone; one line with the share and its target."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_enroll_many
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    figures = bench_enroll_many.main(["--n", "200", "--repeats", "1", "--dir", str(tmp_path)])
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("[200] Drip.enroll_many: ")
+    assert "of the bare path (pure enroll() + SQLiteStore.add_enrollments" in line
+    assert "target >= 80%" in line
+    assert figures["share"] > 0

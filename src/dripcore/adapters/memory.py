@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from datetime import datetime, timedelta
 
@@ -39,6 +39,7 @@ from .._checks import (
 from ..errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, SequenceStateError
 from ..model import UTC, Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
 from ..ports import BrokenRecord, Change, Counter, Delivery, EnrollmentOrder, OutboxMessage, OutboxStatus, Store
+from ._common import checked_counters
 
 __all__ = ["MemoryStore"]
 
@@ -178,6 +179,46 @@ class MemoryStore(Store):
             self._by_identity[identity].append(enrollment.id)
             self._bump(counters)
             return enrollment, True
+
+    def add_enrollment_batch(
+        self,
+        enrollments: Seq[Enrollment],
+        *,
+        allow_reentry: bool,
+        counters: Callable[[Enrollment], Iterable[Counter]] | None = None,
+    ) -> list[tuple[Enrollment, bool]]:
+        """:meth:`add_enrollment` for each, in order, all under one lock (ids checked before anything is added)."""
+        check_records(enrollments, Enrollment, "enrollments")
+        check_flag(allow_reentry, "allow_reentry")
+        checked = None if counters is None else checked_counters(counters)
+        with self._lock:
+            results: list[tuple[Enrollment, bool]] = []
+            added: dict[tuple[str, str, str | None], Enrollment] = {}
+            added_ids: set[str] = set()
+            increments: list[Counter] = []
+            for enrollment in enrollments:
+                identity = (enrollment.sequence_id, enrollment.contact_id, enrollment.key)
+                first = added.get(identity)
+                if first is not None:
+                    results.append((first, False))
+                    continue
+                previous = [self._enrollments[i] for i in self._by_identity.get(identity, ())]
+                live = next((e for e in previous if e.status in _LIVE), None)
+                if live is not None or (previous and not allow_reentry):
+                    results.append((live or previous[-1], False))
+                    continue
+                if enrollment.id in self._enrollments or enrollment.id in added_ids:
+                    raise ConcurrencyConflict(kind="enrollment", id=enrollment.id, expected=0, actual=0)
+                added[identity] = enrollment
+                added_ids.add(enrollment.id)
+                if checked is not None:
+                    increments.extend(checked(enrollment))
+                results.append((enrollment, True))
+            for identity, enrollment in added.items():
+                self._enrollments[enrollment.id] = enrollment
+                self._by_identity[identity].append(enrollment.id)
+            self._bump(increments)
+            return results
 
     def get_enrollment(self, enrollment_id: str) -> Enrollment | None:
         """The enrollment, or None."""

@@ -52,7 +52,19 @@ from __future__ import annotations
 from ..planning import CapAction, FrequencyCap
 from .config import Limits, RetryPolicy
 from .drip import Drip
+from .enrolling import EnrollManyResult, EnrollOutcome
 from .report import TickError, TickReport
 from .text import new_id
 
-__all__ = ["CapAction", "Drip", "FrequencyCap", "Limits", "RetryPolicy", "TickError", "TickReport", "new_id"]
+__all__ = [
+    "CapAction",
+    "Drip",
+    "EnrollManyResult",
+    "EnrollOutcome",
+    "FrequencyCap",
+    "Limits",
+    "RetryPolicy",
+    "TickError",
+    "TickReport",
+    "new_id",
+]

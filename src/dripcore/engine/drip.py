@@ -40,6 +40,7 @@ from .config import (
     settings_from,
 )
 from .context import Context
+from .enrolling import EnrollManyResult
 from .report import TickReport
 from .text import new_id
 
@@ -350,6 +351,39 @@ class Drip:
         """
         return enrolling.enroll(
             self._context, sequence_id, contact_id, started_at=started_at, variables=variables, key=key
+        )
+
+    def enroll_many(
+        self,
+        sequence_id: str,
+        contact_ids: list[str] | tuple[str, ...],
+        *,
+        started_at: datetime | None = None,
+        variables: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> EnrollManyResult:
+        """Enroll many contacts at once (an API call with ``contactIds``, an import); returns
+        an :class:`~dripcore.engine.EnrollManyResult`: each contact's
+        :class:`~dripcore.engine.EnrollOutcome` and enrollment.
+
+        Each contact gets what :meth:`enroll` would do, reported instead of raised:
+        CREATED, EXISTING (already ACTIVE or PAUSED in it), CONFLICT (finished it,
+        no re-entry), SUPPRESSED, UNKNOWN_CONTACT; the others are enrolled all
+        the same. A contact id given twice counts once. The created ones publish
+        their ``Subscribed`` events and wake :meth:`run` once. One contact look-up
+        (:meth:`ContactDirectory.get_many <dripcore.ports.ContactDirectory.get_many>`)
+        and one store write per 10,000 contacts
+        (:meth:`Store.add_enrollment_batch <dripcore.ports.Store.add_enrollment_batch>`).
+
+        Bad input writes nothing: ``contact_ids`` not a list or tuple, or an id in
+        it that is not a valid id, raises :class:`~dripcore.errors.InvalidArgument`
+        naming it (``contact_ids[3]``); a draft, paused or archived sequence
+        raises :class:`~dripcore.errors.SequenceStateError`, as :meth:`enroll` does.
+        Retry-safe: if the store fails part-way, calling it again enrolls the rest
+        (those already in come back EXISTING).
+        """
+        return enrolling.enroll_many(
+            self._context, sequence_id, contact_ids, started_at=started_at, variables=variables, key=key
         )
 
     def notify(self, event: TriggerEvent) -> list[Enrollment]:

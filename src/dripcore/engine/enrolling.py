@@ -1,16 +1,22 @@
-"""Bringing contacts in and taking them out: enroll, trigger events and goals, suppression exits, anniversaries."""
+"""Bringing contacts in and out: enroll (one or many), trigger events and goals, suppression exits, anniversaries."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
+from collections.abc import Sequence as Seq
 from datetime import date, datetime
 from datetime import time as dtime
+from types import MappingProxyType
 from typing import Any
+
+import attrs
 
 from .. import scheduler
 from .._checks import check_day, check_id
 from ..errors import (
     EnrollmentConflict,
+    InvalidArgument,
     InvalidTriggerEvent,
     UnreadableRecord,
 )
@@ -18,6 +24,8 @@ from ..model import (
     UTC,
     Contact,
     Enrollment,
+    EnrollmentStatus,
+    Event,
     ExitReason,
     ReentryPolicy,
     Sequence,
@@ -25,11 +33,24 @@ from ..model import (
     TriggerEvent,
     TriggerType,
 )
+from ..ports import Counter
 from .commits import apply_one, commit_all, live, status_counters
 from .context import Context, log
 from .text import describe
 
-__all__ = ["contact_exits", "enroll", "enroll_one", "notify", "sweep_anniversaries"]
+__all__ = [
+    "EnrollManyResult",
+    "EnrollOutcome",
+    "contact_exits",
+    "enroll",
+    "enroll_many",
+    "enroll_one",
+    "notify",
+    "sweep_anniversaries",
+]
+
+#: How many enrollments :func:`enroll_many` writes per store transaction.
+ENROLL_MANY_BATCH = 10_000
 
 
 def enroll_one(
@@ -76,6 +97,123 @@ def enroll(
             enrollment_id=enrollment.id, status=enrollment.status.value,
         )  # fmt: skip
     return enrollment, created
+
+
+class EnrollOutcome(enum.Enum):
+    """What :meth:`Drip.enroll_many <dripcore.engine.Drip.enroll_many>` did for one contact."""
+
+    CREATED = "created"
+    """A new enrollment (a ``Subscribed`` event was published)."""
+    EXISTING = "existing"
+    """Already in the sequence (ACTIVE or PAUSED): that enrollment, unchanged."""
+    CONFLICT = "conflict"
+    """Went through the sequence already and its re-entry policy says no (``enroll`` raises EnrollmentConflict)."""
+    SUPPRESSED = "suppressed"
+    """The contact is suppressed: not enrolled (``enroll`` raises ContactSuppressed)."""
+    UNKNOWN_CONTACT = "unknown_contact"
+    """The contact directory does not know the id: not enrolled (``enroll`` raises ContactNotFound)."""
+
+
+def _readonly(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class EnrollManyResult:
+    """What :meth:`Drip.enroll_many <dripcore.engine.Drip.enroll_many>` did, contact by contact.
+
+    ``outcomes`` maps each contact id given (once, in the order first given) to
+    its :class:`EnrollOutcome`; ``enrollments`` maps the contacts that have one in
+    the sequence (CREATED, EXISTING, CONFLICT) to it: the new one, the live one,
+    or the latest finished one.
+    """
+
+    sequence_id: str
+    outcomes: Mapping[str, EnrollOutcome] = attrs.field(converter=_readonly)
+    enrollments: Mapping[str, Enrollment] = attrs.field(converter=_readonly)
+
+    @property
+    def created(self) -> list[Enrollment]:
+        """The enrollments created, in the order their contacts were given."""
+        return [self.enrollments[c] for c, outcome in self.outcomes.items() if outcome is EnrollOutcome.CREATED]
+
+    def contact_ids(self, outcome: EnrollOutcome) -> list[str]:
+        """The contacts whose outcome is ``outcome``, in the order given."""
+        return [c for c, o in self.outcomes.items() if o is outcome]
+
+    def counts(self) -> dict[EnrollOutcome, int]:
+        """How many contacts had each outcome (every outcome listed, zeros included)."""
+        counts = dict.fromkeys(EnrollOutcome, 0)
+        for outcome in self.outcomes.values():
+            counts[outcome] += 1
+        return counts
+
+
+def enroll_many(
+    ctx: Context,
+    sequence_id: str,
+    contact_ids: Seq[str],
+    *,
+    started_at: datetime | None = None,
+    variables: Mapping[str, Any] | None = None,
+    key: str | None = None,
+) -> EnrollManyResult:
+    """Enroll many contacts at once: one contact look-up, one store write per
+    :data:`ENROLL_MANY_BATCH`, the ``Subscribed`` events, one wake-up."""
+    sequence = ctx.sequence(sequence_id)
+    if isinstance(contact_ids, (str, bytes)) or not isinstance(contact_ids, (list, tuple)):
+        kind = type(contact_ids).__name__
+        raise InvalidArgument("contact_ids", contact_ids, f"must be a list of contact ids, not {kind}")
+    wanted = list(dict.fromkeys(check_id(c, f"contact_ids[{i}]") for i, c in enumerate(contact_ids)))
+    scheduler.sequence_target(sequence, scheduler.SequenceAction.ENROLL)
+    contacts = ctx.contacts.get_many(wanted) if wanted else {}
+    now = ctx.now()
+    outcomes: dict[str, EnrollOutcome] = {}
+    planned: list[scheduler.Advance] = []
+    for contact_id in wanted:
+        contact = contacts.get(contact_id)
+        if contact is None:
+            outcomes[contact_id] = EnrollOutcome.UNKNOWN_CONTACT
+        elif contact.suppressed is not None:
+            outcomes[contact_id] = EnrollOutcome.SUPPRESSED
+        else:
+            outcomes[contact_id] = EnrollOutcome.CREATED  # until the store says otherwise
+            planned.append(scheduler.enroll(
+                sequence, contact, now, enrollment_id=ctx.new_id(),
+                started_at=started_at, variables=variables, key=key,
+            ))  # fmt: skip
+    allow_reentry = sequence.reentry is ReentryPolicy.AFTER_EXIT
+    enrollments: dict[str, Enrollment] = {}
+    new_counters: dict[EnrollmentStatus, list[Counter]] = {}
+
+    def counters(enrollment: Enrollment) -> list[Counter]:
+        # The same list for every new enrollment of a status, so the store checks it once.
+        if enrollment.status not in new_counters:
+            new_counters[enrollment.status] = status_counters(sequence.id, None, enrollment)
+        return new_counters[enrollment.status]
+
+    any_created = False
+    try:
+        for start in range(0, len(planned), ENROLL_MANY_BATCH):
+            chunk = planned[start : start + ENROLL_MANY_BATCH]
+            stored = ctx.store.add_enrollment_batch(
+                [advance.enrollment for advance in chunk], allow_reentry=allow_reentry, counters=counters
+            )
+            events: list[Event] = []
+            for advance, (enrollment, created) in zip(chunk, stored, strict=True):
+                contact_id = advance.enrollment.contact_id
+                enrollments[contact_id] = enrollment
+                if created:
+                    events.extend(advance.events)
+                else:
+                    outcomes[contact_id] = EnrollOutcome.CONFLICT if enrollment.is_terminal else EnrollOutcome.EXISTING
+            if events:
+                any_created = True
+                ctx.publish(events)
+    finally:  # the batches written before a failure are due too
+        if any_created:
+            ctx.wake.set()
+    return EnrollManyResult(sequence_id=sequence.id, outcomes=outcomes, enrollments=enrollments)
 
 
 def notify(ctx: Context, event: TriggerEvent) -> list[Enrollment]:

@@ -40,6 +40,18 @@ def add_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) ->
         store.close()
 
 
+def add_batch_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
+    store = factory()
+    try:
+        barrier.wait(30)
+        batch = [sample_enrollment(f"batch-{index}", contact_id="ana"), sample_enrollment(f"own-{index}")]
+        counters = [("seq", 0, "recipients", 1)]
+        (stored, created), _ = store.add_enrollment_batch(batch, allow_reentry=True, counters=lambda e: counters)
+        results.put((index, stored.id, created))
+    finally:
+        store.close()
+
+
 def commit_worker(factory: StoreFactory, index: int, barrier: Any, results: Any) -> None:
     store = factory()
     try:

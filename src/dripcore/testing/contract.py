@@ -73,6 +73,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import queue as queue_module
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -551,6 +552,86 @@ class EnrollmentContract(_Fixtures):
             store.commit([Change(enrollment=finished(e)) for e in page])
             after = page[-1].id
         assert seen == [f"e{i}" for i in range(6)]
+
+    def test_a_batch_gives_what_adding_one_by_one_gives(self, store: Store) -> None:
+        """add_enrollment_batch: per item, the (enrollment, created) of add_enrollment in turn."""
+        _setup(store)
+        live = sample_enrollment("e1", contact_id="ana")
+        old = sample_enrollment("e2", contact_id="bob")
+        store.add_enrollment(live, allow_reentry=False)
+        store.add_enrollment(old, allow_reentry=False)
+        store.commit([Change(enrollment=finished(old))])
+        batch = [sample_enrollment(f"b{i}", contact_id=c) for i, c in enumerate(["ana", "bob", "cy", "dee"])]
+        results = store.add_enrollment_batch(batch, allow_reentry=False)
+        assert [(e.id, created) for e, created in results] == [("e1", False), ("e2", False), ("b2", True), ("b3", True)]
+        assert results[1][0].status is EnrollmentStatus.COMPLETED
+        assert store.get_enrollment("b2") == batch[2]
+        assert store.get_enrollment("b1") is None
+        again = store.add_enrollment_batch([sample_enrollment("r1", contact_id="bob")], allow_reentry=True)
+        assert [(e.id, created) for e, created in again] == [("r1", True)]
+        assert store.add_enrollment_batch([], allow_reentry=False) == []
+
+    def test_a_batch_respects_dedupe_keys_and_the_first_of_two_wins(self, store: Store) -> None:
+        """Within one batch the identity is (sequence_id, contact_id, key); a repeat gets the first back."""
+        _setup(store, sequences=(sample_sequence(), sample_sequence("other")))
+        batch = [
+            sample_enrollment("k1", contact_id="ana", key="order-1"),
+            sample_enrollment("k2", contact_id="ana", key="order-2"),
+            sample_enrollment("k3", contact_id="ana", key="order-1"),
+            sample_enrollment("k4", contact_id="ana"),
+            sample_enrollment("k5", contact_id="ana", sequence_id="other", key="order-1"),
+        ]
+        results = store.add_enrollment_batch(batch, allow_reentry=True)
+        assert [(e.id, created) for e, created in results] == [
+            ("k1", True), ("k2", True), ("k1", False), ("k4", True), ("k5", True),
+        ]  # fmt: skip
+        assert _ids(store.find_enrollments(contact_id="ana")) == ["k1", "k2", "k4", "k5"]
+
+    def test_a_batch_applies_counters_per_created_enrollment(self, store: Store) -> None:
+        """counters(enrollment) is applied for each created one only."""
+        _setup(store, sample_enrollment("e1", contact_id="ana"))
+        batch = [sample_enrollment(f"b{i}", contact_id=c) for i, c in enumerate(["ana", "bob", "cy", "bob"])]
+        store.add_enrollment_batch(batch, allow_reentry=False, counters=lambda e: [(e.sequence_id, 0, "recipients", 1)])
+        assert store.counters("seq") == {(0, "recipients"): 2}
+
+    def test_a_batch_with_an_existing_id_adds_nothing(self, store: Store) -> None:
+        """Atomic: an id already taken raises ConcurrencyConflict and none of the batch is added."""
+        if type(store).add_enrollment_batch is Store.add_enrollment_batch:
+            pytest.skip("the store uses the port's default add_enrollment_batch, a loop that is not atomic")
+        _setup(store, sample_enrollment("e1", contact_id="ana"))
+        batch = [sample_enrollment("b1", contact_id="bob"), sample_enrollment("e1", contact_id="cy")]
+        with pytest.raises(ConcurrencyConflict):
+            store.add_enrollment_batch(batch, allow_reentry=False, counters=lambda e: [("seq", 0, "recipients", 1)])
+        assert store.get_enrollment("b1") is None
+        assert store.counters("seq") == {}
+
+    def test_concurrent_batches_with_one_contact_create_one_enrollment(self, store: Store) -> None:
+        """Four threads add batches that share a contact: it gets one enrollment, the rest one each."""
+        _setup(store)
+        barrier = threading.Barrier(4)
+        results: list[list[tuple[Enrollment, bool]]] = [[] for _ in range(4)]
+        failures: list[BaseException] = []
+
+        def add(index: int) -> None:
+            try:
+                barrier.wait(30)
+                batch = [sample_enrollment(f"t{index}-{i}", contact_id=c) for i, c in enumerate(["ana", f"own{index}"])]
+                results[index] = store.add_enrollment_batch(
+                    batch, allow_reentry=True, counters=lambda e: [("seq", 0, "recipients", 1)]
+                )
+            except BaseException as exc:  # reported below, in the test's thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        assert sum(created for batch in results for e, created in batch if e.contact_id == "ana") == 1
+        assert len({e.id for batch in results for e, _ in batch if e.contact_id == "ana"}) == 1
+        assert len(store.find_enrollments(contact_id="ana")) == 1
+        assert store.counters("seq") == {(0, "recipients"): 5}
 
 
 # --------------------------------------------------------------------------- claims
@@ -1272,6 +1353,19 @@ class MultiprocessContract(_Fixtures):
         assert len(store.find_enrollments(contact_id="ana")) == 1
         assert store.counters("seq") == {(0, "recipients"): 1}
 
+    def test_concurrent_batches_of_one_contact_create_one_enrollment(
+        self, store: Store, store_factory: StoreFactory | None
+    ) -> None:
+        """add_enrollment_batch is atomic across processes: one batch creates the contact's enrollment."""
+        factory = self._factory(store, store_factory)
+        _setup(store)
+        results = _run_processes(_workers.add_batch_worker, factory, 4)
+        assert sum(created for _, _, created in results) == 1
+        assert len({stored_id for _, stored_id, _ in results}) == 1
+        assert len(store.find_enrollments(contact_id="ana")) == 1
+        assert len(store.find_enrollments(sequence_id="seq", limit=100)) == 5
+        assert store.counters("seq") == {(0, "recipients"): 5}
+
     def test_concurrent_commits_of_one_version_apply_once(
         self, store: Store, store_factory: StoreFactory | None
     ) -> None:
@@ -1473,6 +1567,35 @@ class StoreStateMachine(RuleBasedStateMachine):
         result = self.both(lambda s: s.add_enrollment(e, allow_reentry=allow_reentry, counters=counters))
         if result is not None and result[1]:
             self.enrollment_ids.append(enrollment_id)
+
+    @rule(
+        items=st.lists(
+            st.tuples(st.sampled_from(_SEQUENCES), st.sampled_from(_CONTACTS), st.sampled_from([None, "k1"])),
+            max_size=5,
+        ),
+        allow_reentry=st.booleans(),
+        reuse=st.none() | st.integers(0, 10**6),
+    )
+    def add_enrollment_batch(
+        self, items: list[tuple[str, str, str | None]], allow_reentry: bool, reuse: int | None
+    ) -> None:
+        batch = [
+            Enrollment(
+                id=self._new_id(), sequence_id=sequence_id, contact_id=contact_id, status=EnrollmentStatus.ACTIVE,
+                enrolled_at=self.now, next_step_due_at=self.now, key=key,
+            )
+            for sequence_id, contact_id, key in items
+        ]  # fmt: skip
+        if reuse is not None and batch and self.enrollment_ids:  # an id taken: the whole batch is refused
+            batch[-1] = attrs.evolve(batch[-1], id=self._pick(self.enrollment_ids, reuse))
+        result = self.both(
+            lambda s: s.add_enrollment_batch(
+                batch, allow_reentry=allow_reentry, counters=lambda e: [(e.sequence_id, 0, "recipients", 1)]
+            )
+        )
+        for enrollment, created in result or ():
+            if created:
+                self.enrollment_ids.append(enrollment.id)
 
     @rule(limit=st.integers(1, 4), lease_minutes=st.integers(1, 60), owner=st.sampled_from(_OWNERS))
     def claim_due(self, limit: int, lease_minutes: int, owner: str) -> None:

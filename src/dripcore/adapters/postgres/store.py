@@ -40,7 +40,7 @@ from ...errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, Se
 from ...model import UTC, Enrollment, EnrollmentStatus, Sequence, SequenceStatus, to_utc
 from ...ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus
 from .._base import SQLStoreBase
-from .._common import dumps, rejected_changes, rejected_deliveries, sum_counters
+from .._common import checked_counters, dumps, rejected_changes, rejected_deliveries, sum_counters
 from .codec import (
     ENROLLMENT_COLUMNS,
     EPOCH,
@@ -430,6 +430,57 @@ class PostgresStore(Connections, SQLStoreBase):
                 return created
             work = functools.partial(self._import, chunk=chunk, allow_reentry=allow_reentry, counters=counters)
             created += self._run("add enrollments", work, replay_safe=False)
+
+    def add_enrollment_batch(
+        self,
+        enrollments: Seq[Enrollment],
+        *,
+        allow_reentry: bool,
+        counters: Callable[[Enrollment], Iterable[Counter]] | None = None,
+    ) -> list[tuple[Enrollment, bool]]:
+        """:meth:`add_enrollment` for each, in order, in one transaction (the new ones through
+        ``COPY``): ``(enrollment, created)`` per item. Single adds wait while it is written."""
+        check_records(enrollments, Enrollment, "enrollments")
+        check_flag(allow_reentry, "allow_reentry")
+        batch = list(enrollments)
+        increments = None if counters is None else checked_counters(counters)
+
+        def work(cur: psycopg.Cursor[Any]) -> list[tuple[Enrollment | Seq[Any], bool]]:
+            # The bulk lock, exclusive: no single add (they hold it shared) and no other
+            # batch runs meanwhile, so what is read here is still so at the insert.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._bulk_key,))
+            rows = cur.execute(
+                f"SELECT {ENROLLMENT_COLUMNS} FROM {self._s}.enrollments WHERE contact_id = ANY(%s) "
+                "AND sequence_id = ANY(%s) ORDER BY rid",
+                (sorted({e.contact_id for e in batch}), sorted({e.sequence_id for e in batch})),
+            ).fetchall()
+            stored: dict[tuple[str, str, str | None], list[Seq[Any]]] = {}
+            for row in rows:
+                stored.setdefault((row[1], row[2], row[15]), []).append(row)
+            plan: list[tuple[Enrollment | Seq[Any], bool]] = []
+            added: dict[tuple[str, str, str | None], Enrollment] = {}
+            for e in batch:
+                identity = (e.sequence_id, e.contact_id, e.key)
+                first = added.get(identity)
+                if first is not None:  # the first of two in one batch wins, as two calls would
+                    plan.append((first, False))
+                    continue
+                previous = stored.get(identity, [])
+                live = next((row for row in previous if row[3] in ("active", "paused")), None)
+                if live is not None or (previous and not allow_reentry):
+                    plan.append((live or previous[-1], False))
+                    continue
+                added[identity] = e
+                plan.append((e, True))
+            if added:
+                # Only identities with nothing live left, so the import's own dedupe passes them all.
+                self._import(cur, chunk=list(added.values()), allow_reentry=True, counters=increments)
+            return plan
+
+        plan = self._run("add enrollments", work, replay_safe=False)
+        return [
+            (item if isinstance(item, Enrollment) else self._decode_enrollment(item), created) for item, created in plan
+        ]
 
     def _import(
         self,

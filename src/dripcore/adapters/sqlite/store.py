@@ -34,7 +34,7 @@ from ...errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, Se
 from ...model import Enrollment, Sequence, SequenceStatus, to_utc
 from ...ports import BrokenRecord, Change, Counter, Delivery, OutboxMessage, OutboxStatus
 from .._base import SQLStoreBase
-from .._common import dumps, rejected_changes, rejected_deliveries, sum_counters
+from .._common import checked_counters, dumps, rejected_changes, rejected_deliveries, sum_counters
 from .codec import (
     ENROLLMENT_COLUMNS,
     LIVE_STATUSES,
@@ -576,6 +576,47 @@ class SQLiteStore(SQLStoreBase):
                     ) from exc
                 _write_counters(conn, totals)
                 created += len(rows)
+
+    def add_enrollment_batch(
+        self,
+        enrollments: Seq[Enrollment],
+        *,
+        allow_reentry: bool,
+        counters: Callable[[Enrollment], Iterable[Counter]] | None = None,
+    ) -> list[tuple[Enrollment, bool]]:
+        """:meth:`add_enrollment` for each, in order, in one transaction: ``(enrollment, created)`` per item."""
+        check_records(enrollments, Enrollment, "enrollments")
+        check_flag(allow_reentry, "allow_reentry")
+        increments = None if counters is None else checked_counters(counters)
+        results: list[tuple[Enrollment, bool]] = []
+        with self._write("add enrollments") as conn:
+            live_by_sequence: dict[str, int] = {}
+            totals: dict[tuple[str, int, str], int] = {}
+            rows = []
+            added: dict[tuple[str, str, str | None], Enrollment] = {}
+            for e in enrollments:
+                identity = (e.sequence_id, e.contact_id, e.key)
+                first = added.get(identity)
+                if first is not None:  # the first of two in one batch wins, as two calls would
+                    results.append((first, False))
+                    continue
+                existing = self._existing(conn, e)
+                if existing is not None and (existing[1] or not allow_reentry):
+                    results.append((self._decode_enrollment(existing[0]), False))
+                    continue
+                added[identity] = e
+                if e.sequence_id not in live_by_sequence:
+                    live_by_sequence[e.sequence_id] = self._sequence_live(conn, e.sequence_id)
+                rows.append(self._insert_row(e, live_by_sequence[e.sequence_id]))
+                if increments is not None:
+                    sum_counters(increments(e), totals)
+                results.append((e, True))
+            try:
+                conn.executemany(_INSERT_ENROLLMENT, rows)
+            except sqlite3.IntegrityError as exc:
+                raise ConcurrencyConflict(kind="enrollment", id=f"<one of {len(rows)}>", expected=0, actual=0) from exc
+            _write_counters(conn, totals)
+        return results
 
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
         """Lease the earliest due enrollments of active sequences, with no PENDING message, to
