@@ -404,6 +404,27 @@ def _json_safe(value: Any, field: str, error: type[ValidationError]) -> None:
 _EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
+def _restore(cls: type[Any], proxied: tuple[str, ...], state: tuple[tuple[str, Any], ...]) -> Any:
+    """Rebuild a pickled model value without re-running its validation (it was valid when pickled)."""
+    value = object.__new__(cls)
+    for name, item in state:
+        if name in proxied:
+            item = MappingProxyType(item) if item else _EMPTY_MAPPING
+        object.__setattr__(value, name, item)
+    return value
+
+
+def _reduce_read_only(value: Any, proxied: tuple[str, ...]) -> tuple[Any, ...]:
+    """``__reduce__`` for a model type with read-only mapping fields, which pickle can't copy
+    as they are: the mappings travel as plain dicts and are wrapped again on loading. Only pickling
+    pays for it; construction is unchanged."""
+    state = tuple(
+        (a.name, dict(getattr(value, a.name)) if a.name in proxied else getattr(value, a.name))
+        for a in attrs.fields(type(value))
+    )
+    return (_restore, (type(value), proxied, state))
+
+
 def _frozen_mapping(field: str, error: type[ValidationError]) -> Callable[[Any], Mapping[str, Any]]:
     """A converter that validates a JSON-safe mapping and wraps it read-only.
 
@@ -1385,6 +1406,9 @@ class TriggerEvent:
     def __attrs_post_init__(self) -> None:
         _trigger_value(self.type, self.value, "event.value", InvalidTriggerEvent)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_read_only(self, ("variables",))
+
     @classmethod
     def tag_added(cls, contact_id: str, tag: str) -> TriggerEvent:
         """A tag was applied to a contact (fire only on the first apply)."""
@@ -1777,6 +1801,9 @@ class Enrollment:
     key: str | None = attrs.field(default=None, validator=_opt_text("enrollment.key", InvalidEnrollment))
     version: int = 0
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_read_only(self, ("variables",))
+
     def __attrs_post_init__(self) -> None:
         # Written as straight-line checks rather than attrs validators: this
         # runs on every evolve of the dispatch hot path.
@@ -1881,6 +1908,9 @@ class Contact:
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_contact_metadata, hash=False)
     suppressed: ExitReason | None = attrs.field(default=None, converter=_c_contact_suppressed)
     _zone: zoneinfo.ZoneInfo | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_read_only(self, ("metadata",))
 
     def __attrs_post_init__(self) -> None:
         if self.birthday is not None and (not isinstance(self.birthday, date) or isinstance(self.birthday, datetime)):
