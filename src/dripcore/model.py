@@ -1433,14 +1433,22 @@ class TriggerEvent:
         order_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
     ) -> TriggerEvent:
-        """A payment was confirmed; ``order_id`` makes it enroll once per order."""
-        return cls(
+        """A payment was confirmed; ``order_id`` makes it enroll once per order.
+
+        ``order_id`` is also a template variable (``{{order_id}}``) of the enrollment it
+        starts, unless ``variables`` gives one of its own.
+        """
+        event = cls(
             type=TriggerType.AFTER_PURCHASE,
             contact_id=contact_id,
             value=product_id,
             key=order_id,
             variables={} if variables is None else variables,
         )
+        # Built first, so a bad order id is refused as ``event.key``.
+        if event.key is not None and "order_id" not in event.variables:
+            event = attrs.evolve(event, variables={**event.variables, "order_id": event.key})
+        return event
 
     @classmethod
     def first_click(cls, contact_id: str, mailing_id: str | None = None) -> TriggerEvent:
