@@ -220,6 +220,8 @@ class Drip:
         An edit bumps ``version`` and replans in-flight enrollments: they go on
         from where they were with the latest steps. Status changes go through
         :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
+        A new sequence given as ACTIVE passes :meth:`activate`'s checks (an
+        active step, ``enroll_existing`` honoured).
 
         Retry-safe: the edit is stored first (every tick from then on reads the
         new steps), then its enrollments are replanned page by page. A marker

@@ -34,6 +34,7 @@ from .lookups import look_up_contacts
 __all__ = [
     "activate",
     "archive",
+    "create_active",
     "delete_sequence",
     "enroll_members",
     "pause",
@@ -54,6 +55,8 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
     current = ctx.store.get_sequence(sequence.id)
     if current is None:
         sequence_target(sequence, SequenceAction.CREATE)
+        if sequence.status is SequenceStatus.ACTIVE:
+            return create_active(ctx, sequence)
         stored = attrs.evolve(sequence, version=1)
         ctx.store.save_sequence(stored, expected_version=None)
         return stored
@@ -79,6 +82,26 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
     if changed:
         ctx.wake.set()
     return stored
+
+
+def create_active(ctx: Context, sequence: Sequence) -> Sequence:
+    """Store a new sequence given as ACTIVE with :func:`activate`'s checks: an active step to
+    send, and (when ``enroll_existing``) the trigger list's members enrolled."""
+    if not sequence.active_steps():
+        raise SequenceStateError(
+            sequence_id=sequence.id, status=sequence.status.value, action="create",
+            hint="it has no active step to send: save it as a draft",
+        )  # fmt: skip
+    if not sequence.enroll_existing:
+        stored = attrs.evolve(sequence, version=1)
+        ctx.store.save_sequence(stored, expected_version=None)
+        ctx.wake.set()
+        return stored
+    # Members are enrolled as activate() does it: from a stored draft, which stays one if a
+    # member can't be looked up (activate() again finishes).
+    draft = attrs.evolve(sequence, status=SequenceStatus.DRAFT, version=1)
+    ctx.store.save_sequence(draft, expected_version=None)
+    return activate(ctx, sequence.id)
 
 
 def replan(ctx: Context, sequence: Sequence, previous: Sequence | None) -> int:
