@@ -295,8 +295,9 @@ class SenderUnavailable(TransientSendError):
 class PermanentSendError(SendError):
     """A failure that retrying will not fix.
 
-    ``reason`` may be ``"bounced"`` or ``"complained"``: the contact is then
-    suppressed and exits every sequence.
+    ``reason`` may be ``"bounced"``, ``"complained"`` or ``"invalid_address"``
+    (the provider rejected the address as invalid): the contact is then
+    suppressed and exits every sequence with that :class:`~dripcore.ExitReason`.
     """
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:

@@ -1699,11 +1699,19 @@ class ExitReason(enum.Enum):
     MANUAL = "manual"
     ARCHIVED = "archived"
     GOAL_MET = "goal_met"
+    #: The provider rejected the address as invalid (a validation reject, not a bounce).
+    INVALID_ADDRESS = "invalid_address"
 
 
 #: The exit reasons that also describe a suppressed contact.
 SUPPRESSION_REASONS = frozenset(
-    {ExitReason.UNSUBSCRIBED, ExitReason.BOUNCED, ExitReason.COMPLAINED, ExitReason.SUPPRESSED}
+    {
+        ExitReason.UNSUBSCRIBED,
+        ExitReason.BOUNCED,
+        ExitReason.COMPLAINED,
+        ExitReason.SUPPRESSED,
+        ExitReason.INVALID_ADDRESS,
+    }
 )
 
 _ACTIVE = EnrollmentStatus.ACTIVE
@@ -1902,8 +1910,8 @@ class Contact:
     """A person who receives sequence emails.
 
     ``timezone`` (an IANA name) decides local send times; ``suppressed`` holds
-    why the contact must not be mailed (UNSUBSCRIBED, BOUNCED, COMPLAINED or
-    SUPPRESSED), or None. ``metadata`` values are available to templates.
+    why the contact must not be mailed (UNSUBSCRIBED, BOUNCED, COMPLAINED,
+    SUPPRESSED or INVALID_ADDRESS), or None. ``metadata`` values are available to templates.
     """
 
     id: str = attrs.field(validator=_text("contact.id", InvalidContact))
@@ -1925,7 +1933,9 @@ class Contact:
             raise InvalidContact("contact.birthday", self.birthday, "must be a date (not a datetime)")
         if self.suppressed is not None and self.suppressed not in SUPPRESSION_REASONS:
             raise InvalidContact(
-                "contact.suppressed", self.suppressed.value, "must be unsubscribed, bounced, complained or suppressed"
+                "contact.suppressed",
+                self.suppressed.value,
+                "must be unsubscribed, bounced, complained, suppressed or invalid_address",
             )
         object.__setattr__(self, "_zone", zone(self.timezone, "contact.timezone"))
 

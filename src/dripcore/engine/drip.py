@@ -368,6 +368,18 @@ class Drip:
         """The contact marked an email as spam: suppress and exit everything."""
         return enrolling.contact_exits(self._context, contact_id, ExitReason.COMPLAINED)
 
+    def contact_suppressed(self, contact_id: str, reason: ExitReason | str) -> int:
+        """The contact must not be mailed, for ``reason``: suppress them and exit all their enrollments.
+
+        ``reason`` is a suppression reason (an :class:`ExitReason` or its value):
+        UNSUBSCRIBED, BOUNCED, COMPLAINED, INVALID_ADDRESS (the provider rejected the
+        address), or SUPPRESSED (any other cause, such as an operator's list).
+        :meth:`contact_unsubscribed`, :meth:`contact_bounced` and :meth:`contact_complained`
+        are its special cases. Another reason raises :class:`~dripcore.errors.InvalidArgument`.
+        Returns how many enrollments exited.
+        """
+        return enrolling.contact_exits(self._context, contact_id, reason)
+
     def record_open(self, enrollment_id: str, position: int) -> bool:
         """Record that the contact opened a step's email. Idempotent; returns True the first time.
 
