@@ -8,7 +8,17 @@ bounce or complain. The heart is the pure function :func:`advance`.
 """
 
 from ._version import __version__
-from .engine import CapAction, Drip, FrequencyCap, Limits, RetryPolicy, TickError, TickReport
+from .engine import (
+    AuthorizedDomains,
+    CapAction,
+    Drip,
+    FrequencyCap,
+    Limits,
+    RetryPolicy,
+    SenderRule,
+    TickError,
+    TickReport,
+)
 from .errors import (
     ConcurrencyConflict,
     ContactNotFound,
@@ -36,7 +46,9 @@ from .errors import (
     NotFound,
     PermanentSendError,
     RecordRejected,
+    SenderNotAllowed,
     SendError,
+    SenderRuleFailed,
     SenderUnavailable,
     SequenceNotFound,
     SequenceStateError,
@@ -107,6 +119,7 @@ from .serialization import event_from_json, event_to_json, make_converter
 
 __all__ = [
     "Advance",
+    "AuthorizedDomains",
     "Cancelled",
     "CapAction",
     "Completed",
@@ -163,6 +176,9 @@ __all__ = [
     "SendError",
     "SendWindow",
     "SenderIdentity",
+    "SenderNotAllowed",
+    "SenderRule",
+    "SenderRuleFailed",
     "SenderUnavailable",
     "Sequence",
     "SequenceNotFound",

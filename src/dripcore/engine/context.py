@@ -20,6 +20,7 @@ from ..model import Contact, Enrollment, Event, Sequence, to_utc
 from ..ports import Clock, ContactDirectory, EventSink, MailSender, RateLimiter, Renderer, Store
 from .config import Limits, RetryPolicy
 from .report import TickError
+from .sender_rules import SenderRule
 from .sending import Breaker, SendPool
 from .text import describe
 
@@ -49,6 +50,7 @@ class Context:
         frequency_cap: FrequencyCap | None,
         worker_id: str,
         new_id: Callable[[], str],
+        sender_rules: tuple[SenderRule, ...] = (),
     ) -> None:
         self.store = store
         self.sender = sender
@@ -62,6 +64,7 @@ class Context:
         self.frequency_cap = frequency_cap
         self.worker_id = worker_id
         self.new_id = new_id
+        self.sender_rules = sender_rules
         self.breaker = Breaker()
         self.pool = SendPool()
         self.wake = threading.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
@@ -32,6 +32,7 @@ from . import engagement, enrolling, enrollment_actions, lifecycle, queries, run
 from .config import Limits, RetryPolicy, settings_from
 from .context import Context
 from .report import TickReport
+from .sender_rules import SenderRule, check_rules
 from .text import new_id
 
 __all__ = ["Drip"]
@@ -110,6 +111,11 @@ class Drip:
     ``lease``, ``set_aside_for`` and ``concurrency``. Giving one both ways raises
     :class:`~dripcore.errors.InvalidArgument`, as does any bad setting, naming it.
     The configuration reference page lists every setting.
+
+    ``sender_rules`` (a list of :data:`~dripcore.engine.SenderRule`, such as
+    ``[AuthorizedDomains({"example.com"})]``) check the From address of a sequence and
+    of each of its steps whenever it is saved or activated: a refused one raises
+    :class:`~dripcore.errors.SenderNotAllowed` and nothing is stored.
     """
 
     store = _Forwarded[Store]()
@@ -174,6 +180,7 @@ class Drip:
         worker_id: str | None = None,
         id_factory: Callable[[], str] | None = None,
         frequency_cap: FrequencyCap | None = None,
+        sender_rules: Iterable[SenderRule] | None = None,
     ) -> None:
         retry, limits = settings_from(
             retry, limits,
@@ -212,6 +219,7 @@ class Drip:
             frequency_cap=frequency_cap,
             worker_id=worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}",
             new_id=id_factory or new_id,
+            sender_rules=check_rules(sender_rules),
         )
 
     def save_sequence(self, sequence: Sequence) -> Sequence:

@@ -30,6 +30,7 @@ from .commits import PAGE, commit_all, live
 from .context import Context, log
 from .enrolling import enroll_one
 from .lookups import look_up_contacts
+from .sender_rules import check_senders
 
 __all__ = [
     "activate",
@@ -52,6 +53,7 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
     """Create a sequence or save an edit of it; returns what was stored."""
     if not isinstance(sequence, Sequence):
         raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
+    check_senders(ctx.sender_rules, sequence)
     current = ctx.store.get_sequence(sequence.id)
     if current is None:
         sequence_target(sequence, SequenceAction.CREATE)
@@ -141,6 +143,7 @@ def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = N
             sequence_id=sequence_id, status=sequence.status.value, action="activate",
             hint="it has no active step to send",
         )  # fmt: skip
+    check_senders(ctx.sender_rules, sequence)  # the rules may have changed since it was saved
     active = attrs.evolve(sequence, status=target, paused_at=None, version=sequence.version + 1)
     if sequence.enroll_existing if enroll_existing is None else enroll_existing:
         enroll_members(ctx, active)
