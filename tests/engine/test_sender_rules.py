@@ -163,3 +163,14 @@ class TestSenderRules:
         with pytest.raises(InvalidArgument) as caught:
             AuthorizedDomains(domains)
         assert caught.value.field == "domains"
+
+    def test_a_yes_or_no_rule_is_taken_as_such(self) -> None:
+        """A rule answering True allows; False refuses, the reason naming the rule."""
+
+        def only_example(sender: SenderIdentity) -> bool:
+            return sender.from_email.endswith("@example.com")
+
+        w = _world(only_example)
+        w.drip.save_sequence(_sequence_from({1: "hello@example.com"}))
+        with pytest.raises(SenderNotAllowed, match=r"refused by .*only_example"):
+            w.drip.save_sequence(_sequence_from({1: "hello@elsewhere.test"}, id="second"))

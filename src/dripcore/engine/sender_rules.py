@@ -1,11 +1,12 @@
 """Sender rules: the host's checks of the From addresses a sequence sends from, run when it is saved or activated.
 
 A rule is any callable taking a :class:`~dripcore.SenderIdentity` and returning None when
-it may be used, or the reason it may not (a short text). :class:`AuthorizedDomains` is the
-built-in one. ``Drip(sender_rules=[...])`` installs them; :func:`check_senders` runs every
-rule on the sequence's own sender and each step's, and raises
-:class:`~dripcore.errors.SenderNotAllowed` (naming the step and the address) on the first
-refusal, or :class:`~dripcore.errors.SenderRuleFailed` (naming the rule) when a rule raises.
+it may be used, or the reason it may not (a short text; True and False are taken as a yes
+and a no). :class:`AuthorizedDomains` is the built-in one. ``Drip(sender_rules=[...])``
+installs them; :func:`check_senders` runs every rule on the sequence's own sender and each
+step's, and raises :class:`~dripcore.errors.SenderNotAllowed` (naming the step and the
+address) on the first refusal, or :class:`~dripcore.errors.SenderRuleFailed` (naming the
+rule) when a rule raises.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from .text import describe
 
 __all__ = ["AuthorizedDomains", "SenderRule", "check_rules", "check_senders", "rule_name"]
 
-SenderRule = Callable[[SenderIdentity], "str | None"]
-"""A sender rule: ``rule(sender)`` is None when ``sender`` may be used, else why not."""
+SenderRule = Callable[[SenderIdentity], "str | bool | None"]
+"""A sender rule: ``rule(sender)`` is None (or True) when ``sender`` may be used, else why not (or False)."""
 
 
 class AuthorizedDomains:
@@ -86,13 +87,14 @@ def check_senders(rules: tuple[SenderRule, ...], sequence: Sequence) -> None:
     for position, step_name, sender in senders:
         for rule in rules:
             try:
-                reason = rule(sender)
+                reason: object = rule(sender)
             except Exception as exc:
                 raise SenderRuleFailed(
                     rule=rule_name(rule), sequence_id=sequence.id, position=position, error=describe(exc)
                 ) from exc
-            if reason is not None:
-                raise SenderNotAllowed(
-                    sequence_id=sequence.id, position=position, step_name=step_name,
-                    address=sender.from_email, reason=str(reason),
-                )  # fmt: skip
+            if reason is None or reason is True:
+                continue
+            raise SenderNotAllowed(
+                sequence_id=sequence.id, position=position, step_name=step_name, address=sender.from_email,
+                reason=reason if isinstance(reason, str) and reason else f"refused by {rule_name(rule)}",
+            )  # fmt: skip
