@@ -9,6 +9,7 @@ bounce or complain. The heart is the pure function :func:`advance`.
 
 from ._version import __version__
 from .engine import (
+    AuthorizedDomains,
     CapAction,
     Drip,
     EnrollManyResult,
@@ -16,6 +17,7 @@ from .engine import (
     FrequencyCap,
     Limits,
     RetryPolicy,
+    SenderRule,
     TickError,
     TickReport,
 )
@@ -46,7 +48,9 @@ from .errors import (
     NotFound,
     PermanentSendError,
     RecordRejected,
+    SenderNotAllowed,
     SendError,
+    SenderRuleFailed,
     SenderUnavailable,
     SequenceNotFound,
     SequenceStateError,
@@ -118,6 +122,7 @@ from .warmup import WarmupLimiter, WarmupPlan
 
 __all__ = [
     "Advance",
+    "AuthorizedDomains",
     "Cancelled",
     "CapAction",
     "Completed",
@@ -177,6 +182,9 @@ __all__ = [
     "SendError",
     "SendWindow",
     "SenderIdentity",
+    "SenderNotAllowed",
+    "SenderRule",
+    "SenderRuleFailed",
     "SenderUnavailable",
     "Sequence",
     "SequenceNotFound",

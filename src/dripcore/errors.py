@@ -88,6 +88,8 @@ __all__ = [
     "RenderLimitExceeded",
     "SchemaTooNew",
     "SendError",
+    "SenderNotAllowed",
+    "SenderRuleFailed",
     "SenderUnavailable",
     "SequenceNotFound",
     "SequenceStateError",
@@ -253,6 +255,37 @@ class SequenceStateError(DripcoreError):
         super().__init__(f"{message}: {hint}" if hint else message)
 
 
+class SenderNotAllowed(DripcoreError):
+    """A sender rule refused a sequence's or a step's From address (the sequence is not saved
+    or activated). ``sequence_id``, ``position`` (None for the sequence's own sender), ``step_name``,
+    ``address`` and ``reason`` (what the rule said) name it."""
+
+    def __init__(self, *, sequence_id: str, position: int | None, step_name: str, address: str, reason: str) -> None:
+        self.sequence_id = sequence_id
+        self.position = position
+        self.step_name = step_name
+        self.address = address
+        self.reason = reason
+        if position is None:
+            where = "the sender"
+        else:
+            where = f"step {position}" + (f" ({step_name!r})" if step_name else "") + "'s sender"
+        super().__init__(f"sequence {sequence_id!r}: {where} {address!r} is not allowed: {reason}")
+
+
+class SenderRuleFailed(DripcoreError):
+    """A sender rule raised instead of answering: ``rule`` names it, ``sequence_id`` and
+    ``position`` (None for the sequence's own sender) say what it was checking, and the
+    rule's exception is the ``__cause__``. The sequence is not saved or activated."""
+
+    def __init__(self, *, rule: str, sequence_id: str, position: int | None, error: str) -> None:
+        self.rule = rule
+        self.sequence_id = sequence_id
+        self.position = position
+        where = "its sender" if position is None else f"step {position}'s sender"
+        super().__init__(f"sender rule {rule} failed checking sequence {sequence_id!r} ({where}): {error}")
+
+
 class EnrollmentConflict(DripcoreError):
     """The contact already went through the sequence and may not enter again."""
 
@@ -295,8 +328,9 @@ class SenderUnavailable(TransientSendError):
 class PermanentSendError(SendError):
     """A failure that retrying will not fix.
 
-    ``reason`` may be ``"bounced"`` or ``"complained"``: the contact is then
-    suppressed and exits every sequence.
+    ``reason`` may be ``"bounced"``, ``"complained"`` or ``"invalid_address"``
+    (the provider rejected the address as invalid): the contact is then
+    suppressed and exits every sequence with that :class:`~dripcore.ExitReason`.
     """
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:

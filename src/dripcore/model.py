@@ -404,6 +404,27 @@ def _json_safe(value: Any, field: str, error: type[ValidationError]) -> None:
 _EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
+def _restore(cls: type[Any], proxied: tuple[str, ...], state: tuple[tuple[str, Any], ...]) -> Any:
+    """Rebuild a pickled model value without re-running its validation (it was valid when pickled)."""
+    value = object.__new__(cls)
+    for name, item in state:
+        if name in proxied:
+            item = MappingProxyType(item) if item else _EMPTY_MAPPING
+        object.__setattr__(value, name, item)
+    return value
+
+
+def _reduce_read_only(value: Any, proxied: tuple[str, ...]) -> tuple[Any, ...]:
+    """``__reduce__`` for a model type with read-only mapping fields, which pickle can't copy
+    as they are: the mappings travel as plain dicts and are wrapped again on loading. Only pickling
+    pays for it; construction is unchanged."""
+    state = tuple(
+        (a.name, dict(getattr(value, a.name)) if a.name in proxied else getattr(value, a.name))
+        for a in attrs.fields(type(value))
+    )
+    return (_restore, (type(value), proxied, state))
+
+
 def _frozen_mapping(field: str, error: type[ValidationError]) -> Callable[[Any], Mapping[str, Any]]:
     """A converter that validates a JSON-safe mapping and wraps it read-only.
 
@@ -1385,6 +1406,9 @@ class TriggerEvent:
     def __attrs_post_init__(self) -> None:
         _trigger_value(self.type, self.value, "event.value", InvalidTriggerEvent)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_read_only(self, ("variables",))
+
     @classmethod
     def tag_added(cls, contact_id: str, tag: str) -> TriggerEvent:
         """A tag was applied to a contact (fire only on the first apply)."""
@@ -1409,14 +1433,22 @@ class TriggerEvent:
         order_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
     ) -> TriggerEvent:
-        """A payment was confirmed; ``order_id`` makes it enroll once per order."""
-        return cls(
+        """A payment was confirmed; ``order_id`` makes it enroll once per order.
+
+        ``order_id`` is also a template variable (``{{order_id}}``) of the enrollment it
+        starts, unless ``variables`` gives one of its own.
+        """
+        event = cls(
             type=TriggerType.AFTER_PURCHASE,
             contact_id=contact_id,
             value=product_id,
             key=order_id,
             variables={} if variables is None else variables,
         )
+        # Built first, so a bad order id is refused as ``event.key``.
+        if event.key is not None and "order_id" not in event.variables:
+            event = attrs.evolve(event, variables={**event.variables, "order_id": event.key})
+        return event
 
     @classmethod
     def first_click(cls, contact_id: str, mailing_id: str | None = None) -> TriggerEvent:
@@ -1681,11 +1713,19 @@ class ExitReason(enum.Enum):
     MANUAL = "manual"
     ARCHIVED = "archived"
     GOAL_MET = "goal_met"
+    #: The provider rejected the address as invalid (a validation reject, not a bounce).
+    INVALID_ADDRESS = "invalid_address"
 
 
 #: The exit reasons that also describe a suppressed contact.
 SUPPRESSION_REASONS = frozenset(
-    {ExitReason.UNSUBSCRIBED, ExitReason.BOUNCED, ExitReason.COMPLAINED, ExitReason.SUPPRESSED}
+    {
+        ExitReason.UNSUBSCRIBED,
+        ExitReason.BOUNCED,
+        ExitReason.COMPLAINED,
+        ExitReason.SUPPRESSED,
+        ExitReason.INVALID_ADDRESS,
+    }
 )
 
 _ACTIVE = EnrollmentStatus.ACTIVE
@@ -1791,6 +1831,9 @@ class Enrollment:
     key: str | None = attrs.field(default=None, validator=_opt_text("enrollment.key", InvalidEnrollment))
     version: int = 0
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_read_only(self, ("variables",))
+
     def __attrs_post_init__(self) -> None:
         # Written as straight-line checks rather than attrs validators: this
         # runs on every evolve of the dispatch hot path.
@@ -1881,8 +1924,8 @@ class Contact:
     """A person who receives sequence emails.
 
     ``timezone`` (an IANA name) decides local send times; ``suppressed`` holds
-    why the contact must not be mailed (UNSUBSCRIBED, BOUNCED, COMPLAINED or
-    SUPPRESSED), or None. ``metadata`` values are available to templates.
+    why the contact must not be mailed (UNSUBSCRIBED, BOUNCED, COMPLAINED,
+    SUPPRESSED or INVALID_ADDRESS), or None. ``metadata`` values are available to templates.
     """
 
     id: str = attrs.field(validator=_text("contact.id", InvalidContact))
@@ -1896,12 +1939,17 @@ class Contact:
     suppressed: ExitReason | None = attrs.field(default=None, converter=_c_contact_suppressed)
     _zone: zoneinfo.ZoneInfo | None = attrs.field(init=False, eq=False, repr=False)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_read_only(self, ("metadata",))
+
     def __attrs_post_init__(self) -> None:
         if self.birthday is not None and (not isinstance(self.birthday, date) or isinstance(self.birthday, datetime)):
             raise InvalidContact("contact.birthday", self.birthday, "must be a date (not a datetime)")
         if self.suppressed is not None and self.suppressed not in SUPPRESSION_REASONS:
             raise InvalidContact(
-                "contact.suppressed", self.suppressed.value, "must be unsubscribed, bounced, complained or suppressed"
+                "contact.suppressed",
+                self.suppressed.value,
+                "must be unsubscribed, bounced, complained, suppressed or invalid_address",
             )
         object.__setattr__(self, "_zone", zone(self.timezone, "contact.timezone"))
 

@@ -91,7 +91,8 @@ def post_purchase(
 ) -> Sequence:
     """Two steps after a purchase (any, or of ``product_id``): a thank-you now, a follow-up 3 days later.
 
-    Purchases enroll once per order id (the trigger event's key).
+    Purchases enroll once per order id (the trigger event's key); the thank-you shows it
+    (``{{order_id}}``, set by :meth:`TriggerEvent.purchase`) and reads well without one.
     """
     return Sequence(
         id=id,
@@ -104,8 +105,8 @@ def post_purchase(
                 position=1,
                 name="Thank you",
                 subject="Thank you for your order, {{FirstName}}",
-                html="<p>Thank you for your order {{order_id}}!</p>",
-                text="Thank you for your order {{order_id}}!",
+                html="<p>Thank you for your order{% if order_id %} {{order_id}}{% endif %}!</p>",
+                text="Thank you for your order{% if order_id %} {{order_id}}{% endif %}!",
             ),
             Step(
                 position=2,

@@ -141,6 +141,8 @@ class DripMachine(RuleBasedStateMachine):
             ("welcome", first, Trigger(type=TriggerType.TAG_ADDED)),
             ("nurture", second, Trigger(type=TriggerType.MANUAL)),
         ):
+            if not any(s.active for s in steps):  # a new ACTIVE sequence needs a step to send (edits may drop it)
+                steps = (attrs.evolve(steps[0], active=True), *steps[1:])
             self.drip.save_sequence(
                 Sequence(id=sequence_id, name=sequence_id.title(), status=SequenceStatus.ACTIVE, trigger=trigger,
                          steps=steps, timezone="Asia/Kolkata", pause_policy=policy)

@@ -220,6 +220,8 @@ DRIP_CALLS: dict[str, Callable[[Drip, Any], Any]] = {
     "contact_unsubscribed": lambda d, x: d.contact_unsubscribed(x if x != "ana" else "bob"),
     "contact_bounced": lambda d, x: d.contact_bounced(x if x != "ana" else "bob"),
     "contact_complained": lambda d, x: d.contact_complained(x if x != "ana" else "bob"),
+    "contact_suppressed.contact_id": lambda d, x: d.contact_suppressed(x if x != "ana" else "bob", "suppressed"),
+    "contact_suppressed.reason": lambda d, x: d.contact_suppressed("bob", x),
     "record_open.enrollment_id": lambda d, x: d.record_open(x, 1),
     "record_open.position": lambda d, x: d.record_open("e1", x),
     "record_click.link": lambda d, x: d.record_click("e1", 1, x),
@@ -250,7 +252,7 @@ def test_drip_entry_points_raise_only_dripcore_errors(drip: Drip, entry: str, ju
 DRIP_SETTINGS = (
     "batch_size", "max_attempts", "lease", "set_aside_for", "retry_base", "retry_cap", "retry_for", "worker_id",
     "store", "sender", "contacts", "clock", "events", "rate_limiter", "renderer", "frequency_cap", "id_factory",
-    "concurrency", "retry", "limits",
+    "concurrency", "retry", "limits", "sender_rules",
 )  # fmt: skip
 
 

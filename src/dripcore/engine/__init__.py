@@ -42,6 +42,7 @@ runtime state), to the module that does that job:
 - ``lookups.py``: a batch's contacts, a bad record told from a directory that is down;
 - ``outbox.py``: a step rendered into its outbox message;
 - ``running.py``: the run loop;
+- ``sender_rules.py``: the host's checks of From addresses (:class:`AuthorizedDomains`), run on save and activate;
 - ``queries.py``: read-only questions and figures;
 - ``report.py``: :class:`TickReport` and :class:`TickError`;
 - ``text.py``: error text safe for any store, and :func:`new_id`.
@@ -54,9 +55,11 @@ from .config import Limits, RetryPolicy
 from .drip import Drip
 from .enrolling import EnrollManyResult, EnrollOutcome
 from .report import TickError, TickReport
+from .sender_rules import AuthorizedDomains, SenderRule
 from .text import new_id
 
 __all__ = [
+    "AuthorizedDomains",
     "CapAction",
     "Drip",
     "EnrollManyResult",
@@ -64,6 +67,7 @@ __all__ = [
     "FrequencyCap",
     "Limits",
     "RetryPolicy",
+    "SenderRule",
     "TickError",
     "TickReport",
     "new_id",

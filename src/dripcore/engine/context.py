@@ -20,6 +20,7 @@ from ..model import Contact, Enrollment, Event, Sequence, to_utc
 from ..ports import Clock, ContactDirectory, EventSink, MailSender, RateLimiter, Renderer, Store
 from .config import DEFAULT_CATCH_UP_DAYS, DEFAULT_SWEEP_AT, Limits, RetryPolicy
 from .report import TickError
+from .sender_rules import SenderRule
 from .sending import Breaker, SendPool
 from .text import describe
 
@@ -51,6 +52,7 @@ class Context:
         new_id: Callable[[], str],
         anniversary_sweep_at: time | None = DEFAULT_SWEEP_AT,
         anniversary_catch_up_days: int = DEFAULT_CATCH_UP_DAYS,
+        sender_rules: tuple[SenderRule, ...] = (),
     ) -> None:
         self.store = store
         self.sender = sender
@@ -64,6 +66,7 @@ class Context:
         self.frequency_cap = frequency_cap
         self.worker_id = worker_id
         self.new_id = new_id
+        self.sender_rules = sender_rules
         self.breaker = Breaker()
         self.pool = SendPool()
         self.wake = threading.Event()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import datetime
+from types import MappingProxyType
 
 import attrs
 
@@ -47,7 +48,16 @@ from .lookups import look_up_contacts
 from .report import Tally, TickError
 from .text import describe, safe_text
 
-__all__ = ["DeliveryRun", "deliver", "deliver_retries", "settle"]
+__all__ = ["SUPPRESSING_FAILURES", "DeliveryRun", "deliver", "deliver_retries", "settle"]
+
+#: The ``PermanentSendError.reason`` values that suppress the contact, and the exit reason of each.
+SUPPRESSING_FAILURES: Mapping[str, ExitReason] = MappingProxyType(
+    {
+        "bounced": ExitReason.BOUNCED,
+        "complained": ExitReason.COMPLAINED,
+        "invalid_address": ExitReason.INVALID_ADDRESS,
+    }
+)
 
 # Sender classes already warned about for returning a provider id that is not a str.
 WARNED_PROVIDER_TYPES: set[type] = set()
@@ -139,8 +149,9 @@ class DeliveryRun:
         if isinstance(exc, PermanentSendError):
             ctx.breaker.succeeded()  # the provider answered: the sender works
             self.fail(message, exc, exc.reason)
-            if exc.reason in ("bounced", "complained"):
-                self.suppressed_after.append((message.contact_id, ExitReason(exc.reason)))
+            suppression = SUPPRESSING_FAILURES.get(exc.reason or "")
+            if suppression is not None:
+                self.suppressed_after.append((message.contact_id, suppression))
             return
         whole = isinstance(exc, SenderUnavailable)
         if not isinstance(exc, TransientSendError):
@@ -163,11 +174,12 @@ class DeliveryRun:
 
     def fail(self, message: OutboxMessage, exc: BaseException, reason: str | None) -> None:
         """The step's email is given up on: FAILED, a StepFailed, and (unless the contact
-        bounced or complained, which exits them) the enrollment held for an operator."""
+        bounced, complained or has an invalid address, which exits them) the enrollment held
+        for an operator."""
         counters: list[Counter] = [(message.sequence_id, message.position, _FAILED, 1)]
         if reason in ("bounced", "complained"):
             counters.append((message.sequence_id, message.position, CounterName(reason).value, 1))
-        else:
+        if reason not in SUPPRESSING_FAILURES:
             self.holds[message.enrollment_id] = safe_text(str(exc) or repr(exc))
         error = safe_text(str(exc) or repr(exc))
         self.events.append(

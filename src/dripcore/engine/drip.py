@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any, Generic, TypeVar, overload
 
@@ -42,6 +42,7 @@ from .config import (
 from .context import Context
 from .enrolling import EnrollManyResult
 from .report import TickReport
+from .sender_rules import SenderRule, check_rules
 from .text import new_id
 
 __all__ = ["Drip"]
@@ -125,6 +126,11 @@ class Drip:
     (a ``datetime.time`` read as UTC; 00:00 by default; None turns it off), and a
     worker that starts catches up the ``anniversary_catch_up_days`` (1 by default,
     at most 31) before the latest due day: see :meth:`run`.
+
+    ``sender_rules`` (a list of :data:`~dripcore.engine.SenderRule`, such as
+    ``[AuthorizedDomains({"example.com"})]``) check the From address of a sequence and
+    of each of its steps whenever it is saved or activated: a refused one raises
+    :class:`~dripcore.errors.SenderNotAllowed` and nothing is stored.
     """
 
     store = _Forwarded[Store]()
@@ -191,6 +197,7 @@ class Drip:
         frequency_cap: FrequencyCap | None = None,
         anniversary_sweep_at: time | None = DEFAULT_SWEEP_AT,
         anniversary_catch_up_days: int = DEFAULT_CATCH_UP_DAYS,
+        sender_rules: Iterable[SenderRule] | None = None,
     ) -> None:
         retry, limits = settings_from(
             retry, limits,
@@ -231,6 +238,7 @@ class Drip:
             new_id=id_factory or new_id,
             anniversary_sweep_at=check_sweep_at(anniversary_sweep_at),
             anniversary_catch_up_days=check_catch_up_days(anniversary_catch_up_days),
+            sender_rules=check_rules(sender_rules),
         )
 
     @property
@@ -257,6 +265,8 @@ class Drip:
         An edit bumps ``version`` and replans in-flight enrollments: they go on
         from where they were with the latest steps. Status changes go through
         :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
+        A new sequence given as ACTIVE passes :meth:`activate`'s checks (an
+        active step, ``enroll_existing`` honoured).
 
         Retry-safe: the edit is stored first (every tick from then on reads the
         new steps), then its enrollments are replanned page by page. A marker
@@ -442,6 +452,18 @@ class Drip:
     def contact_complained(self, contact_id: str) -> int:
         """The contact marked an email as spam: suppress and exit everything."""
         return enrolling.contact_exits(self._context, contact_id, ExitReason.COMPLAINED)
+
+    def contact_suppressed(self, contact_id: str, reason: ExitReason | str) -> int:
+        """The contact must not be mailed, for ``reason``: suppress them and exit all their enrollments.
+
+        ``reason`` is a suppression reason (an :class:`ExitReason` or its value):
+        UNSUBSCRIBED, BOUNCED, COMPLAINED, INVALID_ADDRESS (the provider rejected the
+        address), or SUPPRESSED (any other cause, such as an operator's list).
+        :meth:`contact_unsubscribed`, :meth:`contact_bounced` and :meth:`contact_complained`
+        are its special cases. Another reason raises :class:`~dripcore.errors.InvalidArgument`.
+        Returns how many enrollments exited.
+        """
+        return enrolling.contact_exits(self._context, contact_id, reason)
 
     def record_open(self, enrollment_id: str, position: int) -> bool:
         """Record that the contact opened a step's email. Idempotent; returns True the first time.

@@ -21,6 +21,7 @@ from ..errors import (
     UnreadableRecord,
 )
 from ..model import (
+    SUPPRESSION_REASONS,
     UTC,
     Contact,
     Enrollment,
@@ -41,6 +42,7 @@ from .text import describe
 __all__ = [
     "EnrollManyResult",
     "EnrollOutcome",
+    "check_suppression_reason",
     "contact_exits",
     "enroll",
     "enroll_many",
@@ -245,11 +247,33 @@ def notify(ctx: Context, event: TriggerEvent) -> list[Enrollment]:
     return created
 
 
-def contact_exits(ctx: Context, contact_id: str, reason: ExitReason) -> int:
-    """Suppress a contact and exit all their live enrollments with ``reason``; returns how many exited."""
-    ctx.contacts.suppress(check_id(contact_id, "contact_id"), reason)
+def contact_exits(ctx: Context, contact_id: str, reason: ExitReason | str) -> int:
+    """Suppress a contact and exit all their live enrollments with ``reason``; returns how many exited.
+
+    ``reason`` is one of :data:`~dripcore.model.SUPPRESSION_REASONS` (or its value); anything
+    else raises :class:`~dripcore.errors.InvalidArgument` naming it.
+    """
+    contact_id = check_id(contact_id, "contact_id")
+    exit_reason = check_suppression_reason(reason)
+    ctx.contacts.suppress(contact_id, exit_reason)
     now = ctx.now()
-    return commit_all(ctx, lambda e: scheduler.exit(e, reason, now), live(ctx, contact_id=contact_id))
+    return commit_all(ctx, lambda e: scheduler.exit(e, exit_reason, now), live(ctx, contact_id=contact_id))
+
+
+def check_suppression_reason(reason: object) -> ExitReason:
+    """``reason`` as a suppression :class:`ExitReason` (a member or its value), else InvalidArgument."""
+    if isinstance(reason, ExitReason):
+        found: ExitReason | None = reason
+    else:
+        found = _REASON_BY_VALUE.get(reason) if isinstance(reason, str) else None
+    if found is None or found not in SUPPRESSION_REASONS:
+        allowed = ", ".join(sorted(r.value for r in SUPPRESSION_REASONS))
+        shown = reason.value if isinstance(reason, ExitReason) else reason
+        raise InvalidArgument("reason", shown, f"must be a suppression reason: one of {allowed}")
+    return found
+
+
+_REASON_BY_VALUE: Mapping[str, ExitReason] = {r.value: r for r in ExitReason}
 
 
 def sweep_anniversaries(ctx: Context, day: date) -> list[Enrollment]:

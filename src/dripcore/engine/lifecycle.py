@@ -30,10 +30,12 @@ from .commits import PAGE, commit_all, live
 from .context import Context, log
 from .enrolling import enroll_one
 from .lookups import look_up_contacts
+from .sender_rules import check_senders
 
 __all__ = [
     "activate",
     "archive",
+    "create_active",
     "delete_sequence",
     "enroll_members",
     "pause",
@@ -51,9 +53,12 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
     """Create a sequence or save an edit of it; returns what was stored."""
     if not isinstance(sequence, Sequence):
         raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
+    check_senders(ctx.sender_rules, sequence)
     current = ctx.store.get_sequence(sequence.id)
     if current is None:
         sequence_target(sequence, SequenceAction.CREATE)
+        if sequence.status is SequenceStatus.ACTIVE:
+            return create_active(ctx, sequence)
         now = ctx.now()
         stored = attrs.evolve(sequence, version=1, created_at=now, updated_at=now)
         ctx.store.save_sequence(stored, expected_version=None)
@@ -65,9 +70,11 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
             sequence_id=sequence.id, status=current.status.value, action=f"set status={sequence.status.value} of",
             hint="use activate(), pause(), resume() or archive()",
         )  # fmt: skip
-    stored = attrs.evolve(sequence, version=current.version + 1, paused_at=current.paused_at)
     # created_at is the stored one: an edit cannot rewrite when the sequence was made.
-    stored = attrs.evolve(stored, created_at=current.created_at, updated_at=ctx.now())
+    stored = attrs.evolve(
+        sequence, version=current.version + 1, paused_at=current.paused_at, created_at=current.created_at,
+        updated_at=ctx.now(),
+    )  # fmt: skip
     pending = ctx.store.counters(sequence.id).get((0, REPLAN_PENDING), 0)
     ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, 1)])
     try:
@@ -82,6 +89,27 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
     if changed:
         ctx.wake.set()
     return stored
+
+
+def create_active(ctx: Context, sequence: Sequence) -> Sequence:
+    """Store a new sequence given as ACTIVE with :func:`activate`'s checks: an active step to
+    send, and (when ``enroll_existing``) the trigger list's members enrolled."""
+    if not sequence.active_steps():
+        raise SequenceStateError(
+            sequence_id=sequence.id, status=sequence.status.value, action="create",
+            hint="it has no active step to send: save it as a draft",
+        )  # fmt: skip
+    now = ctx.now()
+    if not sequence.enroll_existing:
+        stored = attrs.evolve(sequence, version=1, created_at=now, updated_at=now)
+        ctx.store.save_sequence(stored, expected_version=None)
+        ctx.wake.set()
+        return stored
+    # Members are enrolled as activate() does it: from a stored draft, which stays one if a
+    # member can't be looked up (activate() again finishes).
+    draft = attrs.evolve(sequence, status=SequenceStatus.DRAFT, version=1, created_at=now, updated_at=now)
+    ctx.store.save_sequence(draft, expected_version=None)
+    return activate(ctx, sequence.id)
 
 
 def replan(ctx: Context, sequence: Sequence, previous: Sequence | None) -> int:
@@ -122,6 +150,7 @@ def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = N
             sequence_id=sequence_id, status=sequence.status.value, action="activate",
             hint="it has no active step to send",
         )  # fmt: skip
+    check_senders(ctx.sender_rules, sequence)  # the rules may have changed since it was saved
     active = attrs.evolve(sequence, status=target, paused_at=None, version=sequence.version + 1)
     active = attrs.evolve(active, updated_at=ctx.now())
     if sequence.enroll_existing if enroll_existing is None else enroll_existing:
