@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import shutil
 import socket
 import ssl
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
 from email import policy as email_policy
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, parsedate_to_datetime
@@ -993,6 +995,20 @@ def emails_to_write(draw: st.DrawFn) -> tuple[Email, SenderIdentity]:
     return message, sender
 
 
+def rfc2047_mailbox(raw: bytes, name: str) -> tuple[str, str] | None:
+    """A mailbox header as RFC 2047 (6.2) reads it: white space between adjacent encoded words is not text.
+
+    Python's modern parser keeps that white space as a space inside a display name, so a long name
+    written as several encoded words reads back with spaces the sender never wrote; mail clients
+    follow the RFC, as ``email.header.decode_header`` does.
+    """
+    value = message_from_bytes(raw, policy=email_policy.compat32)[name]
+    if value is None:
+        return None
+    display, _, address = re.sub(r"\r?\n[ \t]", " ", str(value)).rpartition(" <")
+    return str(make_header(decode_header(display))), address.removesuffix(">")
+
+
 def comparable(field: str, value: Any) -> Any:
     """A read-back value as a reader means it: Python's squeezes each run of spaces in a decoded display name."""
     if field in ("from", "to", "reply-to") and value is not None:
@@ -1027,6 +1043,11 @@ def test_the_written_message_reads_back_as_the_email_packages_did(case: tuple[Em
     assert new.keys() == old.keys()
     for field in new:
         mine, theirs = comparable(field, new[field]), comparable(field, old[field])
+        if mine != theirs and field in ("from", "reply-to") and field in truth:
+            # A long display name goes as several encoded words; read it as the RFC says.
+            mine = comparable(field, rfc2047_mailbox(written, field))
+            if mine == comparable(field, truth[field]):
+                continue
         if mine != theirs:
             assert field in truth, field
             assert theirs != comparable(field, truth[field]), field
