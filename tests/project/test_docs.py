@@ -124,21 +124,32 @@ def test_every_prefab_has_a_timeline_in_the_docs() -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each page's ```python blocks run in order, in one namespace, in an empty directory.
+    """Each page's ```python blocks run in order, in one namespace, in an empty directory; then
+    again, in a fresh namespace in the same directory, with the first run's files in place.
 
-    A block right after ``<!-- docs-test: skip -->`` (one that needs Django, say) is
-    only compiled.
+    The second run is what a reader does who pastes a page twice, or the tutorial after the
+    README: a ``drip.db`` left behind must not break it. A block right after
+    ``<!-- docs-test: skip -->`` (one that needs Django, say) is only compiled.
     """
     blocks = python_blocks(page)
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": f"docs:{page.name}"}
     with warnings.catch_warnings():
         # Newer Starlette prefers httpx2 for FastAPI's test client, and says so on import.
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-        for line, code, skipped in blocks:
-            compiled = compile(code, f"{page.relative_to(ROOT)}:{line}", "exec")
-            if not skipped:
-                exec(compiled, namespace)
+        for run in ("first run", "second run"):
+            namespace: dict[str, Any] = {"__name__": f"docs:{page.name}"}
+            for line, code, skipped in blocks:
+                compiled = compile(code, f"{page.relative_to(ROOT)}:{line} ({run})", "exec")
+                if not skipped:
+                    exec(compiled, namespace)
+            _close_stores(namespace)
+
+
+def _close_stores(namespace: dict[str, Any]) -> None:
+    """Close what a page left open (a store a page did not close would hold the file)."""
+    for value in namespace.values():
+        if isinstance(value, dripcore.Drip):
+            value.store.close()
 
 
 def test_docs_blocks_are_found() -> None:
