@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-from custom_store import DocumentStore  # noqa: E402
-
+from custom_store import DocumentStore, break_document  # noqa: E402
 
 SECRET = "a-test-secret-of-32-characters.."
 
@@ -122,12 +121,26 @@ class TestCustomStoreContract(StoreContract):
         with DocumentStore() as store:
             yield store
 
+    @pytest.fixture
+    def break_enrollment(self) -> Any:
+        return break_document
+
+
+def test_custom_store_runs_every_capability_and_broken_record_test() -> None:
+    """The example declares retention and corrupts documents for the kit: none of it is skipped."""
+    assert {"frequency_cap", "retention"} <= DocumentStore.capabilities
+
 
 class CustomStoreAgreesWithMemory(StoreStateMachine):
-    """The example adapter and the reference MemoryStore agree on random operations."""
+    """The example adapter and the reference MemoryStore agree on random operations, reopening included."""
 
     def make_store(self) -> Store:
         return DocumentStore()
+
+    def reopen_store(self, store: Store) -> Store:
+        assert isinstance(store, DocumentStore)
+        store.close()
+        return DocumentStore(store.documents)
 
 
 TestCustomStoreStateMachine = CustomStoreAgreesWithMemory.TestCase
