@@ -446,6 +446,11 @@ class MailSender(ABC):
     #: crash repeats at most the messages in flight.
     honours_idempotency_keys: bool = False
 
+    #: False for a test double that delivers nothing to anyone (the fakes in
+    #: :mod:`dripcore.testing`). A :class:`~dripcore.engine.Drip` whose sender sends real
+    #: mail refuses the placeholder unsubscribe link, so no customer gets a dead one.
+    sends_real_mail: bool = True
+
     @abstractmethod
     def send(self, email: Email) -> str | None:
         """Send ``email``; return the provider's message id, if any."""
