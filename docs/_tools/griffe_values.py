@@ -20,12 +20,15 @@ For every class in ``dripcore``:
 
 - an attrs class gets a synthesized ``__init__`` (so ``merge_init_into_class``
   shows ``Sequence(*, id: str, name: str, ...)``) and a *Fields* table: name,
-  type, default and the field's description, taken from an attribute docstring,
-  a ``#:`` comment above the field, or ``metadata={"doc": ...}``. The field
-  attributes themselves are then not rendered again as members;
+  type, default and the field's description, taken from ``metadata={"doc": ...}``,
+  an attribute docstring, a ``#:`` comment above the field, or else the clause
+  of the class docstring that starts with the field's name (``"``lease``: how
+  long a claim is held;"`` or ``"``timezone`` is the fallback zone ..."``). The
+  field attributes themselves are then not rendered again as members;
 - an Enum gets a *Members* table (name, value, description);
-- a class attribute documented by a Sphinx-style ``#:`` comment gets that
-  comment as its docstring (``Store.capabilities``, ``MailSender.max_in_flight``);
+- an attribute (of a class or a module) documented by a Sphinx-style ``#:``
+  comment gets that comment as its docstring (``Store.capabilities``,
+  ``MailSender.max_in_flight``, ``scheduler.TRANSITIONS``);
 - an attribute made by a private generic descriptor, ``store = _Forwarded[Store]()``,
   is shown as what users see on an instance: ``store: Store``.
 
@@ -36,9 +39,13 @@ This extension must run after ``griffe_docstrings.py`` (listed after it in
 from __future__ import annotations
 
 import enum
+import importlib
 import inspect
 import logging
 import re
+import sys
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -64,6 +71,10 @@ def _show(value: Any) -> str:
         return f"{type(value).__name__}.{value.name}"
     if isinstance(value, frozenset) and not value:
         return "frozenset()"
+    if isinstance(value, timedelta):
+        return _show_timedelta(value)
+    if type(value).__module__ == "datetime":
+        return repr(value).removeprefix("datetime.")
     if attrs.has(type(value)):
         given = []
         for field in attrs.fields(type(value)):
@@ -80,12 +91,25 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _show_timedelta(value: timedelta) -> str:
+    whole = int(value.total_seconds())
+    if value.microseconds or not whole:
+        return repr(value).removeprefix("datetime.")
+    for unit, seconds in (("weeks", 604_800), ("days", 86_400), ("hours", 3_600), ("minutes", 60), ("seconds", 1)):
+        if whole % seconds == 0:
+            return f"timedelta({unit}={whole // seconds})"
+    raise AssertionError("unreachable: every whole number of seconds is some number of seconds")
+
+
 def _default(field: attrs.Attribute[Any]) -> str | None:
     default = field.default
     if default is attrs.NOTHING:
         return None
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         factory = default.factory
+        name = getattr(factory, "__qualname__", "")
+        if name and "<" not in name and not isinstance(factory, type):
+            return f"{name}()"  # a named factory says what it makes: Delay.immediately()
         if not default.takes_self:
             try:
                 text = _show(factory())
@@ -93,8 +117,7 @@ def _default(field: attrs.Attribute[Any]) -> str | None:
                 text = ""
             if text and len(text) <= _MAX_DEFAULT:
                 return text
-        name = getattr(factory, "__qualname__", "")
-        return f"{name}()" if name and "<" not in name else "<factory>"
+        return "<factory>"
     text = _show(default)
     return text if len(text) <= _MAX_DEFAULT else "..."
 
@@ -141,14 +164,69 @@ def _annotation(cls: griffe.Class, name: str, runtime_type: Any) -> str | griffe
     return griffe.parse_docstring_annotation(text, cls.docstring, log_level=griffe.LogLevel.debug)
 
 
+def _clauses(text: str) -> list[str]:
+    """The prose of a docstring cut into clauses at ``;`` and at sentence ends, outside brackets and code."""
+    prose = []
+    for paragraph in text.split("\n\n"):
+        if paragraph.lstrip().startswith(("```", ">>>", "    ")) or paragraph.rstrip().endswith(":"):
+            continue  # code, doctests and what introduces them
+        prose.append(" ".join(paragraph.split()))
+    clauses: list[str] = []
+    for paragraph in prose:
+        depth, code, start = 0, False, 0
+        for index, char in enumerate(paragraph):
+            if char == "`":
+                code = not code
+            elif code:
+                continue
+            elif char in "([{":
+                depth += 1
+            elif char in ")]}":
+                depth = max(depth - 1, 0)
+            elif depth == 0 and (
+                char == ";" or (char == "." and paragraph[index + 1 : index + 2] in ("", " ") and index > start)
+            ):
+                clauses.append(paragraph[start : index + 1].strip())
+                start = index + 1
+        clauses.append(paragraph[start:].strip())
+    return [clause for clause in clauses if clause]
+
+
+def _names_at_start(clause: str) -> tuple[list[str], str]:
+    """The code names a clause opens with (```a```, ```a``/``b``` or ```a`` and ``b```), and the rest of it."""
+    match = re.match(r"^((?:``\w+``(?:\s*/\s*|\s+and\s+|,\s*)?)+)(?P<rest>.*)$", clause)
+    if match is None:
+        return [], clause
+    return re.findall(r"``(\w+)``", match.group(1)), match["rest"]
+
+
+def _docstring_clause(cls: griffe.Class, name: str) -> str:
+    """The clause of the class docstring about field ``name``: ```name``: what it is`` or ```name`` is ...``."""
+    if cls.docstring is None:
+        return ""
+    for clause in _clauses(cls.docstring.value):
+        names, rest = _names_at_start(clause)
+        if name not in names:
+            continue
+        if rest.startswith(":"):
+            text = rest[1:].strip()  # "``lease``: how long a claim is held"
+            return text[:1].upper() + text[1:].rstrip(";").rstrip(".") + "."
+        if rest.startswith(" "):
+            return clause.rstrip(";").rstrip(".") + "."  # "``timezone`` is the fallback zone ..."
+    return ""
+
+
 def _field_doc(cls: griffe.Class, field: attrs.Attribute[Any]) -> str:
     for key in ("doc", "description"):
         if isinstance(field.metadata.get(key), str):
             return inspect.cleandoc(field.metadata[key])
     member = cls.all_members.get(field.name)
-    if isinstance(member, griffe.Attribute) and member.docstring:
-        return member.docstring.value
-    return ""
+    if isinstance(member, griffe.Attribute):
+        if member.docstring:
+            return member.docstring.value
+        if comment := _comment_doc(member):
+            return comment
+    return _docstring_clause(cls, field.name)
 
 
 def _section(cls: griffe.Class, section: griffe.DocstringSection) -> None:
@@ -235,12 +313,21 @@ def _descriptor_type(attribute: griffe.Attribute) -> griffe.Expr | str | None:
     return held
 
 
+def _comment_docs(owner: griffe.Object) -> None:
+    """Give each attribute of ``owner`` documented by a ``#:`` comment that comment as its docstring."""
+    exports = {str(name) for name in owner.exports} if isinstance(owner, griffe.Module) and owner.exports else None
+    for name, member in owner.members.items():
+        if exports is not None and name not in exports:
+            continue  # a module's own constant it does not export stays out of its reference
+        if isinstance(member, griffe.Attribute) and member.docstring is None and (comment := _comment_doc(member)):
+            member.docstring = _docstring(member, comment)
+
+
 def _document_attributes(cls: griffe.Class, runtime: Any) -> None:
+    _comment_docs(cls)
     for name, member in list(cls.members.items()):
         if not isinstance(member, griffe.Attribute):
             continue
-        if member.docstring is None and (comment := _comment_doc(member)):
-            member.docstring = _docstring(member, comment)
         held = _descriptor_type(member)
         if held is not None:
             member.annotation = held
@@ -256,8 +343,27 @@ class DripcoreValues(griffe.Extension):
 
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         """Walk the loaded package once it is complete."""
-        if pkg.name == "dripcore":
+        if pkg.name == "dripcore" and self._imports_what_griffe_read(pkg):
             self._walk(pkg, set())
+
+    @staticmethod
+    def _imports_what_griffe_read(pkg: griffe.Module) -> bool:
+        """Import ``dripcore`` from where Griffe read it; warn (failing a strict build) when it can't."""
+        if not isinstance(pkg.filepath, Path):
+            return False
+        source = pkg.filepath.parent.parent
+        if "dripcore" not in sys.modules and str(source) not in sys.path:
+            sys.path.insert(0, str(source))
+        imported = Path(importlib.import_module("dripcore").__file__ or "").resolve()
+        if imported != pkg.filepath.resolve():
+            log.warning(
+                "the docs read dripcore from %s but import it from %s: build with that source importable "
+                "(PYTHONPATH=src, or pip install -e .) so signatures and fields match the code",
+                pkg.filepath,
+                imported,
+            )
+            return False
+        return True
 
     def _walk(self, obj: griffe.Object, seen: set[str]) -> None:
         if obj.path in seen:
@@ -265,6 +371,8 @@ class DripcoreValues(griffe.Extension):
         seen.add(obj.path)
         if isinstance(obj, griffe.Class):
             self._class(obj)
+        elif isinstance(obj, griffe.Module):
+            _comment_docs(obj)
         for member in list(obj.members.values()):
             if isinstance(member, griffe.Alias) or not isinstance(member, (griffe.Module, griffe.Class)):
                 continue
