@@ -25,7 +25,7 @@ For every class in ``dripcore``:
   of the class docstring that starts with the field's name (``"``lease``: how
   long a claim is held;"`` or ``"``timezone`` is the fallback zone ..."``). The
   field attributes themselves are then not rendered again as members;
-- an Enum gets a *Members* table (name, value, description);
+- an Enum gets a *Members* table (name, value, description, found as a field's is);
 - an attribute (of a class or a module) documented by a Sphinx-style ``#:``
   comment gets that comment as its docstring (``Store.capabilities``,
   ``MailSender.max_in_flight``, ``scheduler.TRANSITIONS``);
@@ -165,7 +165,8 @@ def _annotation(cls: griffe.Class, name: str, runtime_type: Any) -> str | griffe
 
 
 def _clauses(text: str) -> list[str]:
-    """The prose of a docstring cut into clauses at ``;`` and at sentence ends, outside brackets and code."""
+    """The prose of a docstring cut into clauses, outside brackets and code: at sentence ends, and at a
+    ``;`` that another code name follows (``"``sent``: ...; ``failed``: ..."``)."""
     prose = []
     for paragraph in text.split("\n\n"):
         if paragraph.lstrip().startswith(("```", ">>>", "    ")) or paragraph.rstrip().endswith(":"):
@@ -184,7 +185,8 @@ def _clauses(text: str) -> list[str]:
             elif char in ")]}":
                 depth = max(depth - 1, 0)
             elif depth == 0 and (
-                char == ";" or (char == "." and paragraph[index + 1 : index + 2] in ("", " ") and index > start)
+                (char == ";" and paragraph[index + 1 :].lstrip().startswith("``"))
+                or (char == "." and paragraph[index + 1 : index + 2] in ("", " ") and index > start)
             ):
                 clauses.append(paragraph[start : index + 1].strip())
                 start = index + 1
@@ -293,6 +295,7 @@ def _document_enum(cls: griffe.Class, runtime: type[enum.Enum]) -> None:
         if isinstance(attribute, griffe.Attribute):
             doc = attribute.docstring.value if attribute.docstring else (_comment_doc(attribute) or "")
             del cls.members[name]
+        doc = doc or _docstring_clause(cls, name)
         rows.append(f"| `{name}` | `{member.value!r}` | {_cell(doc)} |")
     _section(cls, griffe.DocstringSectionText("\n".join(rows), title="Members:"))
 
