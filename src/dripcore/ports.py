@@ -569,8 +569,9 @@ class Store(ABC):
       records all fail.)
     """
 
-    #: Optional capabilities the contract kit checks (or visibly skips), such as
-    #: ``"multiprocess"`` for a store several processes may share.
+    #: Optional capabilities the contract kit checks (or visibly skips): ``"multiprocess"``
+    #: (several processes may share the store), ``"frequency_cap"`` (:meth:`count_messages`
+    #: works, as frequency caps need) and ``"retention"`` (:meth:`prune_messages` works).
     capabilities: frozenset[str] = frozenset()
 
     # -- sequences
