@@ -34,6 +34,8 @@ from django.test import Client, override_settings
 
 import dripcore
 from dripcore import EnrollmentStatus, ExitReason, InvalidUnsubscribeToken, UnsubscribeLinks
+from dripcore.ports import OutboxStatus
+from tests.workers.smtp_server import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "examples" / "django_app"
@@ -75,11 +77,11 @@ class Site:
     def mail_to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.mail() if str(m["To"]) == address]
 
-    def worker(self) -> subprocess.Popen[str]:
+    def worker(self, **env: str) -> subprocess.Popen[str]:
         """``python manage.py drip_worker`` in a process of its own, once it has synced and is running."""
         process = subprocess.Popen(
             [sys.executable, "manage.py", "drip_worker", "--idle", "1"],
-            cwd=PROJECT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=PROJECT, env={**self.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert process.stdout is not None
         watchdog = threading.Timer(TIMEOUT, process.kill)  # a worker that never gets going is killed
@@ -264,6 +266,27 @@ def test_the_worker_command_stops_cleanly_on(site: Site, signum: signal.Signals)
     assert "Traceback" not in err, err
     assert f"{signum.name}: stopping after the current batch" in out
     assert out.rstrip().endswith("drip worker stopped")
+
+
+def test_a_stopped_worker_finishes_and_records_the_email_it_is_sending(site: Site, tmp_path: Path) -> None:
+    from drip_app.engine import get_drip
+
+    store = get_drip().store
+    with start_server(tmp_path / "accepted.log", latency_ms=1500) as slow_server:
+        dee = sign_up("dee", first_name="Dee")
+        key = f"{enrollment_of(dee).id}:1"
+        worker = site.worker(EMAIL_PORT=str(slow_server.port))
+        # Committed with the enrollment's new state, then handed to the server, which takes 1.5 s to accept it.
+        eventually(lambda: store.get_message(key), "the welcome email in the outbox")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=TIMEOUT)
+        accepted = [message.key for message in slow_server.accepted()]
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert accepted == [key]  # sent once, and not cut off
+    message = store.get_message(key)
+    assert message is not None
+    assert message.status is OutboxStatus.DELIVERED  # and recorded before the worker exited
 
 
 # --------------------------------------------------------------------------- settings

@@ -65,9 +65,11 @@ DRIPCORE_UNSUBSCRIBE_SECRET = os.environ.get("DRIPCORE_UNSUBSCRIBE_SECRET", "")
 #: Earlier unsubscribe secrets: links they signed still work (rotation).
 DRIPCORE_UNSUBSCRIBE_OLD_SECRETS = [s for s in os.environ.get("DRIPCORE_UNSUBSCRIBE_OLD_SECRETS", "").split(",") if s]
 
+# dripcore's warnings and errors (a failing tick, a contact set aside) go to the console; its INFO lines
+# repeat what the management commands print.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"dripcore": {"handlers": ["console"], "level": "INFO"}, "drip_app": {"handlers": ["console"]}},
+    "loggers": {"dripcore": {"handlers": ["console"], "level": "WARNING"}, "drip_app": {"handlers": ["console"]}},
 }
