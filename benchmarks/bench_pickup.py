@@ -76,6 +76,8 @@ def _ports(arrivals: str | None) -> dict[str, Any]:
             pass
 
     class ArrivalRecorder(MailSender):
+        sends_real_mail = False  # a test double: the placeholder unsubscribe link is fine
+
         def send(self, email: Email) -> str | None:
             at = time.time()
             if arrivals is not None:

@@ -86,6 +86,8 @@ class SyntheticContacts(ContactDirectory):
 class KeyRecorder(MailSender):
     """Records the idempotency key of every email it is handed (in memory)."""
 
+    sends_real_mail = False  # a test double: the placeholder unsubscribe link is fine
+
     def __init__(self, die_after: int | None = None) -> None:
         self.keys: list[str] = []
         self.die_after = die_after

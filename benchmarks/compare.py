@@ -185,6 +185,8 @@ class Harness:
         class CountingSender(MailSender):
             """Records (contact, step) as one int, and the time when ``timed``; thread-safe (list.append)."""
 
+            sends_real_mail = False  # a test double: the placeholder unsubscribe link is fine
+
             def __init__(self) -> None:
                 self.sent: list[int] = []
                 self.times: list[float] = []

@@ -14,12 +14,24 @@ or run ``python examples/custom_store.py`` to see the engine work on it.
 The kit is the ``TestDocumentStore`` class at the bottom: one fixture, and
 every rule of the :class:`~dripcore.ports.Store` contract is checked, plus a
 Hypothesis state machine that compares this store with the reference
-:class:`~dripcore.adapters.memory.MemoryStore` operation by operation.
+:class:`~dripcore.adapters.memory.MemoryStore` operation by operation (closing
+and reopening the store among them).
+
+Two rules deserve a look in the code:
+
+- **A document that can't be read never stops the others.** ``claim_due``
+  hands it back as a :class:`~dripcore.ports.BrokenRecord` (leased like the
+  rest, so the engine sets it aside and reports it); ``get_*`` raise an
+  :class:`~dripcore.errors.UnreadableRecord` naming it; listings leave it out
+  and log it. The kit checks this through the ``break_enrollment`` fixture.
+- **Retention.** ``prune_messages`` deletes old settled outbox documents (the
+  ``"retention"`` capability), so the outbox does not grow forever.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
@@ -29,8 +41,17 @@ from typing import Any
 import cattrs
 
 from dripcore import Delay, Enrollment, EnrollmentStatus, Sequence, SequenceStatus, WaitUntil, make_converter
-from dripcore.errors import ConcurrencyConflict, InvalidArgument, SequenceNotFound, SequenceStateError
+from dripcore.errors import (
+    ConcurrencyConflict,
+    InvalidArgument,
+    SequenceNotFound,
+    SequenceStateError,
+    UnreadableRecord,
+)
+from dripcore.model import to_utc
 from dripcore.ports import BrokenRecord, Change, Counter, Delivery, EnrollmentOrder, OutboxMessage, OutboxStatus, Store
+
+log = logging.getLogger("custom_store")
 
 LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # sorts among the missing due times only
@@ -54,16 +75,32 @@ def _instant(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+class UnreadableDocument(UnreadableRecord):
+    """A stored document that can't be decoded (broken JSON, an unknown enum value)."""
+
+    def __init__(self, table: str, id: str, error: str) -> None:
+        self.table = table
+        self.id = id
+        self.error = error
+        super().__init__(f"{table} document {id!r} can't be read: {error}")
+
+
 class DocumentStore(Store):
-    """A :class:`~dripcore.ports.Store` on JSON documents in plain dicts (one process)."""
+    """A :class:`~dripcore.ports.Store` on JSON documents in plain dicts (one process).
 
-    capabilities = frozenset({"frequency_cap"})
+    ``documents`` is the "database": pass the :attr:`documents` of an earlier store to open
+    it again on the same data (the contract kit's state machine does, to check that nothing
+    lives only in the store object).
+    """
 
-    def __init__(self) -> None:
+    capabilities = frozenset({"frequency_cap", "retention"})
+
+    def __init__(self, documents: dict[str, dict[str, str]] | None = None) -> None:
         self._lock = threading.RLock()
-        self._docs: dict[str, dict[str, str]] = {
-            name: {} for name in ("sequences", "enrollments", "leases", "outbox", "counters")
-        }
+        self.documents = documents if documents is not None else {}
+        for name in ("sequences", "enrollments", "leases", "outbox", "counters"):
+            self.documents.setdefault(name, {})
+        self._docs = self.documents
         self._conv = document_converter()
 
     # -- documents
@@ -72,16 +109,25 @@ class DocumentStore(Store):
         body = self._conv.unstructure(value, cls) if cls is not None else value
         self._docs[collection][key] = json.dumps(body, sort_keys=True)
 
+    def _decode(self, collection: str, key: str, text: str, cls: type | None) -> Any:
+        """One document as ``cls``; :class:`UnreadableDocument` naming it if it can't be."""
+        try:
+            body = json.loads(text)
+            return self._conv.structure(body, cls) if cls is not None else body
+        except Exception as exc:  # whatever is wrong with the document, it is that document's fault
+            raise UnreadableDocument(collection, key, f"{type(exc).__name__}: {exc}") from exc
+
     def _get(self, collection: str, key: str, cls: type | None = None) -> Any:
         text = self._docs[collection].get(key)
-        if text is None:
-            return None
-        body = json.loads(text)
-        return self._conv.structure(body, cls) if cls is not None else body
+        return None if text is None else self._decode(collection, key, text, cls)
 
     def _all(self, collection: str, cls: type) -> Iterator[Any]:
-        for text in list(self._docs[collection].values()):
-            yield self._conv.structure(json.loads(text), cls)
+        """Every readable document of a collection; an unreadable one is logged and left out."""
+        for key, text in list(self._docs[collection].items()):
+            try:
+                yield self._decode(collection, key, text, cls)
+            except UnreadableDocument as exc:
+                log.error("%s", exc)
 
     def _lease_until(self, collection: str, key: str, now: datetime) -> datetime | None:
         """The end of an unexpired lease on ``key``, or None."""
@@ -231,20 +277,38 @@ class DocumentStore(Store):
             and e.id not in waiting
         ]
 
+    def _broken_enrollments(self, now: datetime) -> list[BrokenRecord]:
+        """The enrollment documents that can't be read and are not leased, as BrokenRecords.
+
+        A document database has no columns to select on, so a broken document's due time is
+        unknown: it is offered at every claim (after the due ones) until the engine's lease on
+        it runs out. A store with a separate due-time column would hand it back only when due.
+        """
+        broken = []
+        for key, text in sorted(self._docs["enrollments"].items()):
+            try:
+                self._decode("enrollments", key, text, Enrollment)
+            except UnreadableDocument as exc:
+                if self._lease_until("enrollments", key, now) is None:
+                    broken.append(BrokenRecord(id=key, error=exc.error))
+        return broken
+
     def claim_due(self, now: datetime, *, limit: int, lease: timedelta, owner: str) -> list[Enrollment | BrokenRecord]:
-        """Lease the earliest due enrollments of active sequences to ``owner``."""
+        """Lease the earliest due enrollments of active sequences to ``owner``; a document
+        that can't be read comes back as a :class:`BrokenRecord`, leased too, and the claim goes on."""
         with self._lock:
-            due = [
+            due: list[Enrollment | BrokenRecord] = [
                 e
                 for e in self._claimable(now)
                 if e.next_step_due_at is not None
                 and e.next_step_due_at <= now
                 and self._lease_until("enrollments", e.id, now) is None
             ]
-            due.sort(key=lambda e: (e.next_step_due_at, e.id))
-            for e in due[:limit]:
-                self._lease("enrollments", e.id, owner, now + lease)
-            return list(due[:limit])
+            due.sort(key=lambda e: (e.next_step_due_at, e.id))  # type: ignore[union-attr]
+            due += self._broken_enrollments(now)
+            for item in due[:limit]:
+                self._lease("enrollments", item.id, owner, now + lease)
+            return due[:limit]
 
     def release(self, enrollment_ids: Iterable[str], *, owner: str, until: datetime | None = None) -> None:
         """End (or, with ``until``, extend) ``owner``'s leases."""
@@ -311,7 +375,10 @@ class DocumentStore(Store):
     def _held(self, m: OutboxMessage) -> bool:
         """A pause holds a message: its enrollment is PAUSED, or ACTIVE in a sequence that is not.
         (A finished or deleted enrollment's message is not held: the engine drops it unsent.)"""
-        e: Enrollment | None = self._get("enrollments", m.enrollment_id, Enrollment)
+        try:
+            e: Enrollment | None = self._get("enrollments", m.enrollment_id, Enrollment)
+        except UnreadableDocument:
+            return True  # whether a pause holds it can't be told: hold it until the document is mended
         if e is None or e.status.is_terminal:
             return False
         if e.status is EnrollmentStatus.PAUSED:
@@ -385,6 +452,22 @@ class DocumentStore(Store):
                 if m.contact_id == contact_id and m.status is not OutboxStatus.FAILED and since <= m.created_at < until
             )
 
+    def prune_messages(self, settled_before: datetime, *, batch_size: int = 10_000) -> int:
+        """Delete DELIVERED and FAILED messages settled before ``settled_before``; pending ones stay."""
+        cutoff = to_utc(settled_before, "settled_before")
+        if type(batch_size) is not int or batch_size < 1:
+            raise InvalidArgument("batch_size", batch_size, "must be a whole number, 1 or more")
+        with self._lock:
+            old = [
+                m.key
+                for m in self._all("outbox", OutboxMessage)
+                if m.status is not OutboxStatus.PENDING and m.settled_at is not None and m.settled_at < cutoff
+            ]
+            for key in old:
+                del self._docs["outbox"][key]
+                self._docs["leases"].pop(f"outbox:{key}", None)
+            return len(old)
+
     def next_message_at(self) -> datetime | None:
         """The earliest next attempt of a pending message no pause holds (or its lease's end, if later)."""
         with self._lock:
@@ -433,19 +516,33 @@ except ImportError:  # the kit needs pytest and Hypothesis (pip install 'dripcor
     pass
 else:
 
+    def break_document(store: Store, enrollment_id: str) -> None:
+        """Corrupt a stored enrollment document, as a bad write or a hand edit would."""
+        assert isinstance(store, DocumentStore)
+        store.documents["enrollments"][enrollment_id] = '{"id": "broken'
+
     class TestDocumentStore(StoreContract):
-        """Every rule of the Store contract, against a fresh DocumentStore."""
+        """Every rule of the Store contract, against a fresh DocumentStore, broken documents included."""
 
         @pytest.fixture
         def store(self) -> Iterator[Store]:
             with DocumentStore() as store:
                 yield store
 
+        @pytest.fixture
+        def break_enrollment(self) -> Any:
+            return break_document
+
     class DocumentStoreAgreesWithMemory(StoreStateMachine):
         """Random operations, applied to DocumentStore and MemoryStore alike, give the same results."""
 
         def make_store(self) -> Store:
             return DocumentStore()
+
+        def reopen_store(self, store: Store) -> Store:
+            assert isinstance(store, DocumentStore)
+            store.close()
+            return DocumentStore(store.documents)  # the same "database", a new store object
 
     TestDocumentStoreStateMachine = DocumentStoreAgreesWithMemory.TestCase
 

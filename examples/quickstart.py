@@ -1,8 +1,10 @@
 """Quickstart: a three-step welcome series on SQLite, run on a simulated clock.
 
-    python examples/quickstart.py
+    .venv/bin/python examples/quickstart.py
 
-It creates a database in a temporary directory, enrolls two contacts when they
+Steps 1 to 7 of the tutorial (docs/tutorial.md) as one program: the same
+series and contacts. It creates a database in a temporary directory (so each
+run starts afresh and leaves nothing behind), enrolls two contacts when they
 are tagged "new", and moves a fake clock through their first week, printing
 each email as the mail sender accepts it. A fake clock and a recording sender
 stand in for the real ones, so the week takes a fraction of a second.
@@ -25,9 +27,9 @@ WELCOME = Sequence(
     name="Welcome series",
     trigger=Trigger(type=TriggerType.TAG_ADDED, value="new"),
     steps=(
-        Step(position=1, subject="Welcome, {{ firstName }}!", text="Glad you are here, {{ firstName }}."),
-        Step(position=2, delay=Delay.hours(24), subject="Three tips to get started", text="Tip one..."),
-        Step(position=3, delay=Delay.days(6), subject="How is it going?", text="Just reply to this email."),
+        Step(position=1, subject="Welcome, {{ firstName }}!", text="Glad you are here."),
+        Step(position=2, delay=Delay.hours(24), subject="Three tips", text="Tip one..."),
+        Step(position=3, delay=Delay.days(6), subject="How is it going?", text="Just reply."),
     ),
 )
 

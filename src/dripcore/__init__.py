@@ -18,6 +18,7 @@ from .engine import (
     Limits,
     RetryPolicy,
     SenderRule,
+    SequenceSync,
     TickError,
     TickReport,
 )
@@ -43,6 +44,7 @@ from .errors import (
     InvalidTransition,
     InvalidTrigger,
     InvalidTriggerEvent,
+    InvalidUnsubscribeToken,
     InvalidWindow,
     NaiveDatetimeError,
     NotFound,
@@ -118,6 +120,7 @@ from .scheduler import (
     resume,
 )
 from .serialization import event_from_json, event_to_json, make_converter
+from .unsubscribe import UnsubscribeLinks, UnsubscribeRequest
 from .warmup import WarmupLimiter, WarmupPlan
 
 __all__ = [
@@ -162,6 +165,7 @@ __all__ = [
     "InvalidTransition",
     "InvalidTrigger",
     "InvalidTriggerEvent",
+    "InvalidUnsubscribeToken",
     "InvalidWindow",
     "Limits",
     "LiquidRenderer",
@@ -192,6 +196,7 @@ __all__ = [
     "SequenceStats",
     "SequenceStatus",
     "SequenceSummary",
+    "SequenceSync",
     "SkipReason",
     "Step",
     "StepFailed",
@@ -211,6 +216,8 @@ __all__ = [
     "UnknownTriggerType",
     "UnknownVariables",
     "UnreadableRecord",
+    "UnsubscribeLinks",
+    "UnsubscribeRequest",
     "ValidationError",
     "WaitUntil",
     "WarmupLimiter",

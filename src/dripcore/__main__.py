@@ -1,4 +1,4 @@
-"""Command line: ``python -m dripcore demo | run | status | preview``.
+"""Command line: ``python -m dripcore demo | run | sync | status | preview``.
 
 - ``demo [--db PATH]``: the prefab sequences for a few contacts over two
   simulated weeks, on the embedded SQLite store (a fresh file unless ``--db``).
@@ -8,7 +8,13 @@
   it cleanly after the current batch. ``--once`` runs a single tick (no
   sweep). The worker sweeps anniversaries daily at the Drip's
   ``anniversary_sweep_at`` (00:00 UTC by default); ``--anniversary-sweep-at``
-  sets that UTC time, or ``off`` turns the sweep off.
+  sets that UTC time, or ``off`` turns the sweep off. ``--sync MODULE:ATTR``
+  syncs the sequences kept as code there (a list of :class:`~dripcore.Sequence`)
+  before the worker starts.
+- ``sync MODULE:ATTR MODULE:ATTR``: a deploy step. Saves the sequences kept as
+  code (the second target: a list of :class:`~dripcore.Sequence`, or a callable
+  returning one) into the Drip's store (the first) with
+  :meth:`~dripcore.Drip.sync_sequences`, and prints what changed.
 - ``status --db PATH``: each sequence's active, paused, completed and exited
   counts and its next due time.
 - ``preview SEQUENCE [--db PATH] [--timezone ZONE] [--start WHEN]``: when each
@@ -25,7 +31,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
 from datetime import datetime, time, timezone, tzinfo
 from pathlib import Path
@@ -58,11 +64,11 @@ def _demo(db: str | None, out: TextIO) -> int:
     return 0
 
 
-def load_drip(target: str) -> Drip:
-    """Import ``MODULE:ATTR`` and return the :class:`Drip` it names (or builds, if callable)."""
+def _load(target: str, example: str) -> object:
+    """Import ``MODULE:ATTR`` and return the attribute it names (called first, if callable)."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise DripcoreError(f"{target!r}: expected MODULE:ATTR, such as myapp.drip:engine")
+        raise DripcoreError(f"{target!r}: expected MODULE:ATTR, such as {example}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module = importlib.import_module(module_name)
@@ -71,6 +77,12 @@ def load_drip(target: str) -> Drip:
         if not hasattr(value, part):
             raise DripcoreError(f"{target!r}: module {module_name!r} has no attribute {attr!r}")
         value = getattr(value, part)
+    return value
+
+
+def load_drip(target: str) -> Drip:
+    """Import ``MODULE:ATTR`` and return the :class:`Drip` it names (or builds, if callable)."""
+    value = _load(target, "myapp.drip:engine")
     if not isinstance(value, Drip) and callable(value):
         value = value()
     if not isinstance(value, Drip):
@@ -78,6 +90,31 @@ def load_drip(target: str) -> Drip:
             f"{target!r} is a {type(value).__name__}, not a dripcore Drip (or a callable returning one)"
         )
     return value
+
+
+def load_definitions(target: str) -> list[Sequence]:
+    """Import ``MODULE:ATTR`` and return the sequences it names: a list (or any iterable) of
+    :class:`Sequence`, or a callable returning one."""
+    value = _load(target, "myapp.campaigns:SEQUENCES")
+    if callable(value) and not isinstance(value, Sequence):
+        value = value()
+    if isinstance(value, Sequence) or not isinstance(value, Iterable) or isinstance(value, (str, bytes)):
+        raise DripcoreError(f"{target!r} is a {type(value).__name__}, not a list of dripcore Sequence definitions")
+    definitions = list(value)
+    for item in definitions:
+        if not isinstance(item, Sequence):
+            raise DripcoreError(f"{target!r} holds a {type(item).__name__}, not a dripcore Sequence")
+    return definitions
+
+
+def _sync(target: str, definitions: str, out: TextIO) -> int:
+    drip = load_drip(target)
+    try:
+        print(drip.sync_sequences(load_definitions(definitions)), file=out)
+    finally:
+        drip.sender.close()
+        drip.store.close()
+    return 0
 
 
 _NO_SWEEP = ("off", "none", "no")
@@ -96,8 +133,12 @@ def sweep_time(text: str) -> time | None:
 _KEEP = object()
 
 
-def _run(target: str, *, once: bool, idle: float, out: TextIO, sweep_at: object = _KEEP) -> int:
+def _run(
+    target: str, *, once: bool, idle: float, out: TextIO, sweep_at: object = _KEEP, sync: str | None = None
+) -> int:
     drip = load_drip(target)
+    if sync is not None:
+        log.info("%s", drip.sync_sequences(load_definitions(sync)))
     if sweep_at is not _KEEP:
         drip.anniversary_sweep_at = cast("time | None", sweep_at)
     interactive = out.isatty()
@@ -234,6 +275,17 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
         "--anniversary-sweep-at", metavar="HH:MM", type=sweep_time, default=_KEEP,
         help="UTC time of the daily anniversary sweep, or 'off' (default: the Drip's anniversary_sweep_at, 00:00)",
     )  # fmt: skip
+    run.add_argument(
+        "--sync", metavar="MODULE:ATTR",
+        help="sequences kept as code (a list of Sequence) to sync first, e.g. myapp.campaigns:SEQUENCES",
+    )  # fmt: skip
+    sync = commands.add_parser(
+        "sync", help="save the sequences kept as code into your Drip's store, and print what changed (a deploy step)"
+    )
+    sync.add_argument("target", metavar="MODULE:ATTR", help="where your Drip is, e.g. myapp.drip:engine")
+    sync.add_argument(
+        "definitions", metavar="MODULE:ATTR", help="your list of Sequence definitions, e.g. myapp.campaigns:SEQUENCES"
+    )
     status = commands.add_parser("status", help="sequences of a SQLite database with their counts")
     status.add_argument("--db", required=True, help="the SQLite file")
     plan = commands.add_parser(
@@ -251,13 +303,17 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # The worker reports what it does; the demo and status print their own output.
-    level = logging.INFO if args.command == "run" else logging.WARNING
+    level = logging.INFO if args.command in ("run", "sync") else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "demo":
             return _demo(args.db, out)
         if args.command == "run":
-            return _run(args.target, once=args.once, idle=args.idle, out=out, sweep_at=args.anniversary_sweep_at)
+            return _run(
+                args.target, once=args.once, idle=args.idle, out=out, sweep_at=args.anniversary_sweep_at, sync=args.sync
+            )
+        if args.command == "sync":
+            return _sync(args.target, args.definitions, out)
         if args.command == "preview":
             return _preview(args.sequence, db=args.db, zone_name=args.timezone, start=args.start, out=out)
         return _status(args.db, out)

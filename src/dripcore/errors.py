@@ -34,6 +34,7 @@ The tree::
     ├── SequenceStateError                     a lifecycle operation the sequence's status forbids
     ├── EnrollmentConflict                     enrolling again where the re-entry policy forbids it
     ├── ContactSuppressed                      enrolling a contact who unsubscribed, bounced or complained
+    ├── InvalidUnsubscribeToken                an unsubscribe link's token that is malformed, tampered with or foreign
     ├── RenderError                            one step can't be rendered for one contact (names sequence, step, field)
     │   ├── UnknownVariable                    a template output a variable the contact doesn't have (policy ERROR)
     │   ├── TemplateNotFound                   a step's template_id is not in the template store
@@ -79,6 +80,7 @@ __all__ = [
     "InvalidTransition",
     "InvalidTrigger",
     "InvalidTriggerEvent",
+    "InvalidUnsubscribeToken",
     "InvalidWindow",
     "NaiveDatetimeError",
     "NotFound",
@@ -310,6 +312,18 @@ class ContactSuppressed(DripcoreError):
         super().__init__(f"contact {contact_id!r} is suppressed ({reason}) and can't be enrolled")
 
 
+class InvalidUnsubscribeToken(DripcoreError):
+    """An unsubscribe link's token that :meth:`~dripcore.unsubscribe.UnsubscribeLinks.verify`
+    refuses: malformed, tampered with, or signed with a secret it does not know. ``reason``
+    says which; ``token`` is what was given (cut short in the message). Answer it with a 400
+    and unsubscribe nobody."""
+
+    def __init__(self, *, token: object, reason: str) -> None:
+        self.token = token
+        self.reason = reason
+        super().__init__(f"unsubscribe token {_shown(token)}: {reason}")
+
+
 class SendError(DripcoreError):
     """A mail sender could not send a message."""
 
@@ -447,6 +461,8 @@ class RenderLimitExceeded(RenderError):
     def __init__(self, *, limit: str, **where: Any) -> None:
         self.limit = limit
         super().__init__(**where)
+
+
 # --------------------------------------------------------------------------- errors of the SQL adapters
 # Defined once here, so both SQL stores raise the same classes (``isinstance`` holds across
 # them); each adapter package re-exports them under its own name, as before

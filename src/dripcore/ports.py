@@ -446,6 +446,11 @@ class MailSender(ABC):
     #: crash repeats at most the messages in flight.
     honours_idempotency_keys: bool = False
 
+    #: False for a test double that delivers nothing to anyone (the fakes in
+    #: :mod:`dripcore.testing`). A :class:`~dripcore.engine.Drip` whose sender sends real
+    #: mail refuses the placeholder unsubscribe link, so no customer gets a dead one.
+    sends_real_mail: bool = True
+
     @abstractmethod
     def send(self, email: Email) -> str | None:
         """Send ``email``; return the provider's message id, if any."""
@@ -564,8 +569,9 @@ class Store(ABC):
       records all fail.)
     """
 
-    #: Optional capabilities the contract kit checks (or visibly skips), such as
-    #: ``"multiprocess"`` for a store several processes may share.
+    #: Optional capabilities the contract kit checks (or visibly skips): ``"multiprocess"``
+    #: (several processes may share the store), ``"frequency_cap"`` (:meth:`count_messages`
+    #: works, as frequency caps need) and ``"retention"`` (:meth:`prune_messages` works).
     capabilities: frozenset[str] = frozenset()
 
     # -- sequences

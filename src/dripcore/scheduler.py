@@ -216,6 +216,7 @@ SEQUENCE_TRANSITIONS: Mapping[SequenceStatus, Mapping[SequenceAction, SequenceSt
         _LIVE: MappingProxyType(
             {
                 SequenceAction.EDIT: _LIVE,
+                SequenceAction.ACTIVATE: _LIVE,
                 SequenceAction.ENROLL: _LIVE,
                 SequenceAction.PAUSE: _HELD,
                 SequenceAction.ARCHIVE: _ARCHIVED,
@@ -236,7 +237,8 @@ SEQUENCE_TRANSITIONS: Mapping[SequenceStatus, Mapping[SequenceAction, SequenceSt
 
 A missing entry is an illegal operation (:class:`~dripcore.errors.SequenceStateError`,
 raised by :func:`sequence_target`). Only an ACTIVE sequence takes new
-enrollments (ENROLL) and sends; ACTIVATE on a PAUSED sequence resumes it; an
+enrollments (ENROLL) and sends; ACTIVATE on a PAUSED sequence resumes it, and
+on an ACTIVE one changes nothing (start-up code may activate every time); an
 ARCHIVED sequence is never edited or revived, and archiving it again is
 allowed (it lets an interrupted archive finish exiting its enrollments).
 New sequences start in one of :data:`SEQUENCE_STARTS`. The docs' sequence

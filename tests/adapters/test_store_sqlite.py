@@ -242,7 +242,11 @@ def test_a_file_from_an_older_version_is_upgraded_in_place(db: Path) -> None:
         named = conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'outbox' AND sql IS NOT NULL")
         indexes = {row[0] for row in named}
         assert indexes == {
-            "outbox", "outbox_pending_due", "outbox_pending_by_enrollment", "outbox_by_enrollment", "outbox_by_contact"
+            "outbox",
+            "outbox_pending_due",
+            "outbox_pending_by_enrollment",
+            "outbox_by_enrollment",
+            "outbox_by_contact",
         }
     finally:
         conn.close()

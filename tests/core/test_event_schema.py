@@ -48,9 +48,9 @@ def _valid_id(text: str) -> bool:
 # line separator), not blank, at most 255 characters.
 ids = st.one_of(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20),
-    st.text(
-        alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=255
-    ).filter(str.strip),
+    st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=255).filter(
+        str.strip
+    ),
 )
 positions = st.integers(1, 10_000)
 free_text = st.text(max_size=80)

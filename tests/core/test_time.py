@@ -97,7 +97,6 @@ class TestDaylightSaving:
         assert due == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT, the first
         assert due.astimezone(NY).utcoffset() == timedelta(hours=-4)
 
-
     def test_a_zero_day_delay_in_the_repeated_hour_does_not_go_back(self) -> None:
         """From the second 02:00 of Amsterdam's fall-back night, '0 days' is now, not an hour ago."""
         amsterdam = zoneinfo.ZoneInfo("Europe/Amsterdam")

@@ -422,8 +422,10 @@ class TestLifecycle:
         assert len(world.recorder.to("ana@example.com")) == 2
 
     def test_status_changes_go_through_lifecycle_methods(self, world: World) -> None:
-        with pytest.raises(SequenceStateError, match="use activate"):
-            world.drip.save_sequence(welcome(status=SequenceStatus.DRAFT))
+        # A definition left as DRAFT keeps the stored status; PAUSED is pause()'s to set.
+        assert world.drip.save_sequence(welcome(status=SequenceStatus.DRAFT)).status is SequenceStatus.ACTIVE
+        with pytest.raises(SequenceStateError, match="use pause"):
+            world.drip.save_sequence(welcome(status=SequenceStatus.PAUSED, paused_at=T0))
         with pytest.raises(SequenceStateError, match="can't resume"):
             world.drip.resume("welcome")
 

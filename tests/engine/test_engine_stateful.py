@@ -73,6 +73,8 @@ class Delivery:
 class Auditor(MailSender):
     """The innermost sender: it checks, at the moment of sending, what must hold."""
 
+    sends_real_mail = False  # a test double: the placeholder unsubscribe link is fine
+
     def __init__(self, machine: DripMachine) -> None:
         self.machine = machine
         self.deliveries: list[Delivery] = []

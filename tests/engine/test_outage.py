@@ -31,6 +31,8 @@ PEOPLE = 40
 class Provider(MailSender):
     """A provider that is down until ``back_at`` on the fake clock, then takes everything."""
 
+    sends_real_mail = False  # a test double: the placeholder unsubscribe link is fine
+
     def __init__(self, clock: FakeClock, back_at: datetime, *, whole: bool = False) -> None:
         self.clock = clock
         self.back_at = back_at

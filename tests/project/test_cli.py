@@ -206,3 +206,56 @@ def test_demo_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     drip = run_demo(MemoryStore())
     assert drip.stats("welcome").exited_by_reason == {"bounced": 1, "unsubscribed": 1}
     assert "completion rate" in capsys.readouterr().out
+
+
+CAMPAIGNS = """
+from dripcore import Sequence, SequenceStatus, Step
+
+SEQUENCES = [
+    Sequence(id="hello", name="Hello", status=SequenceStatus.ACTIVE,
+             steps=(Step(position=1, subject={subject!r}, text="Welcome"),)),
+    Sequence(id="later", name="Later", steps=(Step(position=1, subject="Soon", text="..."),)),
+]
+one = SEQUENCES[0]
+words = "hello"
+"""
+
+
+def write_campaigns(host_app: Path, subject: str) -> None:
+    """The host's sequences kept as code, in campaigns.py beside hostapp.py (imported afresh)."""
+    (host_app.parent / "campaigns.py").write_text(CAMPAIGNS.format(subject=subject))
+    sys.modules.pop("campaigns", None)
+
+
+def test_sync_saves_the_sequences_kept_as_code_and_a_second_run_changes_nothing(
+    host_app: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_campaigns(host_app, "Hi there")
+    assert main(["sync", "hostapp:make", "campaigns:SEQUENCES"]) == 0
+    assert capsys.readouterr().out == "sequences: 1 created, 1 updated\n"
+    assert main(["sync", "hostapp:make", "campaigns:SEQUENCES"]) == 0
+    assert capsys.readouterr().out == "sequences: 2 unchanged\n"
+    assert main(["run", "hostapp:make", "--once"]) == 0
+    import hostapp
+
+    assert [e.subject for e in hostapp.sender.sent] == ["Hi there"], "the worker sends the synced step"
+
+
+def test_run_syncs_before_the_worker_starts(host_app: Path) -> None:
+    write_campaigns(host_app, "Synced first")
+    assert main(["run", "hostapp:make", "--once", "--sync", "campaigns:SEQUENCES"]) == 0
+    import hostapp
+
+    assert [e.subject for e in hostapp.sender.sent] == ["Synced first"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("campaigns:one", "not a list"), ("campaigns:words", "not a list"), ("campaigns", "expected MODULE:ATTR")],
+)
+def test_sync_explains_bad_definitions(
+    host_app: Path, target: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_campaigns(host_app, "Hi")
+    assert main(["sync", "hostapp:make", target]) == 1
+    assert message in capsys.readouterr().err

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "dripcore.planning", "dripcore.prefabs"),
     ("dripcore.ports",),
     ("dripcore.render",),
-    ("dripcore.adapters", "dripcore.senders", "dripcore.warmup"),
+    ("dripcore.adapters", "dripcore.senders", "dripcore.warmup", "dripcore.unsubscribe"),
     ("dripcore.engine",),
     ("dripcore.testing", "dripcore.demo"),
     ("dripcore.__main__", "dripcore"),

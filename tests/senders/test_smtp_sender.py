@@ -1070,10 +1070,14 @@ def test_the_written_message_carries_the_emails_own_text(case: tuple[Email, Send
     """Subject, names and rendered headers read back exactly as given; the Date is now, in UTC."""
     message, sender = case
     with SMTPSender(host="localhost", default_sender=SHOP) as smtp:
-        new = read_back(smtp.message_bytes(message))
+        written = smtp.message_bytes(message)
+        new = read_back(written)
         date = smtp.build_message(message)["Date"]
     assert new["subject"] == message.subject
     name, address = new["from"]
+    if (name.split(), address) != ((sender.from_name or "").split(), sender.from_email):
+        # A long display name goes as several encoded words: read it as RFC 2047 says.
+        name, address = rfc2047_mailbox(written, "from") or ("", "")
     # (Python's reader turns each run of spaces in a decoded phrase into one: a reader's habit.)
     assert (name.split(), address) == ((sender.from_name or "").split(), sender.from_email)
     assert new["message-id"] == message_id(message.idempotency_key, "shop.example")
@@ -1162,7 +1166,10 @@ def test_drip_sends_over_all_the_pools_connections_at_once() -> None:
     people = [Contact(id=f"c{n}", email=f"reader{n}@example.com", first_name=f"R{n}") for n in range(40)]
     clock = FakeClock(AT)
     with Server(mailbox) as running, running.sender(connections=4, timeout=30.0) as sender:
-        drip = Drip(store=MemoryStore(), sender=sender, clock=clock, contacts=MemoryContacts(people))
+        drip = Drip(
+            store=MemoryStore(), sender=sender, clock=clock, contacts=MemoryContacts(people),
+            allow_placeholder_unsubscribe=True,  # the mail goes to a local test server
+        )  # fmt: skip
         drip.save_sequence(
             Sequence(id="hello", name="Hello", status=SequenceStatus.ACTIVE, sender=SHOP,
                      steps=(Step(position=1, subject="Hello {{firstName}}", text="Hi {{firstName}}"),))

@@ -90,6 +90,7 @@ def drip(store: CrashingStore, sender: SMTPSender, worker: str, k: int, lease: f
     return Drip(
         store=store, sender=sender, contacts=Contacts(), clock=SystemClock(), worker_id=worker,
         lease=timedelta(seconds=lease), batch_size=batch, **options,
+        allow_placeholder_unsubscribe=True,  # the mail goes to a local test server
     )  # fmt: skip
 
 

@@ -246,6 +246,8 @@ def watching_connections(crash: Crash) -> Iterator[None]:
 class DurableSender(MailSender):
     """Honours idempotency keys and records every call durably (see the module docstring)."""
 
+    sends_real_mail = False  # a test double: the placeholder unsubscribe link is fine
+
     def __init__(self, log_dir: Path, worker: str, crash: Crash) -> None:
         self.delivered = set(read_logs(log_dir)[0])
         self.fd = os.open(log_dir / f"sent-{worker}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

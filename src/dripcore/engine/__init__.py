@@ -32,6 +32,7 @@ runtime state), to the module that does that job:
 - ``config.py``: the settings as value objects (:class:`RetryPolicy`, :class:`Limits`), flat keywords mapped in;
 - ``context.py``: the ports, settings and runtime state the modules share, and the plain reads;
 - ``lifecycle.py``: a sequence's lifecycle (save and replan, activate, pause, resume, archive);
+- ``definitions.py``: sequences kept as code, synced at start-up (:class:`SequenceSync`);
 - ``enrolling.py``: enroll, trigger events and goals, suppression exits, anniversaries;
 - ``enrollment_actions.py``: an operator's actions on one enrollment (pause, resume, release, resend, cancel);
 - ``engagement.py``: opens and clicks;
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 from ..planning import CapAction, FrequencyCap
 from .config import Limits, RetryPolicy
+from .definitions import SequenceSync
 from .drip import Drip
 from .enrolling import EnrollManyResult, EnrollOutcome
 from .report import TickError, TickReport
@@ -68,6 +70,7 @@ __all__ = [
     "Limits",
     "RetryPolicy",
     "SenderRule",
+    "SequenceSync",
     "TickError",
     "TickReport",
     "new_id",

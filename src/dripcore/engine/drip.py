@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
-from .._checks import check_id
+from .._checks import check_flag, check_id
 from ..errors import InvalidArgument
 from ..model import Enrollment, EnrollmentStatus, ExitReason, PausePolicy, Sequence, SequenceStatus, TriggerEvent
 from ..planning import FrequencyCap
@@ -29,6 +29,7 @@ from ..ports import (
     SystemClock,
 )
 from ..render import LiquidRenderer
+from . import definitions as definitions_module
 from . import engagement, enrolling, enrollment_actions, lifecycle, queries, running, tick
 from .config import (
     DEFAULT_CATCH_UP_DAYS,
@@ -40,6 +41,7 @@ from .config import (
     settings_from,
 )
 from .context import Context
+from .definitions import SequenceSync
 from .enrolling import EnrollManyResult
 from .report import TickReport
 from .sender_rules import SenderRule, check_rules
@@ -113,6 +115,11 @@ class Drip:
     ``rate_limiter`` caps sends; ``renderer`` turns steps into content (the
     default is :class:`~dripcore.render.LiquidRenderer` with a placeholder
     unsubscribe link: pass ``LiquidRenderer(unsubscribe_url=...)`` in production).
+    A sender that sends real mail (``sender.sends_real_mail``: every sender but the
+    test fakes) with that placeholder raises :class:`~dripcore.errors.InvalidArgument`
+    naming ``unsubscribe_url``, unless ``allow_placeholder_unsubscribe=True`` (a staging
+    server whose mail goes to a sink). :class:`~dripcore.unsubscribe.UnsubscribeLinks`
+    makes signed links.
 
     Settings come as value objects: ``retry`` (a :class:`~dripcore.engine.RetryPolicy`)
     and ``limits`` (a :class:`~dripcore.engine.Limits`). The flat keywords of earlier
@@ -198,6 +205,7 @@ class Drip:
         anniversary_sweep_at: time | None = DEFAULT_SWEEP_AT,
         anniversary_catch_up_days: int = DEFAULT_CATCH_UP_DAYS,
         sender_rules: Iterable[SenderRule] | None = None,
+        allow_placeholder_unsubscribe: bool = False,
     ) -> None:
         retry, limits = settings_from(
             retry, limits,
@@ -216,6 +224,19 @@ class Drip:
         for name, port, kind in (*required, *((n, p, k) for n, p, k in optional if p is not None)):
             if not isinstance(port, kind):
                 raise InvalidArgument(name, port, f"must be a {kind.__name__}, not {type(port).__name__}")
+        check_flag(allow_placeholder_unsubscribe, "allow_placeholder_unsubscribe")
+        renderer = renderer or LiquidRenderer()
+        if (
+            isinstance(renderer, LiquidRenderer) and renderer.uses_placeholder_unsubscribe_url
+            and sender.sends_real_mail and not allow_placeholder_unsubscribe
+        ):  # fmt: skip
+            raise InvalidArgument(
+                "unsubscribe_url", "https://unsubscribe.invalid/...",
+                f"{type(sender).__name__} sends real mail, and every email would carry this placeholder "
+                "unsubscribe link, which never resolves: pass renderer=LiquidRenderer(unsubscribe_url=...) "
+                "with your endpoint, such as UnsubscribeLinks('https://example.com/unsubscribe/{token}', "
+                "secret=...), or allow_placeholder_unsubscribe=True for a server whose mail reaches no customer",
+            )  # fmt: skip
         if id_factory is not None and not callable(id_factory):
             raise InvalidArgument("id_factory", id_factory, "must be a callable returning a new id")
         if frequency_cap is not None and "frequency_cap" not in store.capabilities:
@@ -230,7 +251,7 @@ class Drip:
             clock=clock or SystemClock(),
             events=events,
             rate_limiter=rate_limiter,
-            renderer=renderer or LiquidRenderer(),
+            renderer=renderer,
             retry=retry,
             limits=limits,
             frequency_cap=frequency_cap,
@@ -260,13 +281,24 @@ class Drip:
         self._context.anniversary_catch_up_days = check_catch_up_days(value)
 
     def save_sequence(self, sequence: Sequence) -> Sequence:
-        """Create a sequence or save an edit of it; returns what was stored.
+        """Create a sequence, or store a new definition of it; returns what is stored.
 
-        An edit bumps ``version`` and replans in-flight enrollments: they go on
-        from where they were with the latest steps. Status changes go through
-        :meth:`activate`, :meth:`pause`, :meth:`resume` and :meth:`archive`.
-        A new sequence given as ACTIVE passes :meth:`activate`'s checks (an
-        active step, ``enroll_existing`` honoured).
+        Idempotent and safe to run on every deploy, so sequences can live in code:
+
+        - an unknown id is created with the status given (DRAFT by default; ACTIVE
+          passes :meth:`activate`'s checks: an active step, ``enroll_existing`` honoured);
+        - a stored sequence gets the new definition (name, trigger, steps, settings) and
+          keeps its lifecycle: its status and pause, so an operator's pause survives a
+          redeploy. The version goes up by one and its live enrollments are replanned:
+          they go on from where they were with the new steps (see the explanation of
+          ``advance`` for the exact rules);
+        - a definition equal to what is stored writes nothing and returns the stored one;
+        - given ``status=ACTIVE``, a stored draft is then activated; a paused one stays
+          paused (:meth:`resume` it). Given PAUSED or ARCHIVED while the stored status
+          differs raises :class:`~dripcore.errors.SequenceStateError`: :meth:`pause` and
+          :meth:`archive` do that. An archived sequence can't be edited.
+
+        :meth:`sync_sequences` saves a whole set of definitions and reports what changed.
 
         Retry-safe: the edit is stored first (every tick from then on reads the
         new steps), then its enrollments are replanned page by page. A marker
@@ -277,6 +309,24 @@ class Drip:
         """
         return lifecycle.save_sequence(self._context, sequence)
 
+    def sync_sequences(self, definitions: Iterable[Sequence]) -> SequenceSync:
+        """Bring the stored sequences in line with ``definitions`` (sequences kept as code).
+
+        Every definition is checked first (a duplicate id, a status other than DRAFT or
+        ACTIVE, or a refused sender raises before anything is written); then each is
+        saved as :meth:`save_sequence` does: created, updated in place keeping its
+        lifecycle, activated (a draft given as ACTIVE), or left as it is. Archived
+        sequences are left alone, and stored sequences that no definition names are
+        reported as ``undefined``, never changed. Returns a
+        :class:`~dripcore.engine.SequenceSync` (its ``str()`` is a line for your log; it is
+        also logged on the ``dripcore`` logger at INFO).
+
+        Run it at start-up, in each process or once per deploy: it is idempotent, so
+        processes starting together are safe, and a sync that failed part-way is
+        finished by running it again.
+        """
+        return definitions_module.sync_sequences(self._context, definitions)
+
     def get_sequence(self, sequence_id: str) -> Sequence:
         """The sequence, or :class:`~dripcore.errors.SequenceNotFound`."""
         return queries.get_sequence(self._context, sequence_id)
@@ -286,7 +336,7 @@ class Drip:
         return queries.sequences(self._context, status)
 
     def activate(self, sequence_id: str, *, enroll_existing: bool | None = None) -> Sequence:
-        """Start a draft (or resume a paused) sequence.
+        """Start a draft (or resume a paused) sequence; an active one is returned unchanged.
 
         With ``enroll_existing`` (default: the sequence's own setting) the
         trigger list's current members are enrolled at once.

@@ -36,7 +36,9 @@ __all__ = [
     "activate",
     "archive",
     "create_active",
+    "definition_of",
     "delete_sequence",
+    "edit",
     "enroll_members",
     "pause",
     "replan",
@@ -50,44 +52,76 @@ REPLAN_PENDING = CounterName.REPLAN_PENDING.value
 
 
 def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
-    """Create a sequence or save an edit of it; returns what was stored."""
+    """Create a sequence or save a new definition of it, keeping its lifecycle; returns what is stored."""
     if not isinstance(sequence, Sequence):
         raise InvalidArgument("sequence", sequence, f"must be a Sequence, not {type(sequence).__name__}")
     check_senders(ctx.sender_rules, sequence)
     current = ctx.store.get_sequence(sequence.id)
     if current is None:
         sequence_target(sequence, SequenceAction.CREATE)
-        if sequence.status is SequenceStatus.ACTIVE:
-            return create_active(ctx, sequence)
-        now = ctx.now()
-        stored = attrs.evolve(sequence, version=1, created_at=now, updated_at=now)
-        ctx.store.save_sequence(stored, expected_version=None)
-        return stored
-    sequence_target(current, SequenceAction.EDIT)
-    # An edit keeps the status: changing it is what the lifecycle methods are for.
-    if sequence.status is not current.status:
-        raise SequenceStateError(
-            sequence_id=sequence.id, status=current.status.value, action=f"set status={sequence.status.value} of",
-            hint="use activate(), pause(), resume() or archive()",
-        )  # fmt: skip
-    # created_at is the stored one: an edit cannot rewrite when the sequence was made.
-    stored = attrs.evolve(
-        sequence, version=current.version + 1, paused_at=current.paused_at, created_at=current.created_at,
-        updated_at=ctx.now(),
+        try:
+            if sequence.status is SequenceStatus.ACTIVE:
+                return create_active(ctx, sequence)
+            now = ctx.now()
+            stored = attrs.evolve(sequence, version=1, created_at=now, updated_at=now)
+            ctx.store.save_sequence(stored, expected_version=None)
+            return stored
+        except ConcurrencyConflict:
+            # Another process created it first (two workers syncing at start-up): this
+            # definition is then an edit of theirs, or the same definition.
+            current = ctx.store.get_sequence(sequence.id)
+            if current is None:
+                raise
+    return edit(ctx, current, sequence)
+
+
+def definition_of(sequence: Sequence, lifecycle: Sequence) -> Sequence:
+    """``sequence``'s definition (trigger, steps, settings) with ``lifecycle``'s status, pause,
+    version and timestamps: what storing that definition would keep of the stored sequence."""
+    return attrs.evolve(
+        sequence, status=lifecycle.status, paused_at=lifecycle.paused_at, version=lifecycle.version,
+        created_at=lifecycle.created_at, updated_at=lifecycle.updated_at,
     )  # fmt: skip
+
+
+def edit(ctx: Context, current: Sequence, sequence: Sequence) -> Sequence:
+    """Store ``sequence``'s definition over ``current``, which keeps its status: an edit bumps the
+    version and replans live enrollments; the same definition again writes nothing."""
+    sequence_target(current, SequenceAction.EDIT)
+    given = sequence.status
+    # A definition's status says where a new sequence starts. Over a stored one, DRAFT (the
+    # default) keeps the stored status, so an operator's pause survives a deploy, and ACTIVE
+    # activates a draft but does not resume a pause; pausing and archiving are the lifecycle
+    # methods' to do.
+    if given is not current.status and given not in (SequenceStatus.DRAFT, SequenceStatus.ACTIVE):
+        raise SequenceStateError(
+            sequence_id=sequence.id, status=current.status.value, action=f"set status={given.value} of",
+            hint="use pause(), resume() or archive()",
+        )  # fmt: skip
+    definition = definition_of(sequence, current)
     pending = ctx.store.counters(sequence.id).get((0, REPLAN_PENDING), 0)
-    ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, 1)])
-    try:
-        ctx.store.save_sequence(stored, expected_version=current.version)
-    except ConcurrencyConflict:
-        ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -1)])  # nothing was stored: nothing to replan
-        raise
-    # After an interrupted replan some enrollments follow an older plan than ``current``:
-    # replan everyone from their last send (losing only EXTEND shifts and cap deferrals).
-    changed = replan(ctx, stored, None if pending > 0 else current)
-    ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -(pending + 1))])
-    if changed:
-        ctx.wake.set()
+    if definition == current:
+        stored = current
+        if pending > 0:  # an earlier edit's replan was interrupted: finish it
+            replan(ctx, current, None)
+            ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -pending)])
+            ctx.wake.set()
+    else:
+        stored = attrs.evolve(definition, version=current.version + 1, updated_at=ctx.now())
+        ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, 1)])
+        try:
+            ctx.store.save_sequence(stored, expected_version=current.version)
+        except ConcurrencyConflict:
+            ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -1)])  # nothing was stored: nothing to replan
+            raise
+        # After an interrupted replan some enrollments follow an older plan than ``current``:
+        # replan everyone from their last send (losing only EXTEND shifts and cap deferrals).
+        changed = replan(ctx, stored, None if pending > 0 else current)
+        ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -(pending + 1))])
+        if changed:
+            ctx.wake.set()
+    if given is SequenceStatus.ACTIVE and stored.status is SequenceStatus.DRAFT:
+        return activate(ctx, sequence.id)
     return stored
 
 
@@ -143,6 +177,8 @@ def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = N
         check_flag(enroll_existing, "enroll_existing")
     sequence = ctx.sequence(sequence_id)
     target = sequence_target(sequence, SequenceAction.ACTIVATE)
+    if sequence.status is SequenceStatus.ACTIVE:
+        return sequence  # already live: start-up code may activate every time
     if sequence.status is SequenceStatus.PAUSED:
         return resume(ctx, sequence_id)
     if not sequence.active_steps():

@@ -250,6 +250,12 @@ class LiquidRenderer(Renderer):
 
     # -- cache
 
+    @property
+    def uses_placeholder_unsubscribe_url(self) -> bool:
+        """Whether links go to the placeholder ``https://unsubscribe.invalid/...`` (no
+        ``unsubscribe_url`` was given): a :class:`~dripcore.engine.Drip` sending real mail refuses it."""
+        return self._unsubscribe_url is placeholder_unsubscribe_url
+
     def cache_info(self) -> CacheInfo:
         """How the compiled-template cache is doing (``misses`` = compilations)."""
         with self._lock:

@@ -76,6 +76,7 @@ class RecordingSender(MailSender):
     """
 
     honours_idempotency_keys = True
+    sends_real_mail = False
 
     def __init__(self, *, max_in_flight: int = 1) -> None:
         self.sent: list[Email] = []
@@ -111,6 +112,7 @@ class NullSender(MailSender):
     sending nothing twice is sending nothing: outcomes are then recorded a batch at a time."""
 
     honours_idempotency_keys = True
+    sends_real_mail = False
 
     def __init__(self) -> None:
         self.count = 0
@@ -164,6 +166,11 @@ class FlakySender(MailSender):
     def honours_idempotency_keys(self) -> bool:  # type: ignore[override]
         """The inner sender's."""
         return self.inner.honours_idempotency_keys
+
+    @property
+    def sends_real_mail(self) -> bool:  # type: ignore[override]
+        """The inner sender's."""
+        return self.inner.sends_real_mail
 
     def send(self, email: Email) -> str | None:
         """Fail if told to, otherwise pass ``email`` to the inner sender."""
