@@ -2,6 +2,7 @@
 
 Run it (with ``pip install uvicorn``)::
 
+    export DRIPCORE_UNSUBSCRIBE_SECRET=...            # 16+ bytes: it signs every email's unsubscribe link
     uvicorn --factory fastapi_app.app:create_app      # from the examples/ directory
 
 or see it answer a scripted session without a server::
