@@ -2,7 +2,9 @@
 
 The demo needs no server and no SMTP: it drives the application through
 FastAPI's test client on a temporary SQLite database, with a fake clock and a
-recording mail sender, and prints each request with its answer.
+recording mail sender, and prints each request with its answer; at the end
+a subscriber's one-click unsubscribe link, taken from his welcome email, is
+POSTed as a mailbox provider does.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -20,7 +23,7 @@ from fastapi_app.app import create_app
 
 
 def demo() -> None:
-    """Create a sequence, add steps, activate it, subscribe twice, deliver, pause, cancel."""
+    """Create a sequence, add steps, activate it, subscribe twice, deliver, pause, cancel, unsubscribe by the link."""
     import warnings
 
     with warnings.catch_warnings():  # newer Starlette prefers httpx2 for its test client, and says so
@@ -67,6 +70,14 @@ def demo() -> None:
             clock.advance(timedelta(days=3))
             app.state.services.drip.tick()
             print(f"emails sent: {[email.subject for email in sender.sent]}")
+
+            # Bo's welcome email carries his signed link; the mailbox provider's one-click button POSTs to it.
+            call("POST", "/sequences/onboarding/subscribers", {"email": "bo@example.com", "first_name": "Bo"})
+            app.state.services.drip.tick()
+            link = sender.sent[-1].headers["List-Unsubscribe"].strip("<>")
+            answer = client.post(urlsplit(link).path, data={"List-Unsubscribe": "One-Click"})
+            print(f"POST /unsubscribe/<Bo's token> List-Unsubscribe=One-Click\n  -> {answer.status_code}")
+            call("GET", "/sequences/onboarding/subscribers/bo@example.com")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 Run it (with ``pip install uvicorn``)::
 
+    export DRIPCORE_UNSUBSCRIBE_SECRET=...            # 16+ bytes: it signs every email's unsubscribe link
     uvicorn --factory fastapi_app.app:create_app      # from the examples/ directory
 
 or see it answer a scripted session without a server::
@@ -15,9 +16,16 @@ still has subscribers, pausing a cancelled subscriber), 422 for an invalid body.
 
 The application owns its contacts (here a :class:`MemoryContacts`, in your
 app the users table) and hands dripcore a store, a clock and a mail sender.
+
+Every email carries a signed one-click unsubscribe link (RFC 8058) to this
+application's ``/unsubscribe/{token}``: a GET shows a confirmation page whose
+form POSTs to the same URL, a POST unsubscribes the contact the token was
+signed for (200), and a token that does not verify answers 400.
 """
 
+import html
 import os
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 import attrs
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dripcore import (
@@ -39,13 +47,16 @@ from dripcore import (
     EnrollmentConflict,
     EnrollmentOrder,
     EnrollmentStatus,
+    InvalidArgument,
     InvalidTransition,
+    InvalidUnsubscribeToken,
     NotFound,
     Sequence,
     SequenceStateError,
     SequenceStatus,
     Step,
     Trigger,
+    UnsubscribeLinks,
     ValidationError,
     make_converter,
     parse_wait,
@@ -53,6 +64,7 @@ from dripcore import (
 from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.errors import EnrollmentNotFound
 from dripcore.ports import Clock, MailSender, Store
+from dripcore.render import LiquidRenderer
 from dripcore.senders import SMTPSender
 from dripcore.testing import MemoryContacts
 
@@ -132,10 +144,11 @@ def subscriber_json(enrollment: Enrollment, email: str) -> JSON:
 
 @attrs.define
 class Services:
-    """What the routes need: the engine and the application's contacts."""
+    """What the routes need: the engine, the application's contacts, and the unsubscribe links."""
 
     drip: Drip
     contacts: MemoryContacts
+    unsubscribe_links: UnsubscribeLinks
 
 
 def get_services(request: Request) -> Services:
@@ -315,7 +328,76 @@ def resume_subscriber(sequence_id: str, email: str, svc: Svc) -> JSON:
     return subscriber_json(enrollment, email)
 
 
+# -- unsubscribe (RFC 8058 one-click)
+
+_PAGES = {
+    "confirm": (
+        "Unsubscribe?",
+        "<p>You will get no more emails from us.</p>"
+        # no action: the form posts to this same URL, as a mailbox provider's one-click button does
+        '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        '<button type="submit">Unsubscribe</button></form>',
+    ),
+    "done": ("You are unsubscribed", "<p>You will get no more emails from us.</p>"),
+    "invalid": ("This link does not work", "<p>It may have been cut short or changed. Use the link in the email.</p>"),
+}
+
+
+def _page(state: str, status_code: int = 200) -> HTMLResponse:
+    title, body = _PAGES[state]
+    return HTMLResponse(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">'
+        f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>{body}</body></html>",
+        status_code=status_code,
+    )
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe_page(token: str, svc: Svc) -> HTMLResponse:
+    """The link a reader follows: a confirmation page (a GET, a link scanner's too, unsubscribes nobody)."""
+    try:
+        svc.unsubscribe_links.verify(token)
+    except InvalidUnsubscribeToken:
+        return _page("invalid", 400)
+    return _page("confirm")
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe(token: str, svc: Svc) -> HTMLResponse:
+    """The one-click POST (from the page, or the mailbox provider's button): 200, never a redirect."""
+    try:
+        who = svc.unsubscribe_links.verify(token)
+    except InvalidUnsubscribeToken:
+        return _page("invalid", 400)
+    svc.drip.contact_unsubscribed(who.contact_id)  # idempotent: a second POST changes nothing
+    return _page("done")
+
+
 # --------------------------------------------------------------------------- the application
+
+
+def unsubscribe_links_from_env(*, real_mail: bool) -> UnsubscribeLinks:
+    """Signed links to this application's ``/unsubscribe/{token}``, from the environment.
+
+    ``DRIPCORE_UNSUBSCRIBE_URL`` is its public address (default
+    ``http://localhost:8000/unsubscribe/{token}``), ``DRIPCORE_UNSUBSCRIBE_SECRET``
+    the secret that signs (16 bytes at least), ``DRIPCORE_UNSUBSCRIBE_OLD_SECRETS``
+    earlier secrets, comma-separated, whose links still work. Without a secret,
+    an application that sends real mail refuses to start; one that doesn't (a test,
+    the demo) signs with a random secret, good for this process only.
+    """
+    secret = os.environ.get("DRIPCORE_UNSUBSCRIBE_SECRET")
+    if not secret:
+        if real_mail:
+            raise InvalidArgument(
+                "DRIPCORE_UNSUBSCRIBE_SECRET", None, "set it: it signs the unsubscribe link in every email"
+            )
+        secret = secrets.token_urlsafe(32)
+    return UnsubscribeLinks(
+        os.environ.get("DRIPCORE_UNSUBSCRIBE_URL", "http://localhost:8000/unsubscribe/{token}"),
+        secret=secret,
+        old_secrets=[s for s in os.environ.get("DRIPCORE_UNSUBSCRIBE_OLD_SECRETS", "").split(",") if s],
+    )
 
 
 def create_app(
@@ -324,16 +406,20 @@ def create_app(
     sender: MailSender | None = None,
     clock: Clock | None = None,
     contacts: MemoryContacts | None = None,
+    unsubscribe_links: UnsubscribeLinks | None = None,
     run_worker: bool = False,
 ) -> FastAPI:
     """Build the application. Defaults come from the environment:
 
     ``DRIPCORE_DB`` (SQLite file, default ``drip.db``), ``SMTP_HOST``, ``SMTP_PORT``
-    and ``MAIL_FROM``. With ``run_worker`` a background thread delivers due
-    steps while the application runs (fine for one process; see the workers
-    how-to for more).
+    and ``MAIL_FROM``, and the unsubscribe links' address and secret (see
+    :func:`unsubscribe_links_from_env`). With ``run_worker`` a background thread
+    delivers due steps while the application runs (fine for one process; see
+    the workers how-to for more).
     """
     contacts = contacts if contacts is not None else MemoryContacts()
+    if unsubscribe_links is None:
+        unsubscribe_links = unsubscribe_links_from_env(real_mail=sender is None or sender.sends_real_mail)
     drip = Drip(
         store=store if store is not None else SQLiteStore(os.environ.get("DRIPCORE_DB", "drip.db")),
         sender=sender
@@ -345,8 +431,9 @@ def create_app(
         ),
         clock=clock,
         contacts=contacts,
+        renderer=LiquidRenderer(unsubscribe_url=unsubscribe_links),  # every email gets its signed link
     )
-    services = Services(drip=drip, contacts=contacts)
+    services = Services(drip=drip, contacts=contacts, unsubscribe_links=unsubscribe_links)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from dripcore import EnrollmentStatus, ExitReason, InvalidArgument, UnsubscribeLinks
 from dripcore.adapters.sqlite import SQLiteStore
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
 
@@ -23,6 +25,7 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx2 for its test c
     from fastapi.testclient import TestClient
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+LINKS = UnsubscribeLinks("https://testserver/unsubscribe/{token}", secret="the test site's unsubscribe secret")
 
 
 class Api:
@@ -46,7 +49,10 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     clock, sender = FakeClock(T0), RecordingSender()
-    app = create_app(store=SQLiteStore(tmp_path / "drip.db"), sender=sender, clock=clock, contacts=MemoryContacts())
+    app = create_app(
+        store=SQLiteStore(tmp_path / "drip.db"), sender=sender, clock=clock, contacts=MemoryContacts(),
+        unsubscribe_links=LINKS,
+    )  # fmt: skip
     with TestClient(app) as client:
         yield Api(client, clock, sender, app)
 
@@ -227,3 +233,72 @@ def test_subscribers_are_listed_with_a_status_filter_and_pages(api: Api) -> None
     assert api.client.get("/sequences/onboarding/subscribers", params={"status": "nope"}).status_code == 422
     stats = api.client.get("/sequences/onboarding/stats").json()
     assert (stats["recipients"], stats["active"], stats["exited"]) == (3, 2, 1)
+
+
+# --------------------------------------------------------------------------- one-click unsubscribe
+
+
+def _subscriber_status(api: Api, email: str) -> tuple[str, str | None]:
+    body = api.client.get(f"/sequences/onboarding/subscribers/{email}").json()
+    return body["status"], body["exit_reason"]
+
+
+def test_the_link_in_a_delivered_email_unsubscribes_that_contact_and_no_other(api: Api) -> None:
+    api.sequence()
+    for email in ("ana@example.com", "bo@example.com"):
+        assert api.client.post("/sequences/onboarding/subscribers", json={"email": email}).status_code == 201
+    api.tick()
+    [to_ana] = [e for e in api.sender.sent if e.to == "ana@example.com"]
+    assert to_ana.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = to_ana.headers["List-Unsubscribe"]
+    assert link.startswith("<https://testserver/unsubscribe/")
+    path = urlsplit(link.strip("<>")).path
+
+    page = api.client.get(path)
+    assert page.status_code == 200
+    assert '<form method="post">' in page.text
+    assert _subscriber_status(api, "ana@example.com") == ("active", None)  # a GET unsubscribes nobody
+
+    answer = api.client.post(path, data={"List-Unsubscribe": "One-Click"})  # as the mailbox provider does
+    assert answer.status_code == 200
+    assert "You are unsubscribed" in answer.text
+    assert _subscriber_status(api, "ana@example.com") == (EnrollmentStatus.EXITED.value, ExitReason.UNSUBSCRIBED.value)
+    assert api.app.state.services.contacts.get("ana@example.com").suppressed is ExitReason.UNSUBSCRIBED
+    assert _subscriber_status(api, "bo@example.com") == ("active", None)
+    assert api.app.state.services.contacts.get("bo@example.com").suppressed is None
+    assert api.client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200  # again: still fine
+
+
+def test_a_tampered_unsubscribe_token_is_a_400_and_unsubscribes_nobody(api: Api) -> None:
+    api.sequence()
+    api.client.post("/sequences/onboarding/subscribers", json={"email": "ana@example.com"})
+    api.client.post("/sequences/onboarding/subscribers", json={"email": "bo@example.com"})
+    api.tick()
+    [to_ana] = [e for e in api.sender.sent if e.to == "ana@example.com"]
+    version, payload, tag = urlsplit(to_ana.headers["List-Unsubscribe"].strip("<>")).path.rsplit("/", 1)[1].split(".")
+    bo_payload = LINKS.token("bo@example.com", "enr-1").split(".")[1]
+    foreign = UnsubscribeLinks("https://testserver/unsubscribe/{token}", secret="another site's secret, not ours")
+    for bad in (
+        f"{version}.{bo_payload}.{tag}",  # Ana's signature on Bo's ids
+        f"{version}.{payload}.{tag[:-1]}{'B' if tag.endswith('A') else 'A'}",
+        foreign.token("ana@example.com", "enr-1"),
+        "not-a-token",
+    ):
+        assert api.client.post(f"/unsubscribe/{bad}", data={"List-Unsubscribe": "One-Click"}).status_code == 400
+        assert api.client.get(f"/unsubscribe/{bad}").status_code == 400
+    assert _subscriber_status(api, "ana@example.com") == ("active", None)
+    assert _subscriber_status(api, "bo@example.com") == ("active", None)
+
+
+def test_an_app_that_sends_real_mail_needs_an_unsubscribe_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DRIPCORE_UNSUBSCRIBE_SECRET", raising=False)
+    with pytest.raises(InvalidArgument, match="DRIPCORE_UNSUBSCRIBE_SECRET"):
+        create_app(store=SQLiteStore(tmp_path / "drip.db"))  # SMTPSender: real mail
+    monkeypatch.setenv("DRIPCORE_UNSUBSCRIBE_SECRET", "the production unsubscribe secret")
+    monkeypatch.setenv("DRIPCORE_UNSUBSCRIBE_URL", "https://news.example.com/unsubscribe/{token}")
+    app = create_app(store=SQLiteStore(tmp_path / "drip.db"))
+    links = app.state.services.unsubscribe_links
+    assert links.url("ana", "enr-1").startswith("https://news.example.com/unsubscribe/1.")
+    app.state.services.drip.store.close()
