@@ -102,6 +102,7 @@ def test_fastapi_app_demo_plays_its_session() -> None:
     assert 'POST /sequences {"id": "onboarding", "name": "Onboarding"}\n  -> 201' in out
     assert "DELETE /sequences/onboarding\n  -> 409" in out
     assert "emails sent: ['Welcome!']" in out  # the paused, then cancelled, subscriber got nothing more
+    assert "POST /unsubscribe/<Bo's token> List-Unsubscribe=One-Click\n  -> 200" in out  # one-click, signed
 
 
 # --------------------------------------------------------------------------- custom_store.py
