@@ -223,6 +223,11 @@ def _field_doc(cls: griffe.Class, field: attrs.Attribute[Any]) -> str:
         if isinstance(field.metadata.get(key), str):
             return inspect.cleandoc(field.metadata[key])
     member = cls.all_members.get(field.name)
+    if isinstance(member, griffe.Alias):  # a field inherited from a base class: its docstring is the base's
+        try:
+            member = member.final_target
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            member = None
     if isinstance(member, griffe.Attribute):
         if member.docstring:
             return member.docstring.value
