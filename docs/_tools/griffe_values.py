@@ -237,9 +237,9 @@ def _field_doc(cls: griffe.Class, field: attrs.Attribute[Any]) -> str:
     for key in ("doc", "description"):
         if isinstance(field.metadata.get(key), str):
             return inspect.cleandoc(field.metadata[key])
-    if field.name not in cls.members:  # inherited: its description is the base's
-        if inherited := _inherited_doc(cls, field.name):
-            return inherited
+    # An inherited field's description is the base's.
+    if field.name not in cls.members and (inherited := _inherited_doc(cls, field.name)):
+        return inherited
     member = cls.all_members.get(field.name)
     if isinstance(member, griffe.Alias):
         try:
