@@ -143,7 +143,7 @@ class CounterName(enum.Enum):
     CLICKED = "clicked"
     """Enrollments that clicked a link in a step's email (once each, whatever the links)."""
     REPLAN_PENDING = "replan:pending"
-    """Set while an edit's replan of the live enrollments is under way (position 0)."""
+    """Above 0 while an edit's replan of the live enrollments is under way (position 0)."""
     STATUS = "status"
     """A family: enrollments in each :class:`~dripcore.model.EnrollmentStatus` now (position 0)."""
     EXITED = "exited"
