@@ -55,6 +55,9 @@ log = logging.getLogger("mkdocs.plugins.dripcore_values")
 
 _COMMENT_DOC = re.compile(r"^\s*#:\s?(?P<text>.*)$")
 _MAX_DEFAULT = 60
+# The description of each field documented so far, by its path: a subclass inherits its base's,
+# whose attribute is gone from the tree once the base's table is made.
+_FIELD_DOCS: dict[str, str] = {}
 
 
 def _runtime(cls: griffe.Class) -> Any:
@@ -218,11 +221,31 @@ def _docstring_clause(cls: griffe.Class, name: str) -> str:
     return ""
 
 
+def _inherited_doc(cls: griffe.Class, name: str) -> str:
+    """The description a base class's table gave field ``name`` (the base's attribute is gone by then)."""
+    try:
+        bases = cls.mro()
+    except ValueError:  # a base Griffe can't resolve, or an inconsistent hierarchy
+        return ""
+    for base in bases:
+        if found := _FIELD_DOCS.get(f"{base.path}.{name}"):
+            return found
+    return ""
+
+
 def _field_doc(cls: griffe.Class, field: attrs.Attribute[Any]) -> str:
     for key in ("doc", "description"):
         if isinstance(field.metadata.get(key), str):
             return inspect.cleandoc(field.metadata[key])
+    # An inherited field's description is the base's.
+    if field.name not in cls.members and (inherited := _inherited_doc(cls, field.name)):
+        return inherited
     member = cls.all_members.get(field.name)
+    if isinstance(member, griffe.Alias):
+        try:
+            member = member.final_target
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            member = None
     if isinstance(member, griffe.Attribute):
         if member.docstring:
             return member.docstring.value
@@ -243,10 +266,12 @@ def _document_attrs(cls: griffe.Class, runtime: type) -> None:
     for field in fields:
         if not field.init:
             continue
+        description = _field_doc(cls, field)
+        _FIELD_DOCS[f"{cls.path}.{field.name}"] = description
         rows.append(
             griffe.DocstringParameter(
                 field.alias or field.name,
-                description=_field_doc(cls, field),
+                description=description,
                 annotation=_annotation(cls, field.name, field.type),
                 value=_default(field),
             )
@@ -347,6 +372,7 @@ class DripcoreValues(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         """Walk the loaded package once it is complete."""
         if pkg.name == "dripcore" and self._imports_what_griffe_read(pkg):
+            _FIELD_DOCS.clear()
             self._walk(pkg, set())
 
     @staticmethod

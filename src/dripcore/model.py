@@ -546,11 +546,17 @@ class DelayUnit(enum.Enum):
     """
 
     SECONDS = "seconds"
+    """Exact: elapsed seconds."""
     MINUTES = "minutes"
+    """Exact: elapsed minutes."""
     HOURS = "hours"
+    """Exact: elapsed hours, whatever the calendar does (24 hours stay 24 across a DST change)."""
     DAYS = "days"
+    """Calendar: the same local time that many days later."""
     WEEKS = "weeks"
+    """Calendar: the same local time that many weeks (of 7 days) later."""
     MONTHS = "months"
+    """Calendar: the same day and local time that many months later, or that month's last day."""
 
 
 _UNIT_SECONDS = {
@@ -612,7 +618,9 @@ class Delay:
     """
 
     amount: int
+    """How many units: an integer from 0 (send at once) up to ten years' worth."""
     unit: DelayUnit = attrs.field(converter=_c_delay_unit)
+    """The unit, a :class:`DelayUnit` or its value (``"days"``)."""
     _exact: timedelta = attrs.field(init=False, eq=False, repr=False)
     # Read on every advance(): one attribute load instead of comparing the unit three times.
     _calendar: bool = attrs.field(init=False, eq=False, repr=False)
@@ -862,8 +870,11 @@ class WaitUntil:
     """
 
     days: int = 0
+    """At least this many calendar days after the previous send (or enrollment): 1 is tomorrow."""
     weekday: int | None = None
+    """The local weekday it goes on, 0 (Monday) to 6 (Sunday); None: any day."""
     at: time | None = None
+    """The local time of day it goes at (a ``time`` without a zone); None: that of the previous send."""
 
     def __attrs_post_init__(self) -> None:
         if self.days.__class__ is not int or not 0 <= self.days <= MAX_DELAY.days:
@@ -937,7 +948,9 @@ class WindowAction(enum.Enum):
     """What happens to a step due outside its send window."""
 
     MOVE = "move"
+    """The step waits for the window's next opening."""
     SKIP = "skip"
+    """The step is skipped: ``StepSkipped`` with reason ``outside window``."""
 
 
 def _c_window_days(value: Iterable[int]) -> frozenset[int]:
@@ -992,7 +1005,9 @@ class SendWindow:
     start: time | None = None
     end: time | None = None
     overnight: bool = False
+    """Must be True exactly when ``start`` is after ``end``: a range that wraps past midnight."""
     outside: WindowAction = attrs.field(default=WindowAction.MOVE, converter=_c_window_outside)
+    """What happens to a step due outside the window: it moves to the next opening, or is skipped."""
 
     def __attrs_post_init__(self) -> None:
         if not self.days:
@@ -1089,9 +1104,13 @@ class ConditionType(enum.Enum):
     """What a step :class:`Condition` checks about an earlier step."""
 
     OPENED = "opened"
+    """The contact opened the earlier step's email (a click counts as an open)."""
     NOT_OPENED = "not_opened"
+    """The contact has not opened the earlier step's email."""
     CLICKED = "clicked"
+    """The contact clicked a link (or the ``link``) in the earlier step's email."""
     NOT_CLICKED = "not_clicked"
+    """The contact has not clicked a link (or the ``link``) in the earlier step's email."""
 
 
 _NEGATION = {
@@ -1119,6 +1138,7 @@ class Condition:
     """
 
     type: ConditionType = attrs.field(converter=_c_condition_type)
+    """What to check: opened, not opened, clicked or not clicked."""
     step: int = attrs.field(validator=_nonneg_int("condition.step", InvalidCondition))
     link: str | None = attrs.field(default=None, validator=_opt_text("condition.link", InvalidCondition, max_len=2048))
 
@@ -1242,8 +1262,11 @@ class SenderIdentity:
     """Who an email comes from: the ``From`` address and name, and an optional ``Reply-To``."""
 
     from_email: str = attrs.field(validator=_email("sender.from_email", InvalidStep))
+    """The ``From`` address (one plain email address)."""
     from_name: str | None = attrs.field(default=None, validator=_opt_text("sender.from_name", InvalidStep))
+    """The ``From`` display name; None: the address alone."""
     reply_to: str | None = attrs.field(default=None, validator=_opt_email("sender.reply_to", InvalidStep))
+    """The ``Reply-To`` address, or None."""
 
 
 @attrs.frozen(kw_only=True)
@@ -1264,15 +1287,23 @@ class Step:
     position: int
     delay: Delay | WaitUntil = attrs.field(factory=Delay.immediately)
     subject: str | None = attrs.field(default=None, validator=_opt_text("step.subject", InvalidStep, max_len=998))
+    """The subject, a Liquid template; required without ``template_id``, else it wins over the template's."""
     html: str | None = attrs.field(default=None, validator=_opt_body("step.html", InvalidStep))
+    """The HTML body, a Liquid template; with ``template_id``, it wins over the template's."""
     text: str | None = attrs.field(default=None, validator=_opt_body("step.text", InvalidStep))
+    """The plain-text body, a Liquid template; with ``template_id``, it wins over the template's."""
     template_id: str | None = attrs.field(default=None, validator=_opt_text("step.template_id", InvalidStep))
+    """The id of a stored template to take the content from (the renderer's template store)."""
     active: bool = True
+    """False switches the step off: it is passed over (reason INACTIVE) without breaking the chain."""
     sender: SenderIdentity | None = None
+    """Who this step's email comes from; None: the sequence's ``sender``."""
     condition: Condition | None = None
     window: SendWindow | None = None
     expires_after: Delay | None = None
+    """How late the step may go (after a pause or downtime) before it is dropped; None: no limit."""
     name: str = attrs.field(default="", validator=_text("step.name", InvalidStep, allow_blank=True))
+    """A label for people, shown in previews and errors; may be empty."""
 
     def __attrs_post_init__(self) -> None:
         if not _position(self.position):
@@ -1313,12 +1344,19 @@ class TriggerType(enum.Enum):
     """What starts a sequence."""
 
     TAG_ADDED = "tag_added"
+    """A tag was applied to the contact (value: the tag, compared case-insensitively)."""
     GROUP_ADDED = "group_added"
+    """The contact joined a group (value: the group id)."""
     LIST_ADDED = "list_added"
+    """The contact was added to a list (value: the list id)."""
     ANNIVERSARY = "anniversary"
+    """The contact's ``birthday`` or sign-up (``created``) date came round: the daily sweep fires it."""
     AFTER_PURCHASE = "after_purchase"
+    """A payment was confirmed (value: the product id; key: the order id)."""
     AFTER_FIRST_CLICK = "after_first_click"
+    """The contact first clicked a link in a mailing (value: the mailing id)."""
     MANUAL = "manual"
+    """An API or dashboard call asked to start the sequence."""
 
 
 ANNIVERSARY_FIELDS = frozenset({"birthday", "created"})
@@ -1361,7 +1399,9 @@ class Trigger:
     """
 
     type: TriggerType = attrs.field(converter=_c_trigger_type)
+    """The kind of event that fires it."""
     value: str | None = None
+    """The tag, group, list, product or mailing id it fires for (None: any); for ANNIVERSARY, which date."""
 
     def __attrs_post_init__(self) -> None:
         _trigger_value(self.type, self.value, "trigger.value", InvalidTrigger)
@@ -1398,10 +1438,14 @@ class TriggerEvent:
     """
 
     type: TriggerType = attrs.field(converter=_c_event_type)
+    """What happened."""
     contact_id: str = attrs.field(validator=_text("event.contact_id", InvalidTriggerEvent))
+    """The contact it happened to."""
     value: str | None = None
+    """The tag, group, list, product or mailing id it concerns, if any; for ANNIVERSARY, which date."""
     key: str | None = attrs.field(default=None, validator=_opt_text("event.key", InvalidTriggerEvent))
     variables: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_event_variables, hash=False)
+    """Template variables for the enrollments it starts (``order_id`` for a purchase)."""
 
     def __attrs_post_init__(self) -> None:
         _trigger_value(self.type, self.value, "event.value", InvalidTriggerEvent)
@@ -1475,9 +1519,13 @@ class SequenceStatus(enum.Enum):
     """The lifecycle of a sequence: drafts and paused sequences send nothing; archived is final."""
 
     DRAFT = "draft"
+    """Not started: sends nothing and enrolls no one until activated."""
     ACTIVE = "active"
+    """Live: its trigger enrolls contacts and their due steps are sent."""
     PAUSED = "paused"
+    """On hold: sends nothing and enrolls no one until resumed; its enrollments read as PAUSED."""
     ARCHIVED = "archived"
+    """Ended for good: its enrollments exited (reason ARCHIVED) and it can't be edited."""
 
 
 class ReentryPolicy(enum.Enum):
@@ -1573,22 +1621,33 @@ class Sequence:
     """
 
     id: str = attrs.field(validator=_text("sequence.id", InvalidSequence))
+    """Its unique id, which ``save_sequence`` matches a definition to the stored sequence by."""
     name: str = attrs.field(validator=_text("sequence.name", InvalidSequence))
+    """A name for people."""
     trigger: Trigger = attrs.field(factory=lambda: Trigger(type=TriggerType.MANUAL))
+    """What enrolls contacts (default: a MANUAL trigger)."""
     steps: tuple[Step, ...] = attrs.field(default=())
+    """The emails; given in any order, kept sorted by ``position``."""
     status: SequenceStatus = attrs.field(default=SequenceStatus.DRAFT, converter=_c_sequence_status)
+    """Where it is in its lifecycle: saved as DRAFT or ACTIVE, then changed by the engine's actions."""
     description: str = attrs.field(default="", validator=_body("sequence.description", InvalidSequence))
+    """Free text for people; dripcore does not read it."""
     sender: SenderIdentity | None = None
+    """Who its emails come from when a step has no ``sender`` of its own; None: the mail sender's default."""
     enroll_existing: bool = False
+    """Whether activating it also enrolls the trigger list's current members."""
     reentry: ReentryPolicy = attrs.field(default=ReentryPolicy.NEVER, converter=_c_sequence_reentry)
+    """Whether a contact may go through it again for the same key."""
     exit_on: tuple[Trigger, ...] = ()
     timezone: str | None = attrs.field(default=None, validator=_timezone_validator("sequence.timezone"))
     pause_policy: PausePolicy = attrs.field(default=PausePolicy.BUMP, converter=_c_sequence_pause_policy)
+    """What happens to due times when it, or one of its enrollments, resumes from a pause."""
     version: int = attrs.field(default=1, validator=_nonneg_int("sequence.version", InvalidSequence))
     paused_at: datetime | None = attrs.field(default=None, converter=_c_sequence_paused_at)
     unknown_variables: UnknownVariables = attrs.field(
         default=UnknownVariables.EMPTY, converter=_c_sequence_unknown_variables
     )
+    """What a template does with a variable it can't find: renders it empty, or fails."""
     window: SendWindow | None = None
     created_at: datetime | None = attrs.field(default=None, converter=_c_sequence_created_at)
     updated_at: datetime | None = attrs.field(default=None, converter=_c_sequence_updated_at)
@@ -1693,9 +1752,13 @@ class EnrollmentStatus(enum.Enum):
     """Where a contact is in a sequence. COMPLETED and EXITED are terminal."""
 
     ACTIVE = "active"
+    """Going through the steps: each is sent when due."""
     PAUSED = "paused"
+    """On hold (on its own, or because its sequence is paused): sends nothing until resumed."""
     COMPLETED = "completed"
+    """Went past its last step; terminal."""
     EXITED = "exited"
+    """Left early, for an :class:`ExitReason`; terminal."""
 
     @property
     def is_terminal(self) -> bool:
@@ -1707,14 +1770,21 @@ class ExitReason(enum.Enum):
     """Why an enrollment left its sequence before completing it."""
 
     UNSUBSCRIBED = "unsubscribed"
+    """The contact unsubscribed."""
     BOUNCED = "bounced"
+    """The contact's address bounced permanently."""
     COMPLAINED = "complained"
+    """The contact marked an email as spam."""
     SUPPRESSED = "suppressed"
+    """The contact must not be mailed for another reason, such as an operator's list."""
     MANUAL = "manual"
+    """Taken out of the sequence by hand (``cancel_enrollment``)."""
     ARCHIVED = "archived"
+    """The sequence was archived."""
     GOAL_MET = "goal_met"
-    #: The provider rejected the address as invalid (a validation reject, not a bounce).
+    """A goal trigger of the sequence's ``exit_on`` fired for the contact."""
     INVALID_ADDRESS = "invalid_address"
+    """The provider rejected the address as invalid (a validation reject, not a bounce)."""
 
 
 #: The exit reasons that also describe a suppressed contact.
@@ -1814,17 +1884,26 @@ class Enrollment:
     """
 
     id: str = attrs.field(validator=_text("enrollment.id", InvalidEnrollment))
+    """Its unique id (the engine makes it with its ``id_factory``)."""
     sequence_id: str = attrs.field(validator=_text("enrollment.sequence_id", InvalidEnrollment))
+    """The sequence it goes through."""
     contact_id: str = attrs.field(validator=_text("enrollment.contact_id", InvalidEnrollment))
+    """The contact going through it."""
     status: EnrollmentStatus = attrs.field(converter=_c_enrollment_status)
+    """Where it is: ACTIVE, PAUSED, COMPLETED or EXITED."""
     enrolled_at: datetime = attrs.field(converter=_c_enrollment_enrolled_at)
+    """When the contact entered the sequence."""
     next_step_due_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_next_step_due_at)
     last_step_sent: int = 0
     last_step_sent_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_last_step_sent_at)
+    """When the last step was sent (None before the first)."""
     exit_reason: ExitReason | None = attrs.field(default=None, converter=_c_enrollment_exit_reason)
+    """Why it exited; None unless EXITED."""
     paused_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_paused_at)
     ended_at: datetime | None = attrs.field(default=None, converter=_c_enrollment_ended_at)
+    """When it completed or exited; None while ACTIVE or PAUSED."""
     variables: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_enrollment_variables, hash=False)
+    """Template variables of this enrollment (from its trigger event or ``enroll``), over the contact's metadata."""
     opened: frozenset[int] = attrs.field(default=frozenset(), converter=_c_enrollment_opened)
     clicked: frozenset[tuple[int, str]] = attrs.field(default=frozenset(), converter=_c_enrollment_clicked)
     skipped: frozenset[int] = attrs.field(default=frozenset(), converter=_c_enrollment_skipped)
@@ -1929,11 +2008,17 @@ class Contact:
     """
 
     id: str = attrs.field(validator=_text("contact.id", InvalidContact))
+    """The host application's id for the contact."""
     email: str = attrs.field(validator=_email("contact.email", InvalidContact))
+    """The address its emails go to (one plain email address)."""
     first_name: str = attrs.field(default="", validator=_text("contact.first_name", InvalidContact, allow_blank=True))
+    """The first name, for templates (``{{first_name}}``); may be empty."""
     last_name: str = attrs.field(default="", validator=_text("contact.last_name", InvalidContact, allow_blank=True))
+    """The last name, for templates (``{{last_name}}``); may be empty."""
     birthday: date | None = None
+    """The date of birth, for ``birthday`` anniversary triggers; None: unknown."""
     created_at: datetime | None = attrs.field(default=None, converter=_c_contact_created_at)
+    """When the contact signed up, for ``created`` anniversary triggers; None: unknown."""
     timezone: str | None = attrs.field(default=None, validator=_timezone_validator("contact.timezone"))
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_c_contact_metadata, hash=False)
     suppressed: ExitReason | None = attrs.field(default=None, converter=_c_contact_suppressed)
@@ -2026,23 +2111,22 @@ def trusted_enrollment(
 
 
 class SkipReason(enum.Enum):
-    """Why a step was passed over without being sent.
-
-    INACTIVE: the step is switched off. CONDITION: its engagement condition
-    was false. WINDOW: it was due outside a window that skips. EXPIRED: it
-    would have gone later than its ``expires_after``. FREQUENCY_CAP: the
-    contact already had their share of emails. SUPPRESSED and CANCELLED: its
-    email was dropped before delivery because the contact was suppressed or
-    the enrollment exited meanwhile.
-    """
+    """Why a step was passed over without being sent."""
 
     INACTIVE = "inactive"
+    """The step is switched off."""
     CONDITION = "condition"
+    """Its engagement condition was false."""
     WINDOW = "outside window"
+    """It was due outside a send window that skips."""
     EXPIRED = "expired"
+    """It would have gone later than its ``expires_after``."""
     FREQUENCY_CAP = "frequency cap"
+    """The contact already had their share of emails."""
     SUPPRESSED = "suppressed"
+    """Its email was dropped before delivery: the contact was suppressed meanwhile."""
     CANCELLED = "cancelled"
+    """Its email was dropped before delivery: the enrollment exited meanwhile."""
 
 
 def _event_text(field: str) -> Callable[[Any, Any, Any], None]:
@@ -2067,9 +2151,13 @@ class _LifecycleEvent:
     wire_name: ClassVar[str] = ""
 
     enrollment_id: str = attrs.field(validator=_event_text("event.enrollment_id"))
+    """The enrollment it happened to."""
     sequence_id: str = attrs.field(validator=_event_text("event.sequence_id"))
+    """The enrollment's sequence."""
     contact_id: str = attrs.field(validator=_event_text("event.contact_id"))
+    """The enrollment's contact."""
     at: datetime = attrs.field(converter=_c_event_at)
+    """When it happened."""
 
 
 @attrs.frozen(kw_only=True)
@@ -2079,6 +2167,7 @@ class Subscribed(_LifecycleEvent):
     wire_name: ClassVar[str] = "sequence.subscribed"
 
     key: str | None = attrs.field(default=None, validator=_opt_str("event.key", ValidationError))
+    """The dedupe key of the trigger that started the enrollment (an order id, a year), or None."""
 
 
 @attrs.frozen(kw_only=True)
@@ -2088,7 +2177,9 @@ class StepSent(_LifecycleEvent):
     wire_name: ClassVar[str] = "sequence.step.sent"
 
     position: int = attrs.field(validator=_position_validator("event.position", ValidationError))
+    """The step's position."""
     idempotency_key: str = attrs.field(validator=_event_key)
+    """The email's idempotency key (``<enrollment id>:<position>``), the same on every attempt."""
 
 
 @attrs.frozen(kw_only=True)
@@ -2098,8 +2189,11 @@ class StepFailed(_LifecycleEvent):
     wire_name: ClassVar[str] = "sequence.step.failed"
 
     position: int = attrs.field(validator=_position_validator("event.position", ValidationError))
+    """The step's position."""
     error: str = attrs.field(validator=_opt_str("event.error", ValidationError))
+    """What went wrong."""
     reason: str | None = attrs.field(default=None, validator=_opt_str("event.reason", ValidationError))
+    """Why: a send error's reason (``bounced``, ``invalid_address``...), ``render``, ``retries exhausted``, or None."""
 
 
 _impl_event_reason = _enum(SkipReason, "event.reason")
@@ -2116,7 +2210,9 @@ class StepSkipped(_LifecycleEvent):
     wire_name: ClassVar[str] = "sequence.step.skipped"
 
     position: int = attrs.field(validator=_position_validator("event.position", ValidationError))
+    """The step's position."""
     reason: SkipReason = attrs.field(converter=_c_event_reason)
+    """Why it was passed over."""
 
 
 @attrs.frozen(kw_only=True)
@@ -2140,6 +2236,7 @@ class Cancelled(_LifecycleEvent):
     wire_name: ClassVar[str] = "sequence.cancelled"
 
     reason: ExitReason = attrs.field(converter=_c_event_exit_reason)
+    """Why the enrollment exited."""
 
 
 Event = Subscribed | StepSent | StepFailed | StepSkipped | Completed | Cancelled

@@ -92,7 +92,9 @@ class CapAction(enum.Enum):
     """What happens to a step that would go over a :class:`FrequencyCap`."""
 
     WAIT = "wait"
+    """The enrollment is deferred to when the cap reopens (then into the step's send window)."""
     SKIP = "skip"
+    """The step is skipped (reason ``frequency cap``), and so is every next step that would go now."""
 
 
 @attrs.frozen(kw_only=True)
@@ -111,9 +113,13 @@ class FrequencyCap:
     """
 
     per_day: int | None = None
+    """At most this many emails per contact per local calendar day; None: no daily limit."""
     per_window: int | None = None
+    """At most this many per contact within any rolling ``window``; None: no rolling limit."""
     window: timedelta | None = None
+    """The rolling window's length (up to 3660 days), given exactly when ``per_window`` is."""
     over: CapAction = CapAction.WAIT
+    """What a step over the cap does: WAIT until the cap reopens, or SKIP."""
 
     def __attrs_post_init__(self) -> None:
         for name in ("per_day", "per_window"):
@@ -138,8 +144,11 @@ class CapQuery:
     (the arguments of :meth:`Store.count_messages <dripcore.ports.Store.count_messages>`)."""
 
     contact_id: str
+    """The contact whose queued emails to count."""
     start: datetime
+    """The first instant counted (included)."""
     end: datetime
+    """The end of the count (excluded)."""
 
 
 def _local_day(now: datetime, zone: tzinfo) -> tuple[datetime, datetime]:
@@ -198,12 +207,14 @@ def cap_verdict(
 
 @attrs.frozen(kw_only=True)
 class BatchItem:
-    """One claimed enrollment with the sequence and contact the tick read for it
-    (``contact=None``: none at hand; the sequence's zone is used)."""
+    """One claimed enrollment with the sequence and contact the tick read for it."""
 
     enrollment: Enrollment
+    """The claimed enrollment."""
     sequence: Sequence
+    """Its sequence, as the tick read it."""
     contact: Contact | None = None
+    """Its contact; None when none is at hand (the sequence's zone is then used)."""
 
     @property
     def contact_id(self) -> str:
@@ -223,9 +234,11 @@ class Decision:
     """
 
     item: BatchItem
+    """The claimed enrollment, with its sequence and contact."""
     result: Advance | None = None
     capped: CapAction | None = None
     error: Exception | None = attrs.field(default=None, eq=False)
+    """Why deciding failed, or None."""
 
     @property
     def before(self) -> Enrollment:
@@ -243,6 +256,7 @@ class Plan:
     """Every decision for one batch, in the batch's order; read-only views pick them out."""
 
     decisions: tuple[Decision, ...]
+    """One decision per claimed enrollment, in the batch's order."""
 
     @property
     def changes(self) -> tuple[Decision, ...]:

@@ -127,18 +127,31 @@ class CounterName(enum.Enum):
     """
 
     RECIPIENTS = "recipients"
+    """Contacts enrolled into the sequence, ever (position 0)."""
     SENT = "sent"
+    """A step's emails committed for sending."""
     DELIVERED = "delivered"
+    """A step's emails the mail sender accepted."""
     FAILED = "failed"
+    """A step's emails given up on."""
     BOUNCED = "bounced"
+    """A step's emails given up on because the address bounced."""
     COMPLAINED = "complained"
+    """A step's emails given up on because the contact complained."""
     OPENED = "opened"
+    """Enrollments that opened a step's email (once each)."""
     CLICKED = "clicked"
+    """Enrollments that clicked a link in a step's email (once each, whatever the links)."""
     REPLAN_PENDING = "replan:pending"
+    """Above 0 while an edit's replan of the live enrollments is under way (position 0)."""
     STATUS = "status"
+    """A family: enrollments in each :class:`~dripcore.model.EnrollmentStatus` now (position 0)."""
     EXITED = "exited"
+    """A family: enrollments that exited, by :class:`~dripcore.model.ExitReason` (position 0)."""
     SKIPPED = "skipped"
+    """A family: times a step was passed over, by :class:`~dripcore.model.SkipReason`."""
     DEFERRED = "deferred"
+    """Times a step's send was held back by the rate limiter."""
 
     def of(self, key: enum.Enum | str) -> str:
         """The stored name of this family's counter for ``key`` (an enum member or its value)."""
@@ -161,23 +174,36 @@ class Email:
 
     idempotency_key: str
     enrollment_id: str
+    """The enrollment whose step this is."""
     sequence_id: str
+    """The enrollment's sequence."""
     contact_id: str
+    """The contact it goes to."""
     position: int
+    """The step's position."""
     to: str
+    """The recipient's address (the contact's email)."""
     subject: str
+    """The rendered subject, one line."""
     html: str | None = None
+    """The rendered HTML body, or None."""
     text: str | None = None
+    """The rendered plain-text body, or None."""
     sender: SenderIdentity | None = None
+    """Who it comes from (the step's sender, else the sequence's); None: the mail sender's own."""
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_readonly_str, hash=False)
+    """Extra headers to send, such as ``List-Unsubscribe`` (read-only)."""
 
 
 class OutboxStatus(enum.Enum):
     """Where an outbox message is: waiting (or retrying), delivered, or given up on."""
 
     PENDING = "pending"
+    """Waiting for its first attempt or a retry."""
     DELIVERED = "delivered"
+    """Accepted by the mail sender; final."""
     FAILED = "failed"
+    """Given up on (or never rendered); final unless an operator resends it."""
 
 
 class EnrollmentOrder(enum.Enum):
@@ -202,18 +228,30 @@ class OutboxMessage:
     """
 
     key: str
+    """Its unique key: the email's idempotency key."""
     enrollment_id: str
+    """The enrollment whose step it is."""
     sequence_id: str
+    """The enrollment's sequence."""
     contact_id: str
+    """The contact it goes to."""
     position: int
+    """The step's position."""
     email: Email | None
     status: OutboxStatus = OutboxStatus.PENDING
+    """Where it is: PENDING, DELIVERED or FAILED."""
     created_at: datetime = attrs.field(converter=_created_at)
+    """When the step was committed (UTC)."""
     next_attempt_at: datetime | None = None
+    """When its next attempt is due, while PENDING; None once settled."""
     attempts: int = 0
+    """Delivery attempts recorded so far."""
     last_error: str | None = None
+    """The last attempt's error, or None."""
     settled_at: datetime | None = None
+    """When it became DELIVERED or FAILED; None while PENDING."""
     provider_id: str | None = None
+    """The id the mail sender returned for it, if any."""
 
 
 @attrs.frozen(kw_only=True)
@@ -224,12 +262,18 @@ class Delivery:
     """
 
     key: str
+    """The outbox message's key."""
     status: OutboxStatus
     at: datetime
+    """When the attempt ended."""
     next_attempt_at: datetime | None = None
+    """When to try again, for a PENDING outcome."""
     error: str | None = None
+    """What went wrong, or None."""
     provider_id: str | None = None
+    """The id the mail sender returned, if any."""
     counters: tuple[Counter, ...] = ()
+    """Counter increments applied with it (delivered, failed, bounced...)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -243,9 +287,12 @@ class Change:
     """
 
     enrollment: Enrollment
+    """The enrollment's new state, with the version that was read."""
     outbox: tuple[OutboxMessage, ...] = ()
+    """The outbox messages it writes."""
     events: tuple[Event, ...] = ()
     counters: tuple[Counter, ...] = ()
+    """The counter increments applied with it."""
 
 
 @attrs.frozen(kw_only=True)
@@ -253,7 +300,9 @@ class BrokenRecord:
     """A stored enrollment that could not be read (corrupt data, an unknown enum value)."""
 
     id: str
+    """The id of the enrollment that could not be read."""
     error: str
+    """Why it could not be read."""
 
 
 @attrs.frozen(kw_only=True)
@@ -270,10 +319,12 @@ class StepStats:
     """
 
     position: int
+    """The step's position."""
     sent: int = 0
     delivered: int = 0
     failed: int = 0
     bounced: int = 0
+    """Hard bounces among the failed."""
     opened: int = 0
     clicked: int = 0
     skipped: Mapping[str, int] = attrs.field(factory=dict, converter=_readonly_int, hash=False)
@@ -285,13 +336,21 @@ class SequenceStats:
     """Sequence-level figures: who came in, where they are, how they left."""
 
     sequence_id: str
+    """The sequence."""
     recipients: int = 0
+    """Contacts enrolled, ever."""
     active: int = 0
+    """Enrollments ACTIVE now (counted as paused while the sequence is paused)."""
     paused: int = 0
+    """Enrollments PAUSED now."""
     completed: int = 0
+    """Enrollments that completed."""
     exited: int = 0
+    """Enrollments that exited early."""
     exited_by_reason: Mapping[str, int] = attrs.field(factory=dict, converter=_readonly_int, hash=False)
+    """The exited ones by :class:`~dripcore.model.ExitReason` value (non-zero counts only)."""
     steps: tuple[StepStats, ...] = ()
+    """The figures of each step that has any counter, by position."""
 
     @property
     def completion_rate(self) -> float:
@@ -374,14 +433,23 @@ class SequenceSummary:
     """
 
     id: str
+    """The sequence's id."""
     name: str
+    """The sequence's name."""
     status: SequenceStatus
+    """The sequence's status."""
     trigger: Trigger
+    """What enrolls contacts into it."""
     steps: int
+    """How many steps it has."""
     active_steps: int
+    """How many of them are active."""
     active_enrollments: int
+    """Enrollments ACTIVE now (none while it is paused)."""
     paused_enrollments: int
+    """Enrollments PAUSED now (all its live ones while it is paused)."""
     recipients: int
+    """Contacts enrolled, ever."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -391,9 +459,13 @@ class Rendered:
     """A step's content rendered for one contact."""
 
     subject: str
+    """The subject, one line."""
     html: str | None = None
+    """The HTML body, or None."""
     text: str | None = None
+    """The plain-text body, or None."""
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_readonly_str, hash=False)
+    """Headers to send with it (``List-Unsubscribe``), read-only."""
 
 
 # --------------------------------------------------------------------------- ports
@@ -837,8 +909,11 @@ class Template:
     """Stored email content a step can point at with ``template_id``; any field may be missing."""
 
     subject: str | None = None
+    """The subject, a Liquid template, or None."""
     html: str | None = None
+    """The HTML body, a Liquid template, or None."""
     text: str | None = None
+    """The plain-text body, a Liquid template, or None."""
 
 
 class TemplateStore(ABC):

@@ -82,7 +82,9 @@ class WarmupPlan:
     """
 
     limits: tuple[int, ...] = attrs.field(converter=_limits)
+    """Sends allowed per day from ``start`` on (0 or more, never decreasing); the last holds after."""
     start: date = attrs.field(validator=_start)
+    """The calendar day of ``limits[0]``; days before it get that limit too."""
 
     def limit_on(self, day: date) -> int:
         """The limit on calendar ``day`` (the first day's before ``start``, the last one's after the ramp)."""

@@ -114,6 +114,55 @@ def test_every_enum_lists_its_members_and_values(site_build: SiteBuild, page: st
         assert html.escape(repr(member.value)) in html_entry or repr(member.value) in text(html_entry)
 
 
+# Classes whose fields or members have no descriptions yet (their modules were outside the change that
+# described the others); each one described comes off this list.
+NOT_YET_DESCRIBED = frozenset(
+    {
+        "dripcore.render.CacheInfo",
+        "dripcore.scheduler.Action",
+        "dripcore.scheduler.Advance",
+        "dripcore.scheduler.PlannedStep",
+        "dripcore.scheduler.SequenceAction",
+    }
+)
+DESCRIBED = [(page, path, cls) for page, path, cls in ATTRS_CLASSES + ENUMS if path not in NOT_YET_DESCRIBED]
+TABLE = re.compile(r"<table>(?P<table>.*?)</table>", re.S)
+ROW = re.compile(r"<tr[^>]*>(?P<row>.*?)</tr>", re.S)
+CELL = re.compile(r"<t[hd][^>]*>(?P<cell>.*?)</t[hd]>", re.S)
+
+
+def described(html_entry: str) -> dict[str, str]:
+    """Name -> description cell of each row of an entry's own Fields or Members table."""
+    nested = HEADING_ID.search(html_entry, 1)
+    own = html_entry if nested is None else html_entry[: nested.start()]
+    found = {}
+    for table in TABLE.finditer(own):
+        rows = [[" ".join(text(cell).split()) for cell in CELL.findall(row)] for row in ROW.findall(table["table"])]
+        if not rows or rows[0][:1] not in (["Name"], ["Member"]) or "Description" not in rows[0]:
+            continue
+        column = rows[0].index("Description")
+        found.update({row[0]: row[column] for row in rows[1:] if len(row) > column})
+    return found
+
+
+def test_the_classes_not_yet_described_are_still_in_the_reference() -> None:
+    """A guard against a stale list: each one named is documented (and so still to describe)."""
+    assert {path for _, path, _ in ATTRS_CLASSES + ENUMS} >= NOT_YET_DESCRIBED
+
+
+@pytest.mark.parametrize(("page", "path", "cls"), DESCRIBED, ids=[path for _, path, _ in DESCRIBED])
+def test_every_field_and_member_has_a_description(site_build: SiteBuild, page: str, path: str, cls: Any) -> None:
+    """A new field or enum member without a docstring below it would show an empty description cell."""
+    cells = described(entry(site_build.page(page), path))
+    if isinstance(cls, type) and issubclass(cls, enum.Enum):
+        names = list(cls.__members__)
+    else:
+        names = [field.alias for field in attrs.fields(cls) if field.init]
+    assert set(names) <= set(cells), f"{path}: not in its table: {sorted(set(names) - set(cells))}"
+    missing = [name for name in names if not cells[name]]
+    assert not missing, f"{path}: no description for {missing}; give each a docstring right below it"
+
+
 def test_exit_reason_lists_unsubscribed(site_build: SiteBuild) -> None:
     shown = text(entry(site_build.page("reference/api/model"), "dripcore.model.ExitReason"))
     assert "UNSUBSCRIBED" in shown

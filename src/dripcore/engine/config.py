@@ -50,9 +50,13 @@ class RetryPolicy:
     """
 
     base: timedelta = timedelta(minutes=1)
+    """How long the first retry waits; each next one waits twice as long as the one before."""
     cap: timedelta = timedelta(hours=1)
+    """The longest wait between two attempts."""
     give_up_after: timedelta = timedelta(days=5)
+    """How long after it was queued a message still failing is given up on."""
     max_attempts: int | None = None
+    """Give up after this many attempts too (1 to 10,000); None: only ``give_up_after`` counts."""
 
     def __attrs_post_init__(self) -> None:
         for name in ("base", "cap", "give_up_after"):

@@ -131,6 +131,7 @@ class EnrollManyResult:
     """
 
     sequence_id: str
+    """The sequence the contacts were enrolled into."""
     outcomes: Mapping[str, EnrollOutcome] = attrs.field(converter=_readonly)
     enrollments: Mapping[str, Enrollment] = attrs.field(converter=_readonly)
 
