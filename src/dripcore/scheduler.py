@@ -141,13 +141,21 @@ class Action(enum.Enum):
     """What can happen to an enrollment; the columns of :data:`TRANSITIONS`."""
 
     SEND = "send"
+    """The due step goes out: it is committed to the outbox and the next one planned."""
     SKIP = "skip"
+    """The due step is passed over (inactive, its condition unmet, or expired) and the next one planned."""
     COMPLETE = "complete"
+    """The last step is done: the enrollment ends as COMPLETED."""
     PAUSE = "pause"
+    """The enrollment stops where it is until resumed."""
     RESUME = "resume"
+    """A paused enrollment goes on, its due time moved by the pause policy."""
     EXIT = "exit"
+    """The enrollment ends early, with an exit reason."""
     REPLAN = "replan"
+    """The sequence was edited: the next due time is planned afresh from the new steps."""
     DEFER = "defer"
+    """A due send is held back (a send window, the rate limiter or the frequency cap) to a later time."""
 
 
 _A = EnrollmentStatus.ACTIVE
@@ -192,12 +200,19 @@ class SequenceAction(enum.Enum):
     """What can happen to a sequence; the columns of :data:`SEQUENCE_TRANSITIONS`."""
 
     CREATE = "create"
+    """A new sequence is stored (in one of SEQUENCE_STARTS)."""
     EDIT = "edit"
+    """A new definition is saved over a stored one, keeping its status."""
     ENROLL = "enroll"
+    """A contact enters the sequence."""
     ACTIVATE = "activate"
+    """A draft goes live (a paused one resumes; an active one stays as it is)."""
     PAUSE = "pause"
+    """All sending stops, and new triggers enroll nobody, until it is resumed."""
     RESUME = "resume"
+    """A paused sequence goes live again."""
     ARCHIVE = "archive"
+    """The sequence ends for good: its live enrollments exit."""
 
 
 _DRAFT = SequenceStatus.DRAFT
@@ -322,8 +337,11 @@ class Advance:
     """
 
     enrollment: Enrollment
+    """The enrollment after the transition (the input itself when nothing changed)."""
     send: Step | None = None
+    """The step to send now, or None."""
     events: tuple[Event, ...] = ()
+    """The lifecycle events the transition produced, in order."""
 
 
 _NO_EVENTS: tuple[Event, ...] = ()
@@ -719,12 +737,19 @@ class PlannedStep:
     """
 
     position: int
+    """The step's position."""
     name: str
+    """The step's name (may be empty)."""
     subject: str | None
+    """The step's subject template, or None when its content comes from a template id."""
     at: datetime
+    """When the step would go, in UTC."""
     local: datetime
+    """The same instant in the contact's zone."""
     skipped: SkipReason | None = None
+    """Why the step would be passed over, or None when it would be sent."""
     start: datetime | None = None
+    """The enrollment time the preview started from."""
 
     @property
     def after(self) -> str | None:

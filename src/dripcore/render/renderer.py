@@ -118,9 +118,13 @@ class CacheInfo:
     """Compiled-template cache figures: ``misses`` counts compilations."""
 
     hits: int
+    """Renders that found their compiled template in the cache."""
     misses: int
+    """Templates compiled (not found in the cache)."""
     maxsize: int
+    """How many compiled templates the cache holds at most (the renderer's ``cache_size``)."""
     currsize: int
+    """How many it holds now."""
 
 
 def _one_line(text: str) -> str:
