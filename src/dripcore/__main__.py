@@ -14,7 +14,8 @@
 - ``sync MODULE:ATTR MODULE:ATTR``: a deploy step. Saves the sequences kept as
   code (the second target: a list of :class:`~dripcore.Sequence`, or a callable
   returning one) into the Drip's store (the first) with
-  :meth:`~dripcore.Drip.sync_sequences`, and prints what changed.
+  :meth:`~dripcore.Drip.sync_sequences`, and prints what changed; exits 1 if a
+  definition failed (a draft whose activation could not enroll its members).
 - ``status --db PATH``: each sequence's active, paused, completed and exited
   counts and its next due time.
 - ``preview SEQUENCE [--db PATH] [--timezone ZONE] [--start WHEN]``: when each
@@ -108,13 +109,15 @@ def load_definitions(target: str) -> list[Sequence]:
 
 
 def _sync(target: str, definitions: str, out: TextIO) -> int:
+    sequences = load_definitions(definitions)  # first: a typo fails before any store is opened
     drip = load_drip(target)
     try:
-        print(drip.sync_sequences(load_definitions(definitions)), file=out)
+        report = drip.sync_sequences(sequences)
     finally:
         drip.sender.close()
         drip.store.close()
-    return 0
+    print(report, file=out)
+    return 0 if report.ok else 1
 
 
 _NO_SWEEP = ("off", "none", "no")
@@ -303,7 +306,7 @@ def main(argv: Seq[str] | None = None, out: TextIO | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # The worker reports what it does; the demo and status print their own output.
-    level = logging.INFO if args.command in ("run", "sync") else logging.WARNING
+    level = logging.INFO if args.command == "run" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "demo":

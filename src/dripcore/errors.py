@@ -321,7 +321,9 @@ class InvalidUnsubscribeToken(DripcoreError):
     def __init__(self, *, token: object, reason: str) -> None:
         self.token = token
         self.reason = reason
-        super().__init__(f"unsubscribe token {_shown(token)}: {reason}")
+        # Only the start is shown: a log of refusals should not be a list of working links.
+        shown = f"{token[:12]!r}..." if isinstance(token, str) and len(token) > 12 else _shown(token)
+        super().__init__(f"unsubscribe token {shown}: {reason}")
 
 
 class SendError(DripcoreError):

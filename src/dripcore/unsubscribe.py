@@ -17,7 +17,7 @@ UnsubscribeRequest(contact_id='ana', enrollment_id='enr-1')
 It is an ``unsubscribe_url`` for :class:`~dripcore.render.LiquidRenderer`:
 ``LiquidRenderer(unsubscribe_url=links)`` puts each contact's signed link in the
 ``List-Unsubscribe`` header (with ``List-Unsubscribe-Post`` for RFC 8058's one-click
-POST) and in ``{{ unsubscribe_url }}``.
+POST, when the link is ``https``) and in ``{{ unsubscribe_url }}``.
 
 Tokens do not expire: an unsubscribe link has to keep working for as long as the email
 may be read. To rotate the secret, sign with the new one and keep the old one in
@@ -25,7 +25,11 @@ may be read. To rotate the secret, sign with the new one and keep the old one in
 by dropping it (its links then fail with a 400, and the reader unsubscribes another way).
 The key is derived from your secret for this one purpose, so the secret may be one your
 framework already keeps (Django's ``SECRET_KEY``) without a token here being valid anywhere
-else.
+else. The secret must be random, such as ``secrets.token_urlsafe(32)``: every reader holds a
+signed token, and a guessable secret can be found from one offline.
+
+The token is signed, not encrypted: whoever sees the URL can read the two ids in it (base64
+of a JSON list). Use opaque contact ids (a database key, not an email address) if that matters.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -67,7 +72,10 @@ class UnsubscribeRequest:
 def _key(secret: str | bytes, field: str) -> bytes:
     """The signing key for ``secret``: HMAC(secret, purpose), so the key is ours alone."""
     if isinstance(secret, str):
-        raw = secret.encode("utf-8")
+        try:
+            raw = secret.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(field, "<hidden>", "must be valid Unicode text or bytes") from None
     elif isinstance(secret, bytes):
         raw = secret
     else:
@@ -95,11 +103,13 @@ def _unb64(text: str) -> bytes | None:
 class UnsubscribeLinks:
     """Makes and checks signed unsubscribe links.
 
-    ``url`` is your unsubscribe endpoint with ``{token}`` exactly once, in the path
+    ``url`` is your unsubscribe endpoint, ``https`` (or ``http`` for a local test: mailbox
+    providers offer one-click unsubscribing, ``List-Unsubscribe-Post``, for ``https`` links
+    only), with ``{token}`` exactly once, in the path
     (``https://example.com/unsubscribe/{token}``) or a query value
     (``https://example.com/u?t={token}``): the token is URL-safe as it is (letters,
-    digits, ``-``, ``_`` and ``.``). ``secret`` (str or bytes, at least 16 bytes) signs;
-    ``old_secrets`` still verify, for rotation. A bad argument raises
+    digits, ``-``, ``_`` and ``.``). ``secret`` (str or bytes, at least 16 bytes, random)
+    signs; ``old_secrets`` still verify, for rotation. A bad argument raises
     :class:`~dripcore.errors.InvalidArgument` naming it.
 
     An instance is the callable ``(contact, enrollment) -> url`` that
@@ -114,8 +124,13 @@ class UnsubscribeLinks:
         problem = unsubscribe_url_problem(url.replace(_FIELD, "1.x.y"))
         if problem is not None:
             raise InvalidArgument("url", url, problem)
-        if isinstance(old_secrets, (str, bytes)):
-            raise InvalidArgument("old_secrets", "<hidden>", "must be a list of secrets, not one secret")
+        parts = urlsplit(url.replace(_FIELD, "TOKEN"))
+        if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
+            raise InvalidArgument("url", url, "must be an https (or http) URL with a host")
+        if "TOKEN" not in parts.path and "TOKEN" not in parts.query:
+            raise InvalidArgument("url", url, f"must have {_FIELD} in its path or query, where your server sees it")
+        if isinstance(old_secrets, (str, bytes)) or not isinstance(old_secrets, Iterable):
+            raise InvalidArgument("old_secrets", "<hidden>", "must be a list of secrets (empty for none)")
         self._url = url
         self._keys = (_key(secret, "secret"), *(_key(s, f"old_secrets[{i}]") for i, s in enumerate(old_secrets)))
 
@@ -127,8 +142,15 @@ class UnsubscribeLinks:
         for field, value in (("contact_id", contact_id), ("enrollment_id", enrollment_id)):
             if not isinstance(value, str) or not value:
                 raise InvalidArgument(field, value, "must be a non-empty str")
-        payload = _b64(json.dumps([contact_id, enrollment_id], separators=(",", ":")).encode("utf-8"))
-        return f"{_VERSION}.{payload}.{self._tag(self._keys[0], payload)}"
+        try:
+            data = json.dumps([contact_id, enrollment_id], separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument("contact_id", contact_id, "the ids must be valid Unicode text") from None
+        payload = _b64(data)
+        token = f"{_VERSION}.{payload}.{self._tag(self._keys[0], payload)}"
+        if len(token) > _MAX_TOKEN:  # ids far longer than any store keeps
+            raise InvalidArgument("contact_id", contact_id, f"with the enrollment id, makes a token over {_MAX_TOKEN}")
+        return token
 
     def url(self, contact_id: str, enrollment_id: str) -> str:
         """The unsubscribe URL for a contact and enrollment: ``url`` with their token in it."""

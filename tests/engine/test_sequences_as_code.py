@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence as CollectionSequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dripcore import (
 )
 from dripcore.adapters.memory import MemoryStore
 from dripcore.adapters.sqlite import SQLiteStore
+from dripcore.ports import Change, CounterName
 from dripcore.testing import FakeClock, MemoryContacts, RecordingSender
 from tests.builders import T0, World, step, welcome
 from tests.strategies import steps_lists
@@ -323,3 +325,113 @@ def test_an_enrollment_in_a_redeployed_sequence_goes_on_from_where_it_was(world:
     world.run_for(timedelta(days=1))
     assert world.subjects("ana@example.com") == ["Step 1 for Ana", "Step 2 for Ana", "Step 3 for Ana"]
     assert world.drip.get_enrollment(enrollment.id).status is EnrollmentStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- races and interruptions
+
+
+def replan_marker(drip: Drip, sequence_id: str = "tips") -> int:
+    return drip.store.counters(sequence_id).get((0, CounterName.REPLAN_PENDING.value), 0)
+
+
+class EditRacingStore(SQLiteStore):
+    """Another worker (a second Drip on the same file) syncs the same definitions just before this one's edit."""
+
+    other: Drip | None = None
+    definitions: tuple[Sequence, ...] | list[Sequence] = ()
+
+    def save_sequence(self, sequence: Sequence, *, expected_version: int | None = None) -> None:
+        if expected_version is not None and self.other is not None:
+            other, self.other = self.other, None
+            other.sync_sequences(self.definitions)
+        super().save_sequence(sequence, expected_version=expected_version)
+
+
+def test_two_workers_deploying_the_same_edit_at_once_both_start_and_replan_everyone(tmp_path: Path) -> None:
+    path = tmp_path / "drip.db"
+    contacts = MemoryContacts([Contact(id=n, email=f"{n}@example.com") for n in ("ana", "bo")])
+    with SQLiteStore(path) as plain, EditRacingStore(path) as racing:
+        other = Drip(store=plain, sender=RecordingSender(), contacts=contacts, clock=FakeClock(T0))
+        drip = Drip(store=racing, sender=RecordingSender(), contacts=contacts, clock=FakeClock(T0))
+        drip.sync_sequences([tips(status=SequenceStatus.ACTIVE)])
+        enrolled = [drip.enroll("tips", n)[0].id for n in ("ana", "bo")]
+        drip.tick()
+        edit = [tips(status=SequenceStatus.ACTIVE, steps=(step(1), step(2, Delay.hours(5)), step(3, Delay.days(4))))]
+        racing.other, racing.definitions = other, edit
+
+        report = drip.sync_sequences(edit)  # its save finds the other's: it reads it and tries again
+
+        assert report == SequenceSync(updated=["tips"])
+        assert drip.get_sequence("tips").version == 2, "one edit stored, not two"
+        assert [drip.get_enrollment(e).next_step_due_at for e in enrolled] == [T0 + timedelta(hours=5)] * 2
+        assert replan_marker(drip) == 0, "nothing left pending, and never below zero"
+        assert drip.sync_sequences(edit) == SequenceSync(unchanged=["tips"])
+
+
+def test_a_replan_marker_below_zero_is_repaired_so_an_interrupted_replan_is_still_finished() -> None:
+    """A marker pushed below zero (concurrent saves of an earlier version) no longer hides an interruption."""
+    store = FailingCommits()
+    contacts = MemoryContacts([Contact(id=f"c{i}", email=f"c{i}@example.com") for i in range(3)])
+    drip = Drip(store=store, sender=RecordingSender(), contacts=contacts, clock=FakeClock(T0))
+    drip.save_sequence(tips(status=SequenceStatus.ACTIVE))
+    enrolled = [drip.enroll("tips", f"c{i}")[0].id for i in range(3)]
+    drip.tick()
+    store.bump([("tips", 0, CounterName.REPLAN_PENDING.value, -3)])
+    edit = tips(steps=(step(1), step(2, Delay.hours(5)), step(3, Delay.days(4))))
+    store.fail_next_commit = True
+    with pytest.raises(StoreError, match="injected"):
+        drip.save_sequence(edit)
+    assert replan_marker(drip) == 1, "repaired to zero, then set by the interrupted edit"
+    assert drip.sync_sequences([edit]) == SequenceSync(unchanged=["tips"])
+    assert [drip.get_enrollment(e).next_step_due_at for e in enrolled] == [T0 + timedelta(hours=5)] * 3
+    assert replan_marker(drip) == 0
+
+
+class FailingCommits(MemoryStore):
+    """Raises on the next commit once ``fail_next_commit`` is set (the replan's first page)."""
+
+    fail_next_commit = False
+
+    def commit(self, changes: CollectionSequence[Change], *, owner: str | None = None) -> list[str]:
+        if self.fail_next_commit:
+            self.fail_next_commit = False
+            raise StoreError("injected: the database went away mid-replan")
+        return super().commit(changes, owner=owner)
+
+
+def test_a_draft_whose_member_cannot_be_looked_up_is_reported_and_the_others_are_synced() -> None:
+    class Directory(MemoryContacts):
+        def get_many(self, contact_ids):  # type: ignore[no-untyped-def]
+            if "broken" in contact_ids:
+                raise StoreError("the users table is unreadable for 'broken'")
+            return super().get_many(contact_ids)
+
+        def get(self, contact_id):  # type: ignore[no-untyped-def]
+            if contact_id == "broken":
+                raise StoreError("the users table is unreadable for 'broken'")
+            return super().get(contact_id)
+
+    contacts = Directory([Contact(id=n, email=f"{n}@example.com") for n in ("ana", "broken")])
+    for name in ("ana", "broken"):
+        contacts.join(name, TriggerType.LIST_ADDED, "members")
+    drip = Drip(store=MemoryStore(), sender=RecordingSender(), contacts=contacts, clock=FakeClock(T0))
+    members = tips(
+        id="members", status=SequenceStatus.ACTIVE, enroll_existing=True,
+        trigger=Trigger(type=TriggerType.LIST_ADDED, value="members"),
+    )  # fmt: skip
+    report = drip.sync_sequences([members, tips()])
+    assert (report.failed, report.created, report.ok) == (("members",), ("tips",), False)
+    assert "broken" in report.errors["members"]
+    assert str(report).startswith("sequences: 1 created, 1 failed; failed: members (")
+    assert drip.get_sequence("members").status is SequenceStatus.DRAFT
+    assert [e.contact_id for e in drip.enrollments("members")] == ["ana"], "the readable member is enrolled"
+
+
+def test_activating_an_active_sequence_with_enroll_existing_backfills_its_members(world: World) -> None:
+    world.drip.save_sequence(tips(id="news", status=SequenceStatus.ACTIVE,
+                                  trigger=Trigger(type=TriggerType.LIST_ADDED, value="news")))  # fmt: skip
+    world.contacts.join("bo", TriggerType.LIST_ADDED, "news")
+    assert world.drip.enrollments("news") == []
+    world.drip.activate("news", enroll_existing=True)
+    world.drip.activate("news", enroll_existing=True)  # enrollment is idempotent
+    assert [e.contact_id for e in world.drip.enrollments("news")] == ["bo"]

@@ -259,3 +259,22 @@ def test_sync_explains_bad_definitions(
     write_campaigns(host_app, "Hi")
     assert main(["sync", "hostapp:make", target]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_sync_exits_1_when_a_definition_fails_and_names_it(host_app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A draft whose trigger list can't be read stays a draft: reported, the others saved, exit status 1."""
+    (host_app.parent / "broken_campaigns.py").write_text(
+        "from dripcore import Sequence, SequenceStatus, Step, Trigger, TriggerType\n"
+        "SEQUENCES = [Sequence(id='members', name='Members', status=SequenceStatus.ACTIVE, enroll_existing=True,\n"
+        "    trigger=Trigger(type=TriggerType.LIST_ADDED, value='vip'),\n"
+        "    steps=(Step(position=1, subject='Hi', text='x'),))]\n"
+    )
+    (host_app.parent / "hostapp_vip.py").write_text(
+        HOST_APP.format(db=str(host_app)) + "\n\nclass Unreadable(MemoryContacts):\n"
+        "    def members(self, trigger):\n        return ['ghost']\n"
+        "    def get_many(self, ids):\n        raise RuntimeError('directory down for ghost')\n"
+        "    def get(self, contact_id):\n        raise RuntimeError('directory down for ghost')\n\n\n"
+        "def make_vip():\n    drip = make()\n    drip.contacts = Unreadable()\n    return drip\n"
+    )
+    assert main(["sync", "hostapp_vip:make_vip", "broken_campaigns:SEQUENCES"]) == 1
+    assert capsys.readouterr().out.startswith("sequences: 1 failed; failed: members (")

@@ -112,6 +112,11 @@ def test_a_malformed_token_is_refused_with_its_reason(token: object, reason: str
         ({"url": "https://example.com/{token}", "secret": 12345678901234567}, "secret"),
         ({"url": "https://example.com/{token}", "secret": SECRET, "old_secrets": SECRET}, "old_secrets"),
         ({"url": "https://example.com/{token}", "secret": SECRET, "old_secrets": ["short"]}, "old_secrets[0]"),
+        ({"url": "https://example.com/{token}", "secret": SECRET, "old_secrets": None}, "old_secrets"),
+        ({"url": "https://example.com/{token}", "secret": "a lone surrogate \ud800 in 16+"}, "secret"),
+        ({"url": "https://{token}.example.com/u", "secret": SECRET}, "url"),
+        ({"url": "https://example.com/u#{token}", "secret": SECRET}, "url"),
+        ({"url": "mailto:unsubscribe@example.com?subject={token}", "secret": SECRET}, "url"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(kwargs: dict[str, object], field: str) -> None:
@@ -126,6 +131,26 @@ def test_bad_settings_are_refused_naming_the_setting(kwargs: dict[str, object], 
 def test_a_token_needs_both_ids(contact_id: object, enrollment_id: object) -> None:
     with pytest.raises(InvalidArgument):
         links().token(contact_id, enrollment_id)  # type: ignore[arg-type]
+
+
+def test_long_non_ascii_ids_make_a_token_that_verifies() -> None:
+    contact_id, enrollment_id = "ü" * 255, "中" * 255
+    token = links().token(contact_id, enrollment_id)
+    assert links().verify(token) == UnsubscribeRequest(contact_id=contact_id, enrollment_id=enrollment_id)
+
+
+def test_ids_too_long_for_a_token_are_refused_when_it_is_made() -> None:
+    with pytest.raises(InvalidArgument, match="token over 4096"):
+        links().token("x" * 4000, "e1")
+
+
+def test_a_refused_token_is_not_written_whole_into_the_error() -> None:
+    good = links().token("ana", "enr-1")
+    token = good[:-1] + ("B" if good[-1] != "B" else "C")
+    with pytest.raises(InvalidUnsubscribeToken) as raised:
+        links().verify(token)
+    assert token not in str(raised.value)
+    assert raised.value.token == token
 
 
 def test_the_secret_is_not_in_the_repr() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import attrs
 
-from ..errors import InvalidArgument, SequenceStateError
+from ..errors import ContactNotFound, InvalidArgument, SequenceStateError
 from ..model import Sequence, SequenceStatus
 from .context import Context, log
 from .lifecycle import definition_of, save_sequence
@@ -19,23 +20,40 @@ def _ids(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _errors(values: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(values))
+
+
 @attrs.frozen(kw_only=True)
 class SequenceSync:
     """What :meth:`Drip.sync_sequences <dripcore.engine.Drip.sync_sequences>` did, as sequence ids.
 
-    ``created``: new sequences stored; ``updated``: definitions that changed (their live
-    enrollments were replanned); ``activated``: drafts a definition made ACTIVE;
-    ``unchanged``: definitions already stored as given; ``archived``: definitions of
-    archived sequences, left alone; ``undefined``: stored sequences (not archived) that no
-    definition names, reported and never touched. ``str()`` is a one-line summary for a log.
+    ``str()`` is a one-line summary for a log, such as
+    ``sequences: 1 created, 2 unchanged; not in code: legacy``.
     """
 
     created: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """New sequences stored."""
     updated: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """Sequences whose definition changed: a new version stored, its live enrollments replanned."""
     activated: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """Stored drafts that a definition given as ACTIVE made live."""
     unchanged: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """Definitions already stored as given: nothing written."""
     archived: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """Definitions of archived sequences: left alone."""
     undefined: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """Stored sequences, not archived, that no definition names: reported, never touched."""
+    failed: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+    """Drafts whose activation could not enroll a member of their trigger list (it can't be looked
+    up): they stay drafts, and the next sync tries again."""
+    errors: Mapping[str, str] = attrs.field(factory=dict, converter=_errors, hash=False)
+    """The error of each ``failed`` sequence, by id."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every definition was saved as given (nothing ``failed``)."""
+        return not self.failed
 
     @property
     def changed(self) -> bool:
@@ -46,10 +64,13 @@ class SequenceSync:
         counts = [
             f"{len(ids)} {name}"
             for name, ids in (("created", self.created), ("updated", self.updated), ("activated", self.activated),
-                              ("unchanged", self.unchanged), ("archived (left alone)", self.archived))
+                              ("unchanged", self.unchanged), ("archived (left alone)", self.archived),
+                              ("failed", self.failed))
             if ids
         ]  # fmt: skip
         text = "sequences: " + (", ".join(counts) or "none defined")
+        if self.failed:
+            text += "; failed: " + ", ".join(f"{i} ({self.errors.get(i, '?')})" for i in self.failed)
         if self.undefined:
             text += "; not in code: " + ", ".join(self.undefined)
         return text
@@ -87,12 +108,21 @@ def sync_sequences(ctx: Context, definitions: Iterable[Sequence]) -> SequenceSyn
     activated: list[str] = []
     unchanged: list[str] = []
     archived: list[str] = []
+    failed: dict[str, str] = {}
     for sequence in given:
         before = stored.get(sequence.id)
         if before is not None and before.status is SequenceStatus.ARCHIVED:
             archived.append(sequence.id)
             continue
-        after = save_sequence(ctx, sequence)
+        try:
+            after = save_sequence(ctx, sequence)
+        except ContactNotFound as exc:
+            # Activating it enrolls its trigger list's members, and one can't be looked up: it
+            # is stored as a draft, and the others are synced all the same (the next sync, or
+            # activate(), finishes it). One bad member must not stop a worker from starting.
+            log.error("sequence %s could not be activated: %s", sequence.id, exc)
+            failed[sequence.id] = str(exc)
+            continue
         if before is None:
             created.append(sequence.id)
             continue
@@ -105,7 +135,7 @@ def sync_sequences(ctx: Context, definitions: Iterable[Sequence]) -> SequenceSyn
     undefined = sorted(i for i, s in stored.items() if i not in seen and s.status is not SequenceStatus.ARCHIVED)
     report = SequenceSync(
         created=created, updated=updated, activated=activated, unchanged=unchanged, archived=archived,
-        undefined=undefined,
+        undefined=undefined, failed=list(failed), errors=failed,
     )  # fmt: skip
     log.info("%s", report)
     return report

@@ -317,12 +317,16 @@ class Drip:
         saved as :meth:`save_sequence` does: created, updated in place keeping its
         lifecycle, activated (a draft given as ACTIVE), or left as it is. Archived
         sequences are left alone, and stored sequences that no definition names are
-        reported as ``undefined``, never changed. Returns a
+        reported as ``undefined``, never changed. A draft whose activation can't enroll a
+        member of its trigger list (:class:`~dripcore.errors.ContactNotFound`) stays a draft
+        and is reported in ``failed`` while the others are synced, so one bad contact does
+        not stop a worker from starting. Returns a
         :class:`~dripcore.engine.SequenceSync` (its ``str()`` is a line for your log; it is
         also logged on the ``dripcore`` logger at INFO).
 
         Run it at start-up, in each process or once per deploy: it is idempotent, so
-        processes starting together are safe, and a sync that failed part-way is
+        processes starting together are safe (a save that finds another process saved the
+        sequence in between reads it again and retries), and a sync that failed part-way is
         finished by running it again.
         """
         return definitions_module.sync_sequences(self._context, definitions)
@@ -336,7 +340,8 @@ class Drip:
         return queries.sequences(self._context, status)
 
     def activate(self, sequence_id: str, *, enroll_existing: bool | None = None) -> Sequence:
-        """Start a draft (or resume a paused) sequence; an active one is returned unchanged.
+        """Start a draft (or resume a paused) sequence; an active one is returned unchanged
+        (with ``enroll_existing=True`` given, its trigger list's members are enrolled: a backfill).
 
         With ``enroll_existing`` (default: the sequence's own setting) the
         trigger list's current members are enrolled at once.

@@ -42,13 +42,20 @@ __all__ = [
     "enroll_members",
     "pause",
     "replan",
+    "replan_pending",
     "resume",
     "save_sequence",
     "set_status",
+    "take_back",
 ]
 
 # A sequence-level counter set while an edit's replan is under way (see save_sequence).
 REPLAN_PENDING = CounterName.REPLAN_PENDING.value
+
+
+#: How many times a save reads the stored sequence again and retries when another process saved
+#: it in between (several workers syncing the same definitions at start-up); each try is idempotent.
+SAVE_ATTEMPTS = 5
 
 
 def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
@@ -72,7 +79,37 @@ def save_sequence(ctx: Context, sequence: Sequence) -> Sequence:
             current = ctx.store.get_sequence(sequence.id)
             if current is None:
                 raise
-    return edit(ctx, current, sequence)
+    for attempt in range(1, SAVE_ATTEMPTS + 1):
+        try:
+            return edit(ctx, current, sequence)
+        except ConcurrencyConflict:
+            # Another process saved it meanwhile: read what it stored and try again (the same
+            # definition then writes nothing).
+            again = ctx.store.get_sequence(sequence.id)
+            if again is None or attempt == SAVE_ATTEMPTS:
+                raise
+            current = again
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def replan_pending(ctx: Context, sequence_id: str) -> int:
+    """The replan marker of a sequence: above zero while an edit's replan is under way or was
+    interrupted. A negative value (concurrent saves of an earlier version could leave one) is
+    repaired to zero."""
+    value = ctx.store.counters(sequence_id).get((0, REPLAN_PENDING), 0)
+    if value < 0:
+        ctx.store.bump([(sequence_id, 0, REPLAN_PENDING, -value)])
+        return 0
+    return value
+
+
+def take_back(ctx: Context, sequence_id: str, amount: int) -> None:
+    """Lower the replan marker by ``amount``, never below zero (another process may have
+    finished the replan, and cleared the marker, first)."""
+    value = ctx.store.counters(sequence_id).get((0, REPLAN_PENDING), 0)
+    taken = min(amount, value)
+    if taken > 0:
+        ctx.store.bump([(sequence_id, 0, REPLAN_PENDING, -taken)])
 
 
 def definition_of(sequence: Sequence, lifecycle: Sequence) -> Sequence:
@@ -99,12 +136,15 @@ def edit(ctx: Context, current: Sequence, sequence: Sequence) -> Sequence:
             hint="use pause(), resume() or archive()",
         )  # fmt: skip
     definition = definition_of(sequence, current)
-    pending = ctx.store.counters(sequence.id).get((0, REPLAN_PENDING), 0)
+    pending = replan_pending(ctx, sequence.id)
     if definition == current:
         stored = current
-        if pending > 0:  # an earlier edit's replan was interrupted: finish it
+        if pending > 0:
+            # An earlier edit's replan was interrupted (or is still under way in another
+            # process, which can't be told apart): replan everyone from their last send. Doing
+            # it twice is harmless: both land every enrollment on the stored steps.
             replan(ctx, current, None)
-            ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -pending)])
+            take_back(ctx, sequence.id, pending)
             ctx.wake.set()
     else:
         stored = attrs.evolve(definition, version=current.version + 1, updated_at=ctx.now())
@@ -112,12 +152,12 @@ def edit(ctx: Context, current: Sequence, sequence: Sequence) -> Sequence:
         try:
             ctx.store.save_sequence(stored, expected_version=current.version)
         except ConcurrencyConflict:
-            ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -1)])  # nothing was stored: nothing to replan
+            take_back(ctx, sequence.id, 1)  # nothing was stored: nothing to replan
             raise
         # After an interrupted replan some enrollments follow an older plan than ``current``:
         # replan everyone from their last send (losing only EXTEND shifts and cap deferrals).
         changed = replan(ctx, stored, None if pending > 0 else current)
-        ctx.store.bump([(sequence.id, 0, REPLAN_PENDING, -(pending + 1))])
+        take_back(ctx, sequence.id, pending + 1)
         if changed:
             ctx.wake.set()
     if given is SequenceStatus.ACTIVE and stored.status is SequenceStatus.DRAFT:
@@ -178,7 +218,11 @@ def activate(ctx: Context, sequence_id: str, *, enroll_existing: bool | None = N
     sequence = ctx.sequence(sequence_id)
     target = sequence_target(sequence, SequenceAction.ACTIVATE)
     if sequence.status is SequenceStatus.ACTIVE:
-        return sequence  # already live: start-up code may activate every time
+        # Already live: start-up code may activate every time. Asked explicitly, it enrolls
+        # the trigger list's members again (a backfill: enrollment is idempotent).
+        if enroll_existing:
+            enroll_members(ctx, sequence)
+        return sequence
     if sequence.status is SequenceStatus.PAUSED:
         return resume(ctx, sequence_id)
     if not sequence.active_steps():
